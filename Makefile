@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Each bootstraps a fresh machine by itself
+# and skips what is already installed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.ztfl-installed
+
+.PHONY: demo test bootstrap system-packages export-venv clean-venv
+
+demo: bootstrap
+	$(VENV)/bin/ztfl demo
+
+test: bootstrap
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bootstrap: system-packages $(STAMP)
+
+system-packages:
+	@bash scripts/install-system-packages.sh
+
+# torch first: a CPU build of 2.13.0 is pinned so nothing else can pull a multi-GB CUDA build.
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all]'
+	@touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

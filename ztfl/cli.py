@@ -1,0 +1,87 @@
+"""The one `ztfl` command.
+
+Each subcommand lives in the module that owns it; this file only maps names to
+modules so that `ztfl --help` stays fast (nothing heavy such as torch is imported
+until a subcommand that needs it runs).
+
+A command module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ztfl.demo", "run a local demo federation"),
+    "agent": ("agent.cli", "run the agent daemon"),
+    "gateway": ("gateway.cli", "run the fog gateway"),
+    "cloud": ("gateway.cloud_cli", "run the cloud aggregator above gateways"),
+    "status": ("gateway.status_cli", "show a gateway's live status"),
+    "train": ("models.cli_train", "train the IDS model centrally"),
+    "evaluate": ("models.cli_evaluate", "evaluate an IDS model on a data file"),
+    "export": ("models.export.cli", "export a model to int8 ONNX or TFLite"),
+    "experiment": ("ztfl.experiment", "run robustness experiments"),
+    "attest": ("attestation.cli", "TPM attestation tools (quote, verify)"),
+    "provision": ("attestation.provision", "make CA, certificates, broker and device configs"),
+    "firmware": ("ztfl.firmware_cli", "build the MicroPython firmware bundle"),
+    "flash": ("ztfl.flash_cli", "flash a board"),
+}
+
+# `ztfl bench NAME`: benchmark name -> (module, help)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "secagg": ("protocol.bench", "secure aggregation, all clients in one process"),
+    "model": ("models.bench", "IDS model size, latency and int8 agreement"),
+    "attest": ("attestation.bench", "TPM quote and verification latency"),
+    "gateway": ("gateway.bench", "gateway rounds through the broker"),
+}
+
+
+def _load(module_name: str):
+    return importlib.import_module(module_name)
+
+
+def _available(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ztfl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    argv = sys.argv[1:]
+    for name, (module_name, help_text) in COMMANDS.items():
+        if not _available(module_name):
+            continue
+        p = sub.add_parser(name, help=help_text)
+        # Only the chosen command's module is imported to add its arguments.
+        if argv[:1] == [name]:
+            _load(module_name).add_arguments(p)
+        p.set_defaults(_module=module_name)
+    bench = sub.add_parser("bench", help="benchmarks (print JSON with --json)")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bench_sub.required = True
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        if not _available(module_name):
+            continue
+        p = bench_sub.add_parser(name, help=help_text)
+        if argv[:2] == ["bench", name]:
+            _load(module_name).add_arguments(p)
+        p.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args()
+    return int(_load(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
