@@ -1,0 +1,264 @@
+"""Payloads exchanged over MQTT besides the secure-aggregation messages themselves.
+
+Control messages (hello, heartbeat, alert, round announcements) are small JSON objects mapped to
+dataclasses; every field is type-checked on decode. Binary payloads (protocol messages, the model)
+travel in a length-checked envelope. Every decoder checks the size before it allocates, consumes
+the whole buffer, and raises WireError with a reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+import numpy as np
+
+MAX_JSON_BYTES = 64 * 1024
+
+
+class WireError(ValueError):
+    """A payload from a peer that we refuse; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON control messages
+def _check_type(name: str, value, expected) -> None:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, bool) and expected is not bool:
+        raise WireError(f"field '{name}' must be {expected.__name__}, got bool")
+    if not isinstance(value, expected):
+        raise WireError(f"field '{name}' must be {expected.__name__}, got {type(value).__name__}")
+
+
+class JsonMessage:
+    """Mixin: `encode()` to bytes, `decode(bytes)` with per-field type checks."""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes, limit: int = MAX_JSON_BYTES):
+        if len(payload) > limit:
+            raise WireError(f"{cls.__name__}: {len(payload)} bytes, limit {limit}")
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WireError(f"{cls.__name__}: not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise WireError(f"{cls.__name__}: expected an object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(doc) - set(known)
+        if unknown:
+            raise WireError(f"{cls.__name__}: unknown field '{sorted(unknown)[0]}'")
+        values = {}
+        for name, f in known.items():
+            if name not in doc:
+                if f.default is not MISSING or f.default_factory is not MISSING:
+                    continue
+                raise WireError(f"{cls.__name__}: missing field '{name}'")
+            expected = cls._TYPES[name]
+            _check_type(name, doc[name], expected)
+            values[name] = doc[name]
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise WireError(f"{cls.__name__}: {exc}") from exc
+
+
+@dataclass
+class Hello(JsonMessage):
+    """An agent announces itself (on every connect)."""
+    agent_id: str
+    profile: str
+    model_variant: str
+    mask_bits: int
+    runtime: str
+    samples: int
+    attestation: str
+    _TYPES = {"agent_id": str, "profile": str, "model_variant": str, "mask_bits": int, "runtime": str,
+              "samples": int, "attestation": str}
+
+
+@dataclass
+class Heartbeat(JsonMessage):
+    """Liveness and state: idle | training | detecting | offline (the last as MQTT will)."""
+    agent_id: str
+    state: str
+    round: int
+    model_version: int
+    alerts_total: int
+    records_total: int
+    _TYPES = {"agent_id": str, "state": str, "round": int, "model_version": int, "alerts_total": int,
+              "records_total": int}
+
+
+@dataclass
+class Alert(JsonMessage):
+    """A detection: the predicted attack class and its score, from which global model."""
+    agent_id: str
+    seq: int
+    label: str
+    score: float
+    model_version: int
+    _TYPES = {"agent_id": str, "seq": int, "label": str, "score": float, "model_version": int}
+
+
+@dataclass
+class RoundAnnounce(JsonMessage):
+    """Gateway -> agents: a round starts for one cohort; `participants` are the seated agents."""
+    round: int
+    attempt: int
+    cohort: str
+    model_variant: str
+    mask_bits: int
+    model_version: int
+    model_sha256: str
+    participants: list
+    threshold: int
+    nonce: str
+    deadlines_s: dict
+    scale: float = 1.0
+    _TYPES = {"round": int, "attempt": int, "cohort": str, "model_variant": str, "mask_bits": int,
+              "model_version": int, "model_sha256": str, "participants": list, "threshold": int,
+              "nonce": str, "deadlines_s": dict, "scale": float}
+
+
+@dataclass
+class RoundEnd(JsonMessage):
+    """Gateway -> agents: a round's cohort finished (committed or aborted) so agents reset."""
+    round: int
+    attempt: int
+    cohort: str
+    outcome: str
+    model_version: int
+    reason: str = ""
+    _TYPES = {"round": int, "attempt": int, "cohort": str, "outcome": str, "model_version": int,
+              "reason": str}
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary envelope for protocol messages: which round/attempt/cohort/stage a body belongs to.
+_ENV_HEAD = struct.Struct(">2sBIHB")  # magic, version, round, attempt, cohort length
+ENV_MAGIC = b"ZE"
+
+
+@dataclass
+class Envelope:
+    round: int
+    attempt: int
+    cohort: str
+    stage: str
+    body: bytes
+
+    def encode(self) -> bytes:
+        cohort = self.cohort.encode()
+        stage = self.stage.encode()
+        if len(cohort) > 255 or len(stage) > 255:
+            raise WireError("cohort or stage name too long")
+        return (_ENV_HEAD.pack(ENV_MAGIC, 1, self.round, self.attempt, len(cohort)) + cohort
+                + struct.pack(">B", len(stage)) + stage + struct.pack(">I", len(self.body)) + self.body)
+
+    @classmethod
+    def decode(cls, payload: bytes, limit: int) -> "Envelope":
+        if len(payload) > limit:
+            raise WireError(f"envelope of {len(payload)} bytes above limit {limit}")
+        if len(payload) < _ENV_HEAD.size:
+            raise WireError("envelope shorter than its header")
+        magic, version, rnd, attempt, clen = _ENV_HEAD.unpack_from(payload, 0)
+        if magic != ENV_MAGIC or version != 1:
+            raise WireError(f"bad envelope magic/version {magic!r}/{version}")
+        pos = _ENV_HEAD.size
+        if pos + clen + 1 > len(payload):
+            raise WireError("envelope truncated in cohort")
+        cohort = payload[pos:pos + clen]
+        pos += clen
+        slen = payload[pos]
+        pos += 1
+        if pos + slen + 4 > len(payload):
+            raise WireError("envelope truncated in stage")
+        stage = payload[pos:pos + slen]
+        pos += slen
+        (blen,) = struct.unpack_from(">I", payload, pos)
+        pos += 4
+        if pos + blen != len(payload):
+            raise WireError(f"envelope body length {blen} does not match the {len(payload) - pos} bytes left")
+        try:
+            return cls(rnd, attempt, cohort.decode(), stage.decode(), payload[pos:])
+        except UnicodeDecodeError as exc:
+            raise WireError("envelope names are not UTF-8") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# The global model on the wire: int8 per tensor with a float32 scale (symmetric quantisation).
+MODEL_MAGIC = b"ZTM1"
+_MODEL_HEAD = struct.Struct(">4sIII")  # magic, version, tensor count, header json length
+MAX_TENSORS = 256
+
+
+@dataclass
+class ModelBlob:
+    version: int
+    variant: str
+    sha256: str                     # of the float weights the gateway holds (registry id)
+    tensors: dict = field(default_factory=dict)   # name -> float32 ndarray (dequantised on decode)
+
+    def encode(self) -> bytes:
+        meta, chunks = [], []
+        for name, arr in self.tensors.items():
+            arr = np.asarray(arr, dtype=np.float32)
+            peak = float(np.max(np.abs(arr))) if arr.size else 0.0
+            scale = peak / 127.0 if peak > 0 else 1.0
+            q = np.clip(np.rint(arr / scale), -127, 127).astype(np.int8)
+            meta.append([name, list(arr.shape), scale])
+            chunks.append(q.tobytes())
+        head = json.dumps({"variant": self.variant, "sha256": self.sha256, "tensors": meta},
+                          separators=(",", ":")).encode()
+        return _MODEL_HEAD.pack(MODEL_MAGIC, self.version, len(meta), len(head)) + head + b"".join(chunks)
+
+    @classmethod
+    def decode(cls, payload: bytes, limit: int) -> "ModelBlob":
+        if len(payload) > limit:
+            raise WireError(f"model of {len(payload)} bytes above limit {limit}")
+        if len(payload) < _MODEL_HEAD.size:
+            raise WireError("model shorter than its header")
+        magic, version, count, hlen = _MODEL_HEAD.unpack_from(payload, 0)
+        if magic != MODEL_MAGIC:
+            raise WireError("bad model magic")
+        if count > MAX_TENSORS or _MODEL_HEAD.size + hlen > len(payload):
+            raise WireError("model header sizes out of range")
+        try:
+            head = json.loads(payload[_MODEL_HEAD.size:_MODEL_HEAD.size + hlen].decode())
+            meta = head["tensors"]
+            variant, digest = str(head["variant"]), str(head["sha256"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise WireError(f"bad model header: {exc}") from exc
+        if not isinstance(meta, list) or len(meta) != count:
+            raise WireError("model tensor table does not match its count")
+        pos = _MODEL_HEAD.size + hlen
+        tensors = {}
+        for entry in meta:
+            if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                    or not isinstance(entry[1], list)
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**24 for d in entry[1])
+                    or not isinstance(entry[2], (int, float))):
+                raise WireError(f"bad tensor entry {entry!r:.80}")
+            n = int(np.prod(entry[1])) if entry[1] else 1
+            if pos + n > len(payload):
+                raise WireError(f"tensor {entry[0]} runs past the end of the model")
+            q = np.frombuffer(payload, dtype=np.int8, count=n, offset=pos).reshape(entry[1])
+            tensors[entry[0]] = q.astype(np.float32) * np.float32(entry[2])
+            pos += n
+        if pos != len(payload):
+            raise WireError(f"{len(payload) - pos} trailing bytes after the model")
+        return cls(version, variant, digest, tensors)
+
+
+def weights_sha256(tensors: dict) -> str:
+    """A stable digest of named float32 tensors (names and shapes included)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        h.update(name.encode() + b"\0" + repr(arr.shape).encode() + b"\0" + arr.tobytes())
+    return h.hexdigest()
