@@ -1,0 +1,235 @@
+"""The firmware's cryptography, run in the real MicroPython unix port, against published
+vectors (RFC 7748, RFC 8032, RFC 4231, RFC 5869, FIPS 180-4) and against CPython's
+`cryptography` / PyNaCl on random inputs generated here."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import nacl.bindings
+import nacl.signing
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ztfl.micropython_host import run_json
+
+# One MicroPython process evaluates a list of (name, args) calls and returns hex results,
+# so the interpreter starts once per test, not once per vector.
+_EVAL = r"""
+import sys, json
+from binascii import hexlify, unhexlify
+from ztfw import sha512, x25519, ed25519, hmac256, aes_ctr, xchacha, shamir
+
+def u(s):
+    return unhexlify(s)
+
+def h(b):
+    return hexlify(b).decode()
+
+def call(name, a):
+    if name == "sha512":
+        return h(sha512.digest(u(a[0])))
+    if name == "sha512_parts":
+        s = sha512.sha512()
+        for part in a:
+            s.update(u(part))
+        return h(s.digest())
+    if name == "x25519":
+        return h(x25519.scalarmult(u(a[0]), u(a[1])))
+    if name == "x25519_public":
+        return h(x25519.public_key(u(a[0])))
+    if name == "x25519_shared":
+        try:
+            return h(x25519.shared_secret(u(a[0]), u(a[1])))
+        except x25519.X25519Error as e:
+            return "X25519Error"
+    if name == "ed25519_public":
+        return h(ed25519.public_key(u(a[0])))
+    if name == "ed25519_sign":
+        return h(ed25519.sign(u(a[0]), u(a[1])))
+    if name == "ed25519_verify":
+        try:
+            ed25519.verify(u(a[0]), u(a[1]), u(a[2]))
+            return "ok"
+        except ed25519.SignatureError as e:
+            return "SignatureError"
+    if name == "hmac":
+        return h(hmac256.hmac_sha256(u(a[0]), u(a[1])))
+    if name == "hkdf":
+        return h(hmac256.hkdf(u(a[0]), u(a[1]), u(a[2]), a[3]))
+    if name == "aes_ctr":
+        c = aes_ctr.AesCtr(u(a[0]), u(a[1]))
+        out = b""
+        for n in a[2]:
+            out += c.read(n)
+        return h(out)
+    if name == "xchacha_encrypt":
+        return h(xchacha.encrypt(u(a[0]), u(a[1]), u(a[2]), u(a[3])))
+    if name == "xchacha_decrypt":
+        try:
+            return h(xchacha.decrypt(u(a[0]), u(a[1]), u(a[2]), u(a[3])))
+        except xchacha.AeadError:
+            return "AeadError"
+    raise ValueError(name)
+
+calls = json.loads(sys.stdin.read())
+print(json.dumps([call(n, a) for n, a in calls]))
+"""
+
+
+def mp_eval(calls):
+    return run_json(_EVAL, calls)
+
+
+def test_sha512_matches_fips_and_hashlib():
+    msgs = [b"", b"abc", b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopq"
+            b"klmnopqrlmnopqrsmnopqrstnopqrstu", bytes(111), bytes(112), bytes(127), bytes(128), os.urandom(1000)]
+    out = mp_eval([["sha512", [m.hex()]] for m in msgs] + [["sha512_parts", ["61", "", "6263"]]])
+    assert out[1] == ("ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
+                      "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f")
+    assert out[:-1] == [hashlib.sha512(m).hexdigest() for m in msgs]
+    assert out[-1] == hashlib.sha512(b"abc").hexdigest()
+
+
+RFC7748_ALICE_SK = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
+RFC7748_ALICE_PK = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+RFC7748_BOB_SK = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"
+RFC7748_BOB_PK = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+RFC7748_SHARED = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+
+
+def test_x25519_rfc7748_vectors_and_cryptography():
+    sk, peer = os.urandom(32), os.urandom(32)
+    expected = X25519PrivateKey.from_private_bytes(sk).exchange(X25519PublicKey.from_public_bytes(peer)).hex()
+    out = mp_eval([
+        # RFC 7748 §5.2, both scalar-multiplication vectors.
+        ["x25519", ["a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                    "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"]],
+        ["x25519", ["4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                    "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493"]],
+        # RFC 7748 §5.2 iteration: one step of k = X25519(k, u) from k = u = 9.
+        ["x25519", ["09" + "00" * 31, "09" + "00" * 31]],
+        # RFC 7748 §6.1 Diffie-Hellman.
+        ["x25519_public", [RFC7748_ALICE_SK]],
+        ["x25519_public", [RFC7748_BOB_SK]],
+        ["x25519_shared", [RFC7748_ALICE_SK, RFC7748_BOB_PK]],
+        ["x25519_shared", [RFC7748_BOB_SK, RFC7748_ALICE_PK]],
+        ["x25519_shared", [sk.hex(), peer.hex()]],
+        # A small-order point (u = 0) gives the all-zero secret, which must be refused.
+        ["x25519_shared", [sk.hex(), "00" * 32]],
+    ])
+    assert out[0] == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+    assert out[1] == "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957"
+    assert out[2] == "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"
+    assert out[3:7] == [RFC7748_ALICE_PK, RFC7748_BOB_PK, RFC7748_SHARED, RFC7748_SHARED]
+    assert out[7] == expected
+    assert out[8] == "X25519Error"
+
+
+RFC8032 = [  # §7.1 TEST 1, 2, 3: secret key, public key, message, signature
+    ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+     "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    ("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+     "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+     "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+    ("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+     "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", "af82",
+     "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac"
+     "18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a"),
+]
+
+
+def test_ed25519_rfc8032_sign_and_verify():
+    calls = []
+    for sk, pk, msg, sig in RFC8032:
+        calls += [["ed25519_public", [sk]], ["ed25519_sign", [sk, msg]], ["ed25519_verify", [pk, msg, sig]]]
+    out = mp_eval(calls)
+    for i, (_, pk, _, sig) in enumerate(RFC8032):
+        assert out[3 * i:3 * i + 3] == [pk, sig, "ok"]
+
+
+def test_ed25519_interoperates_with_pynacl_and_rejects_forgeries():
+    seed = os.urandom(32)
+    key = nacl.signing.SigningKey(seed)
+    msg = os.urandom(52)
+    sig = key.sign(msg).signature
+    pk = key.verify_key.encode()
+    flipped = bytearray(sig)
+    flipped[5] ^= 1
+    big_s = sig[:32] + (int.from_bytes(sig[32:], "little") + 2 ** 252 + 27742317777372353535851937790883648493
+                        ).to_bytes(32, "little")
+    out = mp_eval([
+        ["ed25519_sign", [seed.hex(), msg.hex()]],
+        ["ed25519_verify", [pk.hex(), msg.hex(), sig.hex()]],
+        ["ed25519_verify", [pk.hex(), msg.hex(), bytes(flipped).hex()]],
+        ["ed25519_verify", [pk.hex(), (msg + b"x").hex(), sig.hex()]],
+        ["ed25519_verify", [pk.hex(), msg.hex(), big_s.hex()]],   # S + L: malleated, must fail
+        ["ed25519_verify", [pk.hex(), msg.hex(), sig[:63].hex()]],
+    ])
+    assert out[0] == sig.hex()
+    assert out[1:] == ["ok", "SignatureError", "SignatureError", "SignatureError", "SignatureError"]
+
+
+def test_hmac_sha256_rfc4231_and_hkdf_rfc5869():
+    long_key = "aa" * 131
+    rnd_key, rnd_msg = os.urandom(70), os.urandom(200)
+    out = mp_eval([
+        ["hmac", ["0b" * 20, b"Hi There".hex()]],                                   # RFC 4231 case 1
+        ["hmac", [b"Jefe".hex(), b"what do ya want for nothing?".hex()]],           # case 2
+        ["hmac", [long_key, b"Test Using Larger Than Block-Size Key - Hash Key First".hex()]],  # case 6
+        ["hkdf", ["0b" * 22, "000102030405060708090a0b0c", "f0f1f2f3f4f5f6f7f8f9", 42]],  # RFC 5869 case 1
+        ["hkdf", ["0b" * 22, "", "", 42]],                                           # case 3
+        ["hkdf", ["11" * 32, "", "61626364", 100]],
+        ["hmac", [rnd_key.hex(), rnd_msg.hex()]],
+    ])
+    assert out[0] == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+    assert out[1] == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    assert out[2] == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    assert out[3] == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+                      "34007208d5b887185865")
+    assert out[4] == ("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+                      "9d201395faa4b61a96c8")
+    expected = HKDF(SHA256(), 100, salt=None, info=b"abcd").derive(bytes([0x11]) * 32).hex()
+    assert out[5] == expected
+    assert out[6] == hmac.new(rnd_key, rnd_msg, "sha256").hexdigest()
+
+
+@pytest.mark.parametrize("key_len", [16, 32])
+def test_aes_ctr_over_ecb_matches_cryptography(key_len):
+    key = os.urandom(key_len)
+    # A counter close to 2^32 and one close to 2^128 exercise the carry paths.
+    starts = [bytes(16), bytes(12) + b"\xff\xff\xff\xf0", b"\xff" * 15 + b"\xf8"]
+    reads = [1, 15, 16, 17, 500, 1000, 3]
+    calls = [["aes_ctr", [key.hex(), s.hex(), reads]] for s in starts]
+    out = mp_eval(calls)
+    for s, got in zip(starts, out):
+        enc = Cipher(algorithms.AES(key), modes.CTR(s)).encryptor()
+        assert got == enc.update(bytes(sum(reads))).hex()
+
+
+def test_xchacha20_poly1305_matches_libsodium_and_rejects_tampering():
+    key, nonce = os.urandom(32), os.urandom(24)
+    pt, aad = os.urandom(66), b"ztfl/secagg/v1/share" + os.urandom(12)
+    ct = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(pt, aad, nonce, key)
+    bad = bytearray(ct)
+    bad[-1] ^= 0x80
+    long_pt = os.urandom(200)
+    out = mp_eval([
+        ["xchacha_encrypt", [key.hex(), nonce.hex(), pt.hex(), aad.hex()]],
+        ["xchacha_decrypt", [key.hex(), nonce.hex(), ct.hex(), aad.hex()]],
+        ["xchacha_decrypt", [key.hex(), nonce.hex(), bytes(bad).hex(), aad.hex()]],
+        ["xchacha_decrypt", [key.hex(), nonce.hex(), ct.hex(), (aad + b"x").hex()]],
+        ["xchacha_decrypt", [key.hex(), nonce.hex(), ct[:10].hex(), aad.hex()]],
+        ["xchacha_encrypt", [key.hex(), nonce.hex(), long_pt.hex(), ""]],
+    ])
+    assert out[0] == ct.hex()
+    assert out[1] == pt.hex()
+    assert out[2:5] == ["AeadError"] * 3
+    assert out[5] == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(long_pt, b"", nonce, key).hex()
