@@ -77,8 +77,9 @@ class Hello(JsonMessage):
     runtime: str
     samples: int
     attestation: str
+    identity_pk: str            # hex Ed25519 key that signs this agent's protocol messages
     _TYPES = {"agent_id": str, "profile": str, "model_variant": str, "mask_bits": int, "runtime": str,
-              "samples": int, "attestation": str}
+              "samples": int, "attestation": str, "identity_pk": str}
 
 
 @dataclass
@@ -119,10 +120,11 @@ class RoundAnnounce(JsonMessage):
     threshold: int
     nonce: str
     deadlines_s: dict
-    scale: float = 1.0
+    weight_unit: int = 1        # samples per unit of secure-aggregation weight
+    server_pk: str = ""         # hex Ed25519 key of the gateway for this federation
     _TYPES = {"round": int, "attempt": int, "cohort": str, "model_variant": str, "mask_bits": int,
               "model_version": int, "model_sha256": str, "participants": list, "threshold": int,
-              "nonce": str, "deadlines_s": dict, "scale": float}
+              "nonce": str, "deadlines_s": dict, "weight_unit": int, "server_pk": str}
 
 
 @dataclass

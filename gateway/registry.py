@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.files import atomic_write_bytes
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     variant TEXT NOT NULL, version INTEGER NOT NULL, round INTEGER NOT NULL,
@@ -58,27 +60,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over, fsync the directory: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _npy_bytes(vector: np.ndarray) -> bytes:

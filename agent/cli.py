@@ -1,0 +1,24 @@
+"""`ztfl agent --config agent.yaml`: run the agent daemon."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="agent YAML configuration")
+    parser.add_argument("--profile", help="hardware profile name or file (default: detected)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    from agent.daemon import Agent, AgentConfig
+    config = AgentConfig.load(args.config)
+    if args.profile:
+        config.profile = args.profile
+    agent = Agent(config)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    return agent.run_forever()

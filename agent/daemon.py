@@ -1,0 +1,296 @@
+"""The agent daemon (`ztfl agent --config agent.yaml`).
+
+One thread runs everything that touches protocol state (messages arrive through the transport's
+queue); local training runs in a worker thread so the agent keeps answering the early protocol
+stages and heartbeating while it trains. Between rounds it runs detection on its record stream.
+
+Per round (as a participant):  announce -> [attest] -> train (worker) while AdvertiseKeys /
+ShareKeys run -> MASKED_INPUT once both are ready -> consistency -> unmask -> round end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from agent.data import PartitionSpec, agent_partition
+from agent.model import ModelSpec, layout, tensors_to_flat
+from agent.secagg import AgentAggregation
+from agent.state import StateStore
+from agent.topics import Topics, TopicError
+from agent.transport import BrokerConfig, MqttTransport
+from agent.wire import Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd, WireError
+from hw_profiles import Profile, resolve_profile
+from models.params import set_flat
+from models.preprocess import Pipeline
+from models.training import TrainConfig, train_local
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("ztfl.agent")
+
+
+class AgentConfigError(ValueError):
+    pass
+
+
+@dataclass
+class AgentConfig:
+    agent_id: str
+    federation: str = "plant"
+    gateway: str = "fog1"
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    profile: str | None = None
+    state_dir: str = "/var/lib/ztfl/agent"
+    data: dict = field(default_factory=dict)
+    model_size: str = "small"
+    stream_rate_hz: float = 20.0
+    heartbeat_s: float = 2.0
+    train_epochs: int | None = None        # overrides the profile's budget (tests, demos)
+    max_batches: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AgentConfig":
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(doc, dict):
+            raise AgentConfigError("agent config must be a mapping")
+        unknown = set(doc) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise AgentConfigError(f"agent config: unknown key '{sorted(unknown)[0]}'")
+        if "agent_id" not in doc:
+            raise AgentConfigError("agent config: missing key 'agent_id'")
+        broker = doc.pop("broker", {}) or {}
+        try:
+            return cls(broker=BrokerConfig(**broker), **doc)
+        except TypeError as exc:
+            raise AgentConfigError(f"agent config: {exc}") from exc
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.profile: Profile = resolve_profile(config.profile)
+        self.topics = Topics(config.federation, config.gateway)
+        self.store = StateStore(config.state_dir)
+        self.identity = self.store.identity()
+        self.table = agent_partition(PartitionSpec.from_dict(config.data))
+        self.pipeline: Pipeline | None = None
+        self.encoded = None
+        self.spec: ModelSpec | None = None
+        self.model: torch.nn.Module | None = None
+        self.model_version = -1
+        self.state = "online"
+        self.session: AgentAggregation | None = None
+        self.announce: RoundAnnounce | None = None
+        self.training: threading.Thread | None = None
+        self.trained: tuple[np.ndarray, int] | None = None
+        self.records = 0
+        self.alerts = 0
+        self.next_heartbeat = 0.0
+        self.next_record = 0.0
+        self.rejected = 0
+        self.stopping = threading.Event()
+        config.broker.client_id = config.broker.client_id or f"agent-{config.agent_id}"
+        offline = Heartbeat(config.agent_id, "offline", 0, -1, 0, 0).encode()
+        self.transport = MqttTransport(config.broker, self.topics.agent_subscriptions(config.agent_id),
+                                       self.profile.payload_limit_bytes,
+                                       will=(self.topics.agent("" + config.agent_id, "heartbeat"), offline))
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.transport.start()
+        self._hello()
+
+    def _hello(self) -> None:
+        msg = Hello(self.config.agent_id, self.profile.name, self.profile.model_variant, self.profile.mask_bits,
+                    self.profile.runtime, len(self.table), self.profile.attestation,
+                    bytes(self.identity.verify_key).hex())
+        # Retained: a gateway that starts (or restarts) after us still learns who we are.
+        self.transport.publish(self.topics.agent(self.config.agent_id, "hello"), msg.encode(), retain=True)
+
+    def run_forever(self) -> int:
+        self.start()
+        seen_connects = self.transport.connects
+        try:
+            while not self.stopping.is_set():
+                msg = self.transport.get(0.05)
+                if msg is not None:
+                    self.handle(msg.topic, msg.payload)
+                if self.transport.connects != seen_connects:
+                    seen_connects = self.transport.connects
+                    self._hello()
+                self._tick(time.monotonic())
+        finally:
+            self.transport.stop()
+        return 0
+
+    # messages ----------------------------------------------------------------------------------
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        log.warning("rejected message: %s", reason)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            kind = self.topics.parse_broadcast_topic(topic)
+        except TopicError as exc:
+            return self._reject(str(exc))
+        try:
+            if kind == "pipeline":
+                self._on_pipeline(payload)
+            elif kind == f"model-{self.profile.model_variant}":
+                self._on_model(ModelBlob.decode(payload, self.profile.payload_limit_bytes))
+            elif kind == "round":
+                self._on_round(payload)
+            elif kind == "protocol":
+                self._on_frame(Envelope.decode(payload, self.profile.payload_limit_bytes))
+        except WireError as exc:
+            self._reject(f"{topic}: {exc}")
+
+    def _on_pipeline(self, payload: bytes) -> None:
+        if len(payload) > 1 << 20:
+            return self._reject("pipeline above 1 MiB")
+        try:
+            self.pipeline = Pipeline.from_dict(json.loads(payload))
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._reject(f"bad pipeline: {exc}")
+        self.encoded = self.pipeline.encode(self.table)
+        self.spec = ModelSpec(self.profile.model_variant, self.pipeline.n_features, self.pipeline.n_classes,
+                              self.config.model_size)
+        self.model = self.spec.build()
+        log.info("pipeline received: %d features, %d classes", self.pipeline.n_features, self.pipeline.n_classes)
+
+    def _on_model(self, blob: ModelBlob) -> None:
+        if self.model is None:
+            return self._reject("model before pipeline")
+        if blob.variant != self.profile.model_variant:
+            return self._reject(f"model variant {blob.variant} is not ours")
+        try:
+            flat = tensors_to_flat(blob.tensors, layout(self.model))
+            set_flat(self.model, flat)
+        except ValueError as exc:
+            return self._reject(f"model does not fit: {exc}")
+        self.model_version = blob.version
+        self.store.state.model_version = blob.version
+        self.store.save()
+        log.info("global model v%d loaded", blob.version)
+
+    def _on_round(self, payload: bytes) -> None:
+        doc_kind = json.loads(payload).get("outcome") if payload[:1] == b"{" else None
+        if doc_kind is not None:
+            end = RoundEnd.decode(payload)
+            if self.announce and (end.round, end.attempt, end.cohort) == \
+                    (self.announce.round, self.announce.attempt, self.announce.cohort):
+                log.info("round %d.%d %s: %s", end.round, end.attempt, end.cohort, end.outcome)
+                if end.outcome == "committed":
+                    self.store.state.last_round = end.round
+                    self.store.save()
+                self._end_session()
+            return
+        ann = RoundAnnounce.decode(payload)
+        me = [p for p in ann.participants if isinstance(p, list) and len(p) == 3 and p[0] == self.config.agent_id]
+        if not me or ann.model_variant != self.profile.model_variant or ann.mask_bits != self.profile.mask_bits:
+            return
+        key = f"{ann.round}.{ann.attempt}.{ann.cohort}"
+        if key in self.store.state.uploaded:
+            return  # a redelivered announcement of a round we already uploaded to
+        if self.store.state.gateway_pk and self.store.state.gateway_pk != ann.server_pk:
+            return self._reject("round announced with a gateway key other than the pinned one")
+        if not self.store.state.gateway_pk:
+            self.store.state.gateway_pk = ann.server_pk   # pinned on first use
+            self.store.save()
+        if self.encoded is None or self.model is None:
+            return self._reject("round announced before pipeline and model arrived")
+        try:
+            peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
+            self.session = AgentAggregation(sid=int(me[0][1]), identity=self.identity,
+                                            server_pk=bytes.fromhex(ann.server_pk), peers=peers,
+                                            round_id=ann.round, epoch=ann.round * 16 + ann.attempt)
+        except (ValueError, TypeError, ProtocolError) as exc:
+            return self._reject(f"bad round announcement: {exc}")
+        self.announce = ann
+        self.trained = None
+        self.state = "training"
+        self._heartbeat()
+        self.training = threading.Thread(target=self._train, args=(ann,), daemon=True)
+        self.training.start()
+        log.info("round %d.%d: seated in %s as %d", ann.round, ann.attempt, ann.cohort, me[0][1])
+
+    def _train(self, ann: RoundAnnounce) -> None:
+        start = torch.nn.utils.parameters_to_vector  # keep torch import warm in this thread
+        del start
+        from models.params import get_flat
+        base = get_flat(self.model)
+        local = self.spec.build()
+        set_flat(local, base)
+        budget = self.profile.training
+        cfg = TrainConfig(epochs=self.config.train_epochs or budget.epochs, batch_size=budget.batch_size,
+                          adversarial="fgsm" if self.profile.adversarial_training else None,
+                          seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s,
+                          max_batches=self.config.max_batches)
+        result = train_local(local, self.encoded, cfg)
+        weight = max(1, min(round(len(self.encoded) / max(1, ann.weight_unit)), 0xFFFFFFFF))
+        self.trained = (result.weights - base, weight)
+
+    def _on_frame(self, env: Envelope) -> None:
+        ann = self.announce
+        if self.session is None or ann is None or (env.round, env.attempt, env.cohort) != \
+                (ann.round, ann.attempt, ann.cohort):
+            return  # someone else's cohort or a past round
+        try:
+            self._send(self.session.receive(env.body))
+        except ProtocolError as exc:
+            self._reject(f"protocol frame refused: {type(exc).__name__}: {exc}")
+
+    def _send(self, frames) -> None:
+        ann = self.announce
+        for kind, frame in frames:
+            env = Envelope(ann.round, ann.attempt, ann.cohort, kind, frame).encode()
+            self.transport.publish(self.topics.agent(self.config.agent_id, kind), env)
+            if kind == "masked":
+                self.store.state.uploaded.append(f"{ann.round}.{ann.attempt}.{ann.cohort}")
+                self.store.save()
+
+    def _end_session(self) -> None:
+        self.session = None
+        self.announce = None
+        self.state = "detecting" if self.model_version >= 0 else "online"
+
+    # periodic work -----------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        hb = Heartbeat(self.config.agent_id, self.state, self.store.state.last_round, self.model_version,
+                       self.alerts, self.records)
+        self.transport.publish(self.topics.agent(self.config.agent_id, "heartbeat"), hb.encode())
+
+    def _tick(self, now: float) -> None:
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.config.heartbeat_s
+            self._heartbeat()
+        if self.session is not None and self.trained is not None and self.session.wants_input:
+            delta, weight = self.trained
+            self._send(self.session.provide_input(delta, weight))
+        if self.session is None and self.model_version >= 0 and self.encoded is not None and now >= self.next_record:
+            self.next_record = now + 1.0 / self.config.stream_rate_hz
+            self._detect_one()
+
+    def _detect_one(self) -> None:
+        """Replay of the local partition as a record stream: classify one record, alert on attacks."""
+        self.state = "detecting"
+        i = self.records % len(self.encoded)
+        self.records += 1
+        with torch.no_grad():
+            probs = torch.softmax(self.model(torch.from_numpy(self.encoded.x[i:i + 1])), dim=1)[0]
+        cls = int(probs.argmax())
+        label = self.pipeline.classes[cls]
+        if label != "normal":
+            self.store.state.alert_seq += 1
+            self.alerts += 1
+            alert = Alert(self.config.agent_id, self.store.state.alert_seq, label, round(float(probs[cls]), 4),
+                          self.model_version)
+            self.transport.publish(self.topics.agent(self.config.agent_id, "alerts"), alert.encode())
