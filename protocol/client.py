@@ -1,0 +1,275 @@
+"""The client side of a secure-aggregation round, driven message by message.
+
+    session = ClientSession(client_id, identity, directory, epoch_keys, round_id)
+    session.set_input(update, weight)          # any time before the SHARES_RELAY arrives
+    reply = session.receive(frame_from_server) # bytes to send back, or None
+
+Every check happens before any state changes: a refused frame raises a ProtocolError subclass
+and the session stays where it was (RoundAborted is the exception: it is final).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+from nacl.bindings import (crypto_aead_xchacha20poly1305_ietf_decrypt,
+                           crypto_aead_xchacha20poly1305_ietf_encrypt)
+from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from protocol import fixedpoint, graph, kdf, shamir, wire
+from protocol.config import RoundConfig
+from protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+                             InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
+                             WrongRound)
+from protocol.keys import EpochKeys
+from protocol.prg import MaskGenerator
+from protocol.stages import CLIENT_TRANSITIONS, Stage, next_stage
+
+
+def encrypt_share(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+
+
+def decrypt_share(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext[24:], aad, ciphertext[:24], key)
+    except CryptoError:
+        raise DecryptionFailed("encrypted share failed authentication") from None
+
+
+@dataclass
+class _RoundState:
+    """What the client has learnt so far in this round (replaced wholesale on each step)."""
+    config: RoundConfig | None = None
+    config_digest: bytes = b""
+    roster: dict[int, wire.RosterEntry] = field(default_factory=dict)
+    neighbours: frozenset[int] = frozenset()
+    seed: bytes = b""                                   # b_u
+    own_share: tuple[int, int] = (0, 0)                 # (y_b, y_s) at x = self
+    held: dict[int, tuple[int, int]] = field(default_factory=dict)   # owner -> (y_b, y_s)
+    survivors: tuple[int, ...] = ()
+
+
+class ClientSession:
+    def __init__(self, client_id: int, identity: SigningKey, directory: Mapping[int, VerifyKey],
+                 epoch_keys: EpochKeys, round_id: int,
+                 randbytes: Callable[[int], bytes] = os.urandom):
+        if not 1 <= client_id <= 0xFFFF:
+            raise ValueError("client ids are 1..65535")
+        if wire.SERVER_ID not in directory:
+            raise ValueError("the directory must hold the server's identity key (id 0)")
+        self.client_id = client_id
+        self.identity = identity
+        self.directory = directory
+        self.keys = epoch_keys
+        self.round_id = round_id
+        self.randbytes = randbytes
+        self.stage = Stage.ADVERTISE_KEYS
+        self._state = _RoundState()
+        self._update: np.ndarray | None = None
+        self._weight = 1
+        self.abort_reason: int | None = None
+        self.released: dict[str, frozenset[int]] = {"self_mask": frozenset(), "secret_key": frozenset()}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def epoch(self) -> int:
+        return self.keys.epoch
+
+    @property
+    def config(self) -> RoundConfig | None:
+        return self._state.config
+
+    def set_input(self, update, weight: int = 1) -> None:
+        """The model update (floats, length dim) and its integer weight (e.g. sample count)."""
+        self._update = np.asarray(update, dtype=np.float64).ravel()
+        self._weight = weight
+
+    def receive(self, data: bytes) -> bytes | None:
+        """Handle one frame from the server; return the reply frame, if any."""
+        frame = wire.decode_frame(data)
+        msg = frame.message
+        if msg.sender != wire.SERVER_ID:
+            raise UnknownSender(f"frame from {msg.sender}, expected the server (0)")
+        frame.verify(self.directory[wire.SERVER_ID])
+        if msg.epoch != self.epoch or msg.round_id != self.round_id:
+            raise WrongRound(f"frame for epoch {msg.epoch} round {msg.round_id}, session is "
+                             f"epoch {self.epoch} round {self.round_id}")
+        target = next_stage(CLIENT_TRANSITIONS, self.stage, msg.TYPE)
+        handler = self._HANDLERS[msg.TYPE]
+        try:
+            reply, state = handler(self, msg)
+        except RoundAborted:
+            self.stage = Stage.ABORTED
+            raise
+        self._state = state
+        self.stage = target
+        return reply.encode(self.identity) if reply is not None else None
+
+    # ------------------------------------------------------------------ helpers
+    def _reply(self, cls, **fields):
+        return cls(self.client_id, self.epoch, self.round_id, **fields)
+
+    def _group(self, state: _RoundState) -> list[int]:
+        return sorted(state.neighbours | {self.client_id})
+
+    # ------------------------------------------------------------------ stage handlers
+    def _on_config(self, msg: wire.RoundConfigMessage):
+        config = msg.config
+        state = _RoundState(config=config, config_digest=config.digest())
+        reply = self._reply(wire.AdvertiseKeys, config_digest=state.config_digest,
+                            c_pk=self.keys.c_pk, s_pk=self.keys.s_pk)
+        return reply, state
+
+    def _on_roster(self, msg: wire.Roster):
+        old = self._state
+        config = old.config
+        roster = {e.client_id: e for e in msg.entries}
+        if len(roster) > config.max_clients:
+            raise ConsistencyViolation(f"roster of {len(roster)} exceeds max_clients {config.max_clients}")
+        mine = roster.get(self.client_id)
+        if mine is None or mine.c_pk != self.keys.c_pk or mine.s_pk != self.keys.s_pk:
+            raise ConsistencyViolation("the roster does not hold this client's advertised keys")
+        seen_keys: set[bytes] = set()
+        for entry in msg.entries:
+            if entry.client_id not in self.directory:
+                raise UnknownSender(f"roster names unenrolled client {entry.client_id}")
+            for key in (entry.c_pk, entry.s_pk):
+                if key in seen_keys:
+                    raise DuplicateMessage(f"public key of client {entry.client_id} appears twice in the roster")
+                seen_keys.add(key)
+            signed = wire.advertise_signed_bytes(entry, old.config_digest, self.epoch, self.round_id)
+            try:
+                self.directory[entry.client_id].verify(signed, entry.signature)
+            except Exception:
+                raise BadSignature(f"roster entry of client {entry.client_id} is not signed by it "
+                                   "(or it saw another configuration)") from None
+        t = config.threshold
+        if len(roster) < t:
+            raise RoundAborted(f"roster of {len(roster)} is below the threshold {t}")
+        neighbours = graph.neighbours(list(roster), config.neighbors, msg.digest())[self.client_id]
+        state = _RoundState(config=config, config_digest=old.config_digest, roster=roster,
+                            neighbours=neighbours)
+        group = self._group(state)
+        if len(group) < t:
+            raise RoundAborted(f"sharing group of {len(group)} is below the threshold {t}")
+        # Validation done: generate this round's secrets and deal them.
+        state.seed = self.randbytes(32)
+        b_shares = shamir.split(state.seed, t, group, self.randbytes)
+        s_shares = shamir.split(self.keys.s_sk, t, group, self.randbytes)
+        out = []
+        for b_share, s_share in zip(b_shares, s_shares):
+            peer = b_share.x
+            if peer == self.client_id:
+                state.own_share = (b_share.y, s_share.y)
+                continue
+            key = kdf.share_encryption_key(self.keys.c_sk, roster[peer].c_pk, self.client_id, peer, self.epoch)
+            plaintext = shamir.encode_y(b_share.y) + shamir.encode_y(s_share.y)
+            aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
+            out.append(wire.EncryptedShare(peer, encrypt_share(key, self.randbytes(24), plaintext, aad)))
+        return self._reply(wire.ShareKeys, shares=tuple(out)), state
+
+    def _on_relay(self, msg: wire.SharesRelay):
+        old = self._state
+        config = old.config
+        if self._update is None:
+            raise InvalidTransition("no input yet: call set_input() before the shares are relayed")
+        if self._update.size != config.dim:
+            raise InvalidTransition(f"input has {self._update.size} values, the round expects {config.dim}")
+        if not 1 <= self._weight <= config.max_weight:
+            raise InvalidTransition(f"weight {self._weight} outside 1..{config.max_weight}")
+        held = {}
+        for share in msg.shares:
+            if share.peer not in old.neighbours:
+                raise ConsistencyViolation(f"relayed share from {share.peer}, not a neighbour")
+            key = kdf.share_encryption_key(self.keys.c_sk, old.roster[share.peer].c_pk,
+                                           self.client_id, share.peer, self.epoch)
+            aad = wire.share_aad(self.epoch, self.round_id, share.peer, self.client_id)
+            plaintext = decrypt_share(key, share.ciphertext, aad)
+            if len(plaintext) != 2 * shamir.SHARE_BYTES:
+                raise MalformedMessage("decrypted share has the wrong length")
+            held[share.peer] = (shamir.decode_y(plaintext[:33]), shamir.decode_y(plaintext[33:]))
+        if len(held) + 1 < config.threshold:
+            raise RoundAborted(f"only {len(held)} neighbours shared keys; threshold {config.threshold}")
+        encoded = fixedpoint.encode(self._update, self._weight, config.frac_bits, config.clip_q,
+                                    config.mask_bits)
+        generator = MaskGenerator(config.words, config.mask_bits)
+        generator.add(encoded, kdf.self_mask_key(old.seed, self.client_id, self.epoch, self.round_id))
+        for peer in sorted(held):
+            key = kdf.pairwise_mask_key(self.keys.s_sk, old.roster[peer].s_pk, self.client_id, peer,
+                                        self.epoch, self.round_id)
+            # The smaller id adds the pairwise mask, the larger subtracts it.
+            if self.client_id < peer:
+                generator.add(encoded, key)
+            else:
+                generator.subtract(encoded, key)
+        state = _RoundState(**{**old.__dict__, "held": held})
+        return self._reply(wire.MaskedInput, mask_bits=config.mask_bits, words=encoded), state
+
+    def _on_consistency(self, msg: wire.ConsistencyRequest):
+        old = self._state
+        survivors = set(msg.survivors)
+        if not survivors <= set(old.roster):
+            raise ConsistencyViolation("survivor set names clients outside the roster (sets may not grow)")
+        if self.client_id not in survivors:
+            raise ConsistencyViolation("this client's masked input is not in the survivor set")
+        if not (survivors & old.neighbours) <= set(old.held):
+            raise ConsistencyViolation("a surviving neighbour never shared keys with this client")
+        if len(survivors) < old.config.threshold:
+            raise RoundAborted(f"{len(survivors)} survivors, threshold {old.config.threshold}")
+        statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, msg.survivors)
+        signature = self.identity.sign(statement).signature
+        state = _RoundState(**{**old.__dict__, "survivors": msg.survivors})
+        return self._reply(wire.ConsistencySignature, signature=signature), state
+
+    def _on_unmask(self, msg: wire.UnmaskRequest):
+        old = self._state
+        survivors = set(old.survivors)
+        statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, old.survivors)
+        for signer, signature in msg.signatures:
+            if signer not in survivors:
+                raise ConsistencyViolation(f"consistency signature from {signer}, not a survivor")
+            try:
+                self.directory[signer].verify(statement, signature)
+            except Exception:
+                raise BadSignature(f"consistency signature of {signer} does not verify") from None
+        if len(msg.signatures) < old.config.threshold:
+            raise RoundAborted(f"{len(msg.signatures)} consistency signatures, threshold "
+                               f"{old.config.threshold}: no share is released")
+        dropped = set(msg.dropped)
+        if dropped & survivors:
+            raise ConsistencyViolation(f"clients {sorted(dropped & survivors)} are listed as both "
+                                       "surviving and dropped")
+        if not dropped <= set(old.roster):
+            raise ConsistencyViolation("dropped list names clients outside the roster")
+        self_mask, secret_key = [], []
+        for owner in sorted(survivors & (set(old.held) | {self.client_id})):
+            if old.roster[owner].s_pk in self.keys.revealed_peer_keys:
+                raise ConsistencyViolation(f"client {owner}'s mask key was revealed earlier in this epoch; "
+                                           "its self-mask share is withheld")
+            y_b = old.own_share[0] if owner == self.client_id else old.held[owner][0]
+            self_mask.append((owner, shamir.encode_y(y_b)))
+        for owner in sorted(dropped & set(old.held)):
+            secret_key.append((owner, shamir.encode_y(old.held[owner][1])))
+        # Committed: from here the peers' keys count as revealed for the rest of the epoch.
+        self.keys.revealed_peer_keys.update(old.roster[o].s_pk for o, _ in secret_key)
+        self.released = {"self_mask": frozenset(o for o, _ in self_mask),
+                         "secret_key": frozenset(o for o, _ in secret_key)}
+        return self._reply(wire.UnmaskShares, self_mask_shares=tuple(self_mask),
+                           secret_key_shares=tuple(secret_key)), old
+
+    def _on_abort(self, msg: wire.Abort):
+        self.abort_reason = msg.reason
+        return None, self._state
+
+    _HANDLERS = {
+        wire.ROUND_CONFIG: _on_config,
+        wire.ROSTER: _on_roster,
+        wire.SHARES_RELAY: _on_relay,
+        wire.CONSISTENCY_REQUEST: _on_consistency,
+        wire.UNMASK_REQUEST: _on_unmask,
+        wire.ABORT: _on_abort,
+    }

@@ -1,0 +1,49 @@
+"""The public neighbour graph of SecAgg+ (docs/protocol.md, 1.7).
+
+A Harary graph of even degree k over the roster, shuffled by a Fisher-Yates permutation whose
+randomness is AES-CTR keyed from the roster digest: every member computes the same graph and
+no single party chooses it.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Sequence
+
+from protocol.kdf import graph_key
+from protocol.prg import keystream
+
+
+def secagg_plus_degree(n: int) -> int:
+    """SecAgg+'s logarithmic degree, 2*ceil(log2 n); n - 1 (complete) when that is not smaller."""
+    k = 2 * max(1, math.ceil(math.log2(max(n, 2))))
+    return 0 if k >= n - 1 else k
+
+
+def is_complete(n: int, neighbors: int) -> bool:
+    return neighbors == 0 or neighbors >= n - 1
+
+
+def permutation(ids: Sequence[int], roster_digest: bytes) -> list[int]:
+    order = sorted(ids)
+    n = len(order)
+    words = struct.unpack(f"<{n}I", keystream(graph_key(roster_digest), 4 * n))
+    for step, i in enumerate(range(n - 1, 0, -1)):
+        j = words[step] % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def neighbours(ids: Sequence[int], neighbors: int, roster_digest: bytes) -> dict[int, frozenset[int]]:
+    """Each id's neighbour set (never containing itself)."""
+    ids = sorted(ids)
+    n = len(ids)
+    if is_complete(n, neighbors):
+        everyone = frozenset(ids)
+        return {u: everyone - {u} for u in ids}
+    order = permutation(ids, roster_digest)
+    half = neighbors // 2
+    result = {}
+    for i, u in enumerate(order):
+        result[u] = frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
+    return result

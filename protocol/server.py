@@ -1,0 +1,293 @@
+"""The server (aggregator) side of a secure-aggregation round, driven message by message.
+
+    server = ServerSession(config, identity, directory, epoch, round_id)
+    broadcast = server.round_config()               # send to every candidate client
+    server.receive(frame)                           # each client frame of the current stage
+    out = server.close_stage()                      # when all arrived or the stage timed out
+    ...                                             # out.broadcast / out.unicast go to clients
+    result = server.result                          # after closing Unmasking
+
+The caller owns the clock and the transport; this module does no I/O. A refused frame raises a
+ProtocolError subclass and changes nothing. Closing a stage with too few clients aborts the
+round: `close_stage` then returns the ABORT frame and `server.stage` is ABORTED.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from nacl.signing import SigningKey, VerifyKey
+
+from protocol import fixedpoint, graph, kdf, shamir, wire
+from protocol.config import RoundConfig
+from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
+                             ShamirError, UnknownSender, WrongRound)
+from protocol.prg import MaskGenerator, word_dtype
+from protocol.stages import CLOSE, SERVER_TRANSITIONS, Stage, next_stage
+
+
+@dataclass
+class StageOutput:
+    """Frames to send after a stage closes: one for everyone listed, and/or one per client."""
+    broadcast: bytes | None = None
+    recipients: tuple[int, ...] = ()
+    unicast: dict[int, bytes] = field(default_factory=dict)
+
+    def frame_for(self, client_id: int) -> bytes | None:
+        if client_id in self.unicast:
+            return self.unicast[client_id]
+        return self.broadcast if client_id in self.recipients else None
+
+
+@dataclass
+class AggregateResult:
+    total: np.ndarray              # dim + 1 words mod 2^B: sum of encoded w*q, then sum of w
+    mask_bits: int
+    frac_bits: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    @property
+    def sums(self) -> np.ndarray:
+        """Sum over survivors of w*q per element, as signed integers."""
+        return fixedpoint.decode_sum(self.total, self.mask_bits)[0]
+
+    @property
+    def total_weight(self) -> int:
+        return int(self.total[-1])
+
+    def mean(self) -> np.ndarray:
+        return fixedpoint.weighted_mean(self.total, self.mask_bits, self.frac_bits)
+
+
+class ServerSession:
+    def __init__(self, config: RoundConfig, identity: SigningKey, directory: Mapping[int, VerifyKey],
+                 epoch: int, round_id: int):
+        self.config = config
+        self.identity = identity
+        self.directory = {cid: key for cid, key in directory.items() if cid != wire.SERVER_ID}
+        self.epoch = epoch
+        self.round_id = round_id
+        self.stage = Stage.ADVERTISE_KEYS
+        self.config_digest = config.digest()
+        self.max_body = wire.MASKED_PREFIX.size + config.words * config.word_bytes
+        self.result: AggregateResult | None = None
+        self.abort_reason: str | None = None
+        # Per-stage collections; U1..U5 are their key sets.
+        self.adverts: dict[int, wire.RosterEntry] = {}
+        self.neighbours: dict[int, frozenset[int]] = {}
+        self.shares: dict[int, dict[int, bytes]] = {}          # sender -> recipient -> ciphertext
+        self.accumulator: np.ndarray | None = None
+        self.masked_from: set[int] = set()
+        self.survivors: tuple[int, ...] = ()
+        self.consistency: dict[int, bytes] = {}
+        self.dropped: tuple[int, ...] = ()
+        self.unmask: dict[int, wire.UnmaskShares] = {}
+
+    # ------------------------------------------------------------------ sets
+    @property
+    def u1(self) -> frozenset[int]:
+        return frozenset(self.adverts)
+
+    @property
+    def u2(self) -> frozenset[int]:
+        return frozenset(self.shares)
+
+    # ------------------------------------------------------------------ framing
+    def _frame(self, cls, **fields) -> bytes:
+        return cls(wire.SERVER_ID, self.epoch, self.round_id, **fields).encode(self.identity)
+
+    def round_config(self) -> bytes:
+        return self._frame(wire.RoundConfigMessage, config=self.config)
+
+    def receive(self, data: bytes) -> None:
+        """Accept one client frame of the current stage."""
+        frame = wire.decode_frame(data, self.max_body)
+        msg = frame.message
+        key = self.directory.get(msg.sender)
+        if key is None:
+            raise UnknownSender(f"client {msg.sender} is not enrolled")
+        frame.verify(key)
+        if msg.epoch != self.epoch or msg.round_id != self.round_id:
+            raise WrongRound(f"frame for epoch {msg.epoch} round {msg.round_id}, round is "
+                             f"epoch {self.epoch} round {self.round_id}")
+        next_stage(SERVER_TRANSITIONS, self.stage, msg.TYPE)
+        self._COLLECT[msg.TYPE](self, msg, frame)
+
+    def close_stage(self) -> StageOutput:
+        """End the current stage's collection; returns what to send next."""
+        target = next_stage(SERVER_TRANSITIONS, self.stage, CLOSE)
+        try:
+            out = self._CLOSE[self.stage](self)
+        except RoundAborted as exc:
+            return self.abort(str(exc), exc.code)
+        self.stage = target
+        return out
+
+    def abort(self, reason: str, code: int = wire.ABORT_TOO_FEW_CLIENTS) -> StageOutput:
+        self.stage = Stage.ABORTED
+        self.abort_reason = reason
+        return StageOutput(broadcast=self._frame(wire.Abort, reason=code),
+                           recipients=tuple(sorted(self.adverts)))
+
+    def _require(self, count: int, what: str) -> None:
+        if count < self.config.threshold:
+            raise RoundAborted(f"{count} {what}, threshold {self.config.threshold}",
+                               wire.ABORT_TOO_FEW_CLIENTS)
+
+    # ------------------------------------------------------------------ AdvertiseKeys
+    def _collect_advert(self, msg: wire.AdvertiseKeys, frame: wire.SignedFrame) -> None:
+        if msg.sender in self.adverts:
+            raise DuplicateMessage(f"second ADVERTISE_KEYS from {msg.sender}")
+        if msg.config_digest != self.config_digest:
+            raise ConsistencyViolation(f"client {msg.sender} signed another configuration")
+        for other in self.adverts.values():
+            if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk} or msg.c_pk == msg.s_pk:
+                raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
+        if len(self.adverts) >= self.config.max_clients:
+            raise ConsistencyViolation(f"roster is full ({self.config.max_clients} clients)")
+        self.adverts[msg.sender] = wire.RosterEntry(msg.sender, msg.c_pk, msg.s_pk, frame.signature)
+
+    def _close_advertise(self) -> StageOutput:
+        self._require(len(self.adverts), "clients advertised keys")
+        roster = wire.Roster(wire.SERVER_ID, self.epoch, self.round_id,
+                             tuple(self.adverts[c] for c in sorted(self.adverts)))
+        self.neighbours = graph.neighbours(sorted(self.adverts), self.config.neighbors, roster.digest())
+        group = min(len(n) + 1 for n in self.neighbours.values())
+        self._require(group, "members in the smallest sharing group")
+        return StageOutput(broadcast=roster.encode(self.identity), recipients=tuple(sorted(self.adverts)))
+
+    # ------------------------------------------------------------------ ShareKeys
+    def _collect_shares(self, msg: wire.ShareKeys, frame) -> None:
+        if msg.sender not in self.adverts:
+            raise UnknownSender(f"client {msg.sender} is not in the roster")
+        if msg.sender in self.shares:
+            raise DuplicateMessage(f"second SHARE_KEYS from {msg.sender}")
+        recipients = {s.peer for s in msg.shares}
+        if recipients != self.neighbours[msg.sender]:
+            raise ConsistencyViolation(f"client {msg.sender} must share with exactly its neighbours")
+        self.shares[msg.sender] = {s.peer: s.ciphertext for s in msg.shares}
+
+    def _close_share_keys(self) -> StageOutput:
+        self._require(len(self.shares), "clients shared keys")
+        out = StageOutput()
+        for v in sorted(self.shares):
+            relayed = tuple(wire.EncryptedShare(u, self.shares[u][v])
+                            for u in sorted(self.neighbours[v] & self.u2))
+            out.unicast[v] = self._frame(wire.SharesRelay, shares=relayed)
+        return out
+
+    # ------------------------------------------------------------------ MaskedInputCollection
+    def _collect_masked(self, msg: wire.MaskedInput, frame) -> None:
+        if msg.sender not in self.shares:
+            raise UnknownSender(f"client {msg.sender} did not share keys in this round")
+        if msg.sender in self.masked_from:
+            raise DuplicateMessage(f"second MASKED_INPUT from {msg.sender}")
+        if msg.mask_bits != self.config.mask_bits or msg.words.size != self.config.words:
+            raise ConsistencyViolation(f"masked input of {msg.words.size} x {msg.mask_bits} bits, round "
+                                       f"expects {self.config.words} x {self.config.mask_bits}")
+        if self.accumulator is None:
+            self.accumulator = np.zeros(self.config.words, dtype=word_dtype(self.config.mask_bits))
+        np.add(self.accumulator, msg.words, out=self.accumulator)
+        self.masked_from.add(msg.sender)
+
+    def _close_masked(self) -> StageOutput:
+        self._require(len(self.masked_from), "masked inputs")
+        self.survivors = tuple(sorted(self.masked_from))
+        self.dropped = tuple(sorted(self.u2 - self.masked_from))
+        return StageOutput(broadcast=self._frame(wire.ConsistencyRequest, survivors=self.survivors),
+                           recipients=self.survivors)
+
+    # ------------------------------------------------------------------ ConsistencyCheck
+    def _collect_consistency(self, msg: wire.ConsistencySignature, frame) -> None:
+        if msg.sender not in self.masked_from:
+            raise UnknownSender(f"client {msg.sender} is not a survivor")
+        if msg.sender in self.consistency:
+            raise DuplicateMessage(f"second CONSISTENCY_SIGNATURE from {msg.sender}")
+        statement = wire.survivors_statement(self.config_digest, self.epoch, self.round_id, self.survivors)
+        try:
+            self.directory[msg.sender].verify(statement, msg.signature)
+        except Exception:
+            raise BadSignature(f"consistency signature of {msg.sender} does not verify") from None
+        self.consistency[msg.sender] = msg.signature
+
+    def _close_consistency(self) -> StageOutput:
+        self._require(len(self.consistency), "consistency signatures")
+        signers = tuple(sorted(self.consistency))
+        request = self._frame(wire.UnmaskRequest,
+                              signatures=tuple((c, self.consistency[c]) for c in signers),
+                              dropped=self.dropped)
+        return StageOutput(broadcast=request, recipients=signers)
+
+    # ------------------------------------------------------------------ Unmasking
+    def _collect_unmask(self, msg: wire.UnmaskShares, frame) -> None:
+        u = msg.sender
+        if u not in self.consistency:
+            raise UnknownSender(f"client {u} did not sign the survivor set")
+        if u in self.unmask:
+            raise DuplicateMessage(f"second UNMASK_SHARES from {u}")
+        b_owners = {o for o, _ in msg.self_mask_shares}
+        s_owners = {o for o, _ in msg.secret_key_shares}
+        if b_owners & s_owners:
+            raise ConsistencyViolation(f"client {u} sent both share kinds for {sorted(b_owners & s_owners)}")
+        holds = (self.neighbours[u] & self.u2) | {u}
+        if not b_owners <= set(self.survivors) & holds:
+            raise ConsistencyViolation(f"client {u} sent self-mask shares it cannot hold")
+        if not s_owners <= set(self.dropped) & holds:
+            raise ConsistencyViolation(f"client {u} sent secret-key shares it cannot hold")
+        self.unmask[u] = msg
+
+    def _close_unmask(self) -> StageOutput:
+        t = self.config.threshold
+        b_shares: dict[int, list[shamir.Share]] = {o: [] for o in self.survivors}
+        s_shares: dict[int, list[shamir.Share]] = {o: [] for o in self.dropped}
+        for u in sorted(self.unmask):
+            msg = self.unmask[u]
+            for owner, y in msg.self_mask_shares:
+                b_shares[owner].append(shamir.Share(u, shamir.decode_y(y)))
+            for owner, y in msg.secret_key_shares:
+                s_shares[owner].append(shamir.Share(u, shamir.decode_y(y)))
+        for owner, shares in (*b_shares.items(), *s_shares.items()):
+            if len(shares) < t:
+                raise RoundAborted(f"{len(shares)} shares for client {owner}, threshold {t}",
+                                   wire.ABORT_RECONSTRUCTION_FAILED)
+        total = self.accumulator
+        generator = MaskGenerator(self.config.words, self.config.mask_bits)
+        try:
+            for owner in self.survivors:
+                seed = shamir.reconstruct(b_shares[owner], t)
+                generator.subtract(total, kdf.self_mask_key(seed, owner, self.epoch, self.round_id))
+            for d in self.dropped:
+                s_sk = shamir.reconstruct(s_shares[d], t)
+                if kdf.x25519_public(s_sk) != self.adverts[d].s_pk:
+                    raise RoundAborted(f"reconstructed key of {d} does not match its advertised key",
+                                       wire.ABORT_RECONSTRUCTION_FAILED)
+                for v in sorted(self.neighbours[d] & set(self.survivors)):
+                    key = kdf.pairwise_mask_key(s_sk, self.adverts[v].s_pk, d, v, self.epoch, self.round_id)
+                    # v added the mask if v < d, subtracted it otherwise: undo that.
+                    if v < d:
+                        generator.subtract(total, key)
+                    else:
+                        generator.add(total, key)
+        except ShamirError as exc:
+            raise RoundAborted(f"reconstruction failed: {exc}", wire.ABORT_RECONSTRUCTION_FAILED) from exc
+        self.result = AggregateResult(total=total, mask_bits=self.config.mask_bits,
+                                      frac_bits=self.config.frac_bits, survivors=self.survivors,
+                                      dropped=self.dropped)
+        return StageOutput()
+
+    _COLLECT = {
+        wire.ADVERTISE_KEYS: _collect_advert,
+        wire.SHARE_KEYS: _collect_shares,
+        wire.MASKED_INPUT: _collect_masked,
+        wire.CONSISTENCY_SIGNATURE: _collect_consistency,
+        wire.UNMASK_SHARES: _collect_unmask,
+    }
+    _CLOSE = {
+        Stage.ADVERTISE_KEYS: _close_advertise,
+        Stage.SHARE_KEYS: _close_share_keys,
+        Stage.MASKED_INPUT_COLLECTION: _close_masked,
+        Stage.CONSISTENCY_CHECK: _close_consistency,
+        Stage.UNMASKING: _close_unmask,
+    }

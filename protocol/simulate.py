@@ -1,0 +1,110 @@
+"""Run one round with every client in this process (benchmark, demo, tests).
+
+Frames travel as bytes through the real encoders and decoders; only the transport is absent.
+A client listed in `drop_before` stops answering from that stage on (a dropout).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from protocol.client import ClientSession
+from protocol.config import RoundConfig
+from protocol.keys import EpochKeys
+from protocol.server import AggregateResult, ServerSession, StageOutput
+from protocol.stages import Stage
+
+
+@dataclass
+class Cohort:
+    """Identities and epoch keys of a set of clients plus the server, reusable across rounds."""
+    server_identity: SigningKey
+    identities: dict[int, SigningKey]
+    epoch_keys: dict[int, EpochKeys]
+
+    @classmethod
+    def create(cls, client_ids, epoch: int = 1) -> "Cohort":
+        return cls(SigningKey.generate(), {c: SigningKey.generate() for c in client_ids},
+                   {c: EpochKeys.generate(epoch) for c in client_ids})
+
+    @property
+    def directory(self):
+        d = {c: k.verify_key for c, k in self.identities.items()}
+        d[0] = self.server_identity.verify_key
+        return d
+
+
+@dataclass
+class RoundRun:
+    result: AggregateResult | None
+    server: ServerSession
+    clients: dict[int, ClientSession]
+    client_seconds: dict[int, float] = field(default_factory=dict)
+    server_seconds: float = 0.0
+    upload_bytes: dict[int, int] = field(default_factory=dict)   # MASKED_INPUT frame per client
+
+
+def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarray],
+              weights: Mapping[int, int] | None = None, drop_before: Mapping[int, Stage] | None = None,
+              round_id: int = 1) -> RoundRun:
+    """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on."""
+    drop_before = dict(drop_before or {})
+    weights = weights or {}
+    epoch = next(iter(cohort.epoch_keys.values())).epoch
+    directory = cohort.directory
+    server = ServerSession(config, cohort.server_identity, directory, epoch, round_id)
+    clients = {c: ClientSession(c, cohort.identities[c], directory, cohort.epoch_keys[c], round_id)
+               for c in inputs}
+    run = RoundRun(None, server, clients, {c: 0.0 for c in clients})
+    order = Stage.order()
+
+    def active(c: int, stage: Stage) -> bool:
+        stop = drop_before.get(c)
+        return stop is None or order.index(stage) < order.index(stop)
+
+    def deliver(out: StageOutput | bytes, stage: Stage) -> None:
+        for c, session in clients.items():
+            frame = out if isinstance(out, bytes) else out.frame_for(c)
+            if frame is None or not active(c, stage) or session.stage.terminal:
+                continue
+            t0 = time.perf_counter()
+            if stage == Stage.MASKED_INPUT_COLLECTION:
+                session.set_input(inputs[c], weights.get(c, 1))
+            reply = session.receive(frame)
+            run.client_seconds[c] += time.perf_counter() - t0
+            if reply is None:
+                continue
+            if stage == Stage.MASKED_INPUT_COLLECTION:
+                run.upload_bytes[c] = len(reply)
+            t0 = time.perf_counter()
+            server.receive(reply)
+            run.server_seconds += time.perf_counter() - t0
+
+    out: StageOutput | bytes = server.round_config()
+    for stage in order[:-1]:
+        deliver(out, stage)
+        t0 = time.perf_counter()
+        out = server.close_stage()
+        run.server_seconds += time.perf_counter() - t0
+        if server.stage == Stage.ABORTED:
+            deliver(out, stage)   # clients learn of the abort
+            return run
+    run.result = server.result
+    return run
+
+
+def expected_sums(config: RoundConfig, inputs: Mapping[int, np.ndarray], weights: Mapping[int, int],
+                  survivors) -> tuple[np.ndarray, int]:
+    """The plaintext reference: sum of w*q over survivors (int64) and the total weight."""
+    from protocol.fixedpoint import quantize
+    total = np.zeros(config.dim, dtype=np.int64)
+    weight = 0
+    for c in survivors:
+        w = weights.get(c, 1)
+        total += quantize(inputs[c], config.frac_bits, config.clip_q) * w
+        weight += w
+    return total, weight
