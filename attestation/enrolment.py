@@ -1,0 +1,163 @@
+"""Gateway side of enrolment: credential activation without a TPM on the gateway.
+
+The agent sends its EK and AK public areas. The authority checks that the AK is a
+restricted, TPM-resident signing key and the EK a TPM-resident restricted decryption key,
+then runs MakeCredential: a random secret encrypted to the EK and bound to the AK's name.
+Only the TPM that holds that EK *and* an object with that name can run ActivateCredential
+and return the secret, which proves the AK lives in the same TPM as the EK.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from attestation.errors import (ActivationFailed, EkCertificateRejected, EndorsementKeyReused,
+                                KeyAttributesRejected, NoPendingEnrolment, ProfileMismatch,
+                                PublicKeyFormatError, UnknownDevice)
+from attestation.keys import public_area_to_key
+from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
+from attestation.policy import AttestationPolicy
+from attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
+from attestation.tpm_wire import (ADMIN_WITH_POLICY, ALG_ECC, ALG_ECDSA, DECRYPT, ECC_NIST_P256,
+                                  FIXED_PARENT, FIXED_TPM, RESTRICTED, SENSITIVE_DATA_ORIGIN,
+                                  SIGN_ENCRYPT, PublicArea, parse_public,
+                                  qualified_name_under_endorsement)
+
+log = logging.getLogger("ztfl.attestation")
+
+AK_REQUIRED = RESTRICTED | SIGN_ENCRYPT | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN
+EK_REQUIRED = RESTRICTED | DECRYPT | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | ADMIN_WITH_POLICY
+SECRET_BYTES = 32
+
+
+@dataclass
+class _Pending:
+    identity: EnrolledIdentity
+    secret: bytes
+    expires_at: float
+
+
+def check_ak(ak: PublicArea, policy: AttestationPolicy) -> None:
+    if not ak.has(AK_REQUIRED) or ak.attributes & DECRYPT:
+        raise KeyAttributesRejected(f"AK attributes 0x{ak.attributes:08x}: need restricted, sign, fixedTPM, "
+                                    "fixedParent, sensitiveDataOrigin and no decrypt")
+    if ak.key_type != ALG_ECC or ak.curve != ECC_NIST_P256 or ak.scheme != ALG_ECDSA:
+        raise KeyAttributesRejected("AK must be an ECDSA key on NIST P-256")
+    if ak.scheme_hash != policy.hash_alg_id or ak.name_alg != policy.hash_alg_id:
+        raise KeyAttributesRejected(f"AK scheme hash and nameAlg must be {policy.hash_alg}")
+
+
+def check_ek(ek: PublicArea) -> None:
+    if not ek.has(EK_REQUIRED) or ek.attributes & SIGN_ENCRYPT:
+        raise KeyAttributesRejected(f"EK attributes 0x{ek.attributes:08x}: need restricted, decrypt, fixedTPM, "
+                                    "fixedParent, sensitiveDataOrigin, adminWithPolicy and no sign")
+
+
+def check_ek_certificate(cert_der: bytes, ek: PublicArea, trusted_cas: Sequence[x509.Certificate]) -> None:
+    """The EK certificate must be issued by one of the trusted CAs and certify this EK."""
+    if not cert_der:
+        raise EkCertificateRejected("the policy requires an EK certificate and the TPM has none")
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+    except ValueError as exc:
+        raise EkCertificateRejected(f"EK certificate is not DER X.509: {exc}") from None
+    issuer = next((ca for ca in trusted_cas if ca.subject == cert.issuer), None)
+    if issuer is None:
+        raise EkCertificateRejected(f"EK certificate issuer {cert.issuer.rfc4514_string()} is not trusted")
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise EkCertificateRejected(f"EK certificate signature: {exc}") from None
+    ek_key = public_area_to_key(ek)
+    cert_key = cert.public_key()
+    if isinstance(ek_key, rsa.RSAPublicKey) and isinstance(cert_key, rsa.RSAPublicKey):
+        same = ek_key.public_numbers() == cert_key.public_numbers()
+    elif isinstance(ek_key, ec.EllipticCurvePublicKey) and isinstance(cert_key, ec.EllipticCurvePublicKey):
+        same = ek_key.public_numbers() == cert_key.public_numbers()
+    else:
+        same = False
+    if not same:
+        raise EkCertificateRejected("EK certificate certifies another key than the EK sent")
+
+
+class EnrolmentAuthority:
+    """begin(request) -> challenge; complete(response) -> the active identity.
+
+    provisioned: agent id -> profile from `ztfl provision`; when given, only those agents may
+    enrol and only with their provisioned profile. trusted_ek_cas: manufacturer CA certificates;
+    when given, every EK must come with a certificate issued by one of them."""
+
+    def __init__(self, registry: IdentityRegistry, policy: AttestationPolicy,
+                 provisioned: Mapping[str, str] | None = None,
+                 trusted_ek_cas: Sequence[x509.Certificate] = (),
+                 challenge_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.registry = registry
+        self.policy = policy
+        self.provisioned = dict(provisioned) if provisioned is not None else None
+        self.trusted_ek_cas = list(trusted_ek_cas)
+        self.challenge_ttl_s = challenge_ttl_s
+        self.clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, request: EnrolmentRequest) -> EnrolmentChallenge:
+        from tpm2_pytss import TPM2B_NAME, TPM2B_PUBLIC
+        from tpm2_pytss.utils import make_credential
+
+        agent_id = request.agent_id
+        if self.provisioned is not None:
+            if agent_id not in self.provisioned:
+                raise UnknownDevice(f"{agent_id} was not provisioned")
+            if self.provisioned[agent_id] != request.profile:
+                raise ProfileMismatch(f"{agent_id} was provisioned as {self.provisioned[agent_id]}, "
+                                      f"claims {request.profile}")
+        ak = parse_public(request.ak_public)
+        ek = parse_public(request.ek_public)
+        check_ak(ak, self.policy)
+        check_ek(ek)
+        if self.trusted_ek_cas:
+            check_ek_certificate(request.ek_certificate, ek, self.trusted_ek_cas)
+        owner = self.registry.find_by_ek(request.ek_public)
+        if owner is not None and owner.agent_id != agent_id:
+            raise EndorsementKeyReused(f"this EK is already enrolled as {owner.agent_id}")
+        try:
+            ek_obj, _ = TPM2B_PUBLIC.unmarshal(request.ek_public)
+            secret = secrets.token_bytes(SECRET_BYTES)
+            blob, encrypted = make_credential(ek_obj, secret, TPM2B_NAME(ak.name))
+        except (ValueError, TypeError) as exc:
+            raise PublicKeyFormatError(f"EK unusable for MakeCredential: {exc}") from None
+        identity = EnrolledIdentity(
+            agent_id=agent_id, profile=request.profile, root=TPM_ROOTED, active=False,
+            ek_public=request.ek_public, ek_certificate=request.ek_certificate,
+            ak_public=request.ak_public, ak_name=ak.name,
+            ak_qualified_name=qualified_name_under_endorsement(ak.name, ak.name_alg))
+        with self._lock:
+            self._pending[agent_id] = _Pending(identity, secret, self.clock() + self.challenge_ttl_s)
+        existing = self.registry.get(agent_id)
+        if existing is None or not existing.active:
+            # Recorded as not yet activated so that its quotes get the precise refusal.
+            self.registry.put(identity)
+        log.info("enrolment of %s (%s) started", agent_id, request.profile)
+        return EnrolmentChallenge(bytes(blob.marshal()), bytes(encrypted.marshal()))
+
+    def complete(self, response: ActivationResponse) -> EnrolledIdentity:
+        with self._lock:
+            pending = self._pending.pop(response.agent_id, None)
+        if pending is None or self.clock() > pending.expires_at:
+            raise NoPendingEnrolment(f"no open enrolment challenge for {response.agent_id}")
+        if not hmac.compare_digest(pending.secret, response.secret):
+            log.warning("enrolment of %s refused: wrong activation secret", response.agent_id)
+            raise ActivationFailed(f"{response.agent_id} did not recover the credential secret")
+        identity = EnrolledIdentity(**{**pending.identity.__dict__, "active": True})
+        self.registry.put(identity)
+        log.info("enrolment of %s complete: AK %s", response.agent_id, identity.ak_name.hex()[:16])
+        return identity

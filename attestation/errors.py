@@ -1,0 +1,202 @@
+"""One exception class per reason an identity, an enrolment or a quote is refused.
+
+Every class carries a short `reason` code (stable, snake_case) that the gateway uses as a
+metrics label and stores with the rejection; the message says what exactly was wrong.
+"""
+from __future__ import annotations
+
+
+class AttestationError(Exception):
+    """Base class: the peer's evidence was refused (fail closed)."""
+
+    reason = "attestation"
+
+
+# --- decoding of peer bytes --------------------------------------------------------------
+
+class MalformedEvidence(AttestationError):
+    """A ztfl attestation message (length-prefixed framing) could not be decoded."""
+
+    reason = "malformed_evidence"
+
+
+class AttestFormatError(AttestationError):
+    """TPMS_ATTEST is not a well-formed quote (magic, type, sizes, trailing bytes)."""
+
+    reason = "attest_format"
+
+
+class SignatureFormatError(AttestationError):
+    """TPMT_SIGNATURE is malformed or uses an unsupported scheme."""
+
+    reason = "signature_format"
+
+
+class PublicKeyFormatError(AttestationError):
+    """TPM2B_PUBLIC is malformed or describes an unsupported key."""
+
+    reason = "public_key_format"
+
+
+# --- identity ---------------------------------------------------------------------------
+
+class UnknownAgent(AttestationError):
+    """No enrolled identity exists for this agent id."""
+
+    reason = "not_enrolled"
+
+
+class AkNotActivated(AttestationError):
+    """The agent started enrolment but never proved its AK lives in its TPM (no ActivateCredential)."""
+
+    reason = "ak_not_activated"
+
+
+class UnenrolledKey(AttestationError):
+    """The quote names a signing key other than the AK enrolled for this agent."""
+
+    reason = "unenrolled_key"
+
+
+class EvidenceKindMismatch(AttestationError):
+    """TPM evidence from a software-rooted identity or the reverse (a downgrade attempt)."""
+
+    reason = "evidence_kind"
+
+
+class SoftwareRootNotAllowed(AttestationError):
+    """The policy does not admit identities without a TPM for this profile."""
+
+    reason = "software_root_not_allowed"
+
+
+# --- the quote itself ---------------------------------------------------------------------
+
+class BadSignature(AttestationError):
+    """The signature does not verify with the enrolled key."""
+
+    reason = "bad_signature"
+
+
+class HashAlgorithmMismatch(AttestationError):
+    """PCR bank or signature hash differs from the policy's hash algorithm."""
+
+    reason = "hash_algorithm"
+
+
+class QualifyingDataMismatch(AttestationError):
+    """The quote's extraData is not H(nonce || round || protocol public keys)."""
+
+    reason = "qualifying_data"
+
+
+class UnknownNonce(AttestationError):
+    """The nonce was never issued by this verifier (or not to this agent)."""
+
+    reason = "unknown_nonce"
+
+
+class StaleNonce(AttestationError):
+    """The nonce expired or was issued for another round."""
+
+    reason = "stale_nonce"
+
+
+class ReplayedNonce(AttestationError):
+    """The nonce was already used by this agent: a replayed quote."""
+
+    reason = "replayed_nonce"
+
+
+class PcrSelectionMismatch(AttestationError):
+    """The quote covers other PCRs than the policy asks for, or reports the wrong count of values."""
+
+    reason = "pcr_selection"
+
+
+class PcrDigestMismatch(AttestationError):
+    """The reported PCR values do not hash to the digest the TPM signed."""
+
+    reason = "pcr_digest"
+
+
+class PcrValueNotAllowed(AttestationError):
+    """A quoted PCR value is not on the allow-list of the agent's hardware profile."""
+
+    reason = "pcr_not_allowed"
+
+
+class UnknownProfile(AttestationError):
+    """The policy has no allow-list for the agent's hardware profile."""
+
+    reason = "unknown_profile"
+
+
+class ClockRollback(AttestationError):
+    """TPM clock, reset or restart counter went backwards since the last accepted quote."""
+
+    reason = "clock_rollback"
+
+
+# --- enrolment ------------------------------------------------------------------------------
+
+class EnrolmentError(AttestationError):
+    """Base class for refused enrolments."""
+
+    reason = "enrolment"
+
+
+class KeyAttributesRejected(EnrolmentError):
+    """The AK or EK lacks the attributes that make it a TPM-resident key of the right kind."""
+
+    reason = "key_attributes"
+
+
+class EndorsementKeyReused(EnrolmentError):
+    """This EK is already enrolled under another agent id (a cloned or duplicated agent)."""
+
+    reason = "ek_reused"
+
+
+class EkCertificateRejected(EnrolmentError):
+    """The EK certificate does not chain to a trusted manufacturer CA or does not match the EK."""
+
+    reason = "ek_certificate"
+
+
+class UnknownDevice(EnrolmentError):
+    """The agent id is not in the provisioned device list."""
+
+    reason = "unknown_device"
+
+
+class ProfileMismatch(EnrolmentError):
+    """The agent claims another hardware profile than it was provisioned with."""
+
+    reason = "profile_mismatch"
+
+
+class NoPendingEnrolment(EnrolmentError):
+    """An activation answer arrived for an agent that has no open challenge."""
+
+    reason = "no_pending_enrolment"
+
+
+class ActivationFailed(EnrolmentError):
+    """The agent could not recover the credential secret: the AK and EK are not in one TPM."""
+
+    reason = "activation_failed"
+
+
+# --- configuration and local TPM ------------------------------------------------------------
+
+class PolicyError(ValueError):
+    """An attestation policy is invalid; the message names the bad key."""
+
+
+class TpmError(RuntimeError):
+    """A TPM command failed on the agent side; the message names the step."""
+
+
+class TpmStateMismatch(TpmError):
+    """The persistent AK handle holds another key than the one recorded in the state directory."""

@@ -1,0 +1,147 @@
+"""The attestation messages agents and gateways exchange, as dataclasses with
+`to_bytes()` / `from_bytes()` (framing in attestation.framing). The gateway's transport
+carries these bytes; nothing here knows about MQTT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attestation.binding import MIN_NONCE_BYTES
+from attestation.errors import MalformedEvidence
+from attestation.framing import Reader, Writer
+
+MAX_PCRS = 24
+MAX_TPM_STRUCT = 1024
+MAX_CERT = 4096
+
+TAG_QUOTE = b"ZQT\x01"
+TAG_SOFTWARE = b"ZSQ\x01"
+TAG_ENROL = b"ZER\x01"
+TAG_CHALLENGE = b"ZEC\x01"
+TAG_ACTIVATION = b"ZEA\x01"
+
+
+@dataclass(frozen=True)
+class QuoteEvidence:
+    """A TPM quote for one round: the raw TPM structures plus the PCR values it covers.
+
+    attest: marshalled TPMS_ATTEST; signature: marshalled TPMT_SIGNATURE; pcr_values: the
+    digests of the selected PCRs in the order of the attest's selection (what tpm2_checkquote
+    reads as its PCR file)."""
+
+    round_id: int
+    nonce: bytes
+    attest: bytes
+    signature: bytes
+    pcr_values: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        w = (Writer(TAG_QUOTE).u64(self.round_id).blob8(self.nonce)
+             .blob16(self.attest).blob16(self.signature).u8(len(self.pcr_values)))
+        for value in self.pcr_values:
+            w.blob8(value)
+        return w.bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "QuoteEvidence":
+        r = Reader(data, TAG_QUOTE, "QuoteEvidence")
+        round_id = r.u64("round_id")
+        nonce = r.blob8("nonce", MIN_NONCE_BYTES, 64)
+        attest = r.blob16("attest", 1, MAX_TPM_STRUCT)
+        signature = r.blob16("signature", 1, MAX_TPM_STRUCT)
+        count = r.u8("pcr count")
+        if count > MAX_PCRS:
+            raise MalformedEvidence(f"QuoteEvidence: {count} PCR values (at most {MAX_PCRS})")
+        values = tuple(r.blob8("pcr value", 20, 64) for _ in range(count))
+        r.end()
+        return cls(round_id, nonce, attest, signature, values)
+
+
+@dataclass(frozen=True)
+class SoftwareEvidence:
+    """A software-rooted device's answer to a nonce: an Ed25519 signature over
+    attestation.binding.software_quote_message(nonce, round, public keys)."""
+
+    round_id: int
+    nonce: bytes
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return Writer(TAG_SOFTWARE).u64(self.round_id).blob8(self.nonce).blob8(self.signature).bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "SoftwareEvidence":
+        r = Reader(data, TAG_SOFTWARE, "SoftwareEvidence")
+        out = cls(r.u64("round_id"), r.blob8("nonce", MIN_NONCE_BYTES, 64), r.blob8("signature", 64, 64))
+        r.end()
+        return out
+
+
+def decode_evidence(data: bytes) -> QuoteEvidence | SoftwareEvidence:
+    """Either kind of evidence, chosen by its tag."""
+    head = bytes(data[:4]) if isinstance(data, (bytes, bytearray, memoryview)) else b""
+    if head == TAG_QUOTE:
+        return QuoteEvidence.from_bytes(data)
+    if head == TAG_SOFTWARE:
+        return SoftwareEvidence.from_bytes(data)
+    raise MalformedEvidence(f"evidence: unknown tag {head!r}")
+
+
+@dataclass(frozen=True)
+class EnrolmentRequest:
+    """An agent asks to enrol its AK: both keys as marshalled TPM2B_PUBLIC, the EK
+    certificate (DER) if the TPM holds one, and the hardware profile it runs."""
+
+    agent_id: str
+    profile: str
+    ek_public: bytes
+    ak_public: bytes
+    ek_certificate: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return (Writer(TAG_ENROL).text(self.agent_id).text(self.profile).blob16(self.ek_public)
+                .blob16(self.ak_public).blob16(self.ek_certificate).bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EnrolmentRequest":
+        r = Reader(data, TAG_ENROL, "EnrolmentRequest")
+        out = cls(r.text("agent_id"), r.text("profile"), r.blob16("ek_public", 1, MAX_TPM_STRUCT),
+                  r.blob16("ak_public", 1, MAX_TPM_STRUCT), r.blob16("ek_certificate", 0, MAX_CERT))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True)
+class EnrolmentChallenge:
+    """MakeCredential's output: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET, marshalled."""
+
+    credential_blob: bytes
+    encrypted_secret: bytes
+
+    def to_bytes(self) -> bytes:
+        return Writer(TAG_CHALLENGE).blob16(self.credential_blob).blob16(self.encrypted_secret).bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EnrolmentChallenge":
+        r = Reader(data, TAG_CHALLENGE, "EnrolmentChallenge")
+        out = cls(r.blob16("credential_blob", 1, MAX_TPM_STRUCT), r.blob16("encrypted_secret", 1, MAX_TPM_STRUCT))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True)
+class ActivationResponse:
+    """The secret ActivateCredential recovered; only the TPM holding both EK and AK can."""
+
+    agent_id: str
+    secret: bytes
+
+    def to_bytes(self) -> bytes:
+        return Writer(TAG_ACTIVATION).text(self.agent_id).blob8(self.secret).bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ActivationResponse":
+        r = Reader(data, TAG_ACTIVATION, "ActivationResponse")
+        out = cls(r.text("agent_id"), r.blob8("secret", 16, 64))
+        r.end()
+        return out
