@@ -73,3 +73,65 @@ def run_json(code: str, payload=None, heapsize: str | None = None,
     if not lines:
         raise MicroPythonError("micropython printed nothing")
     return json.loads(lines[-1])
+
+
+class FirmwareClient:
+    """A firmware ClientSession living in a MicroPython process (host/secagg_stdio.py),
+    driven one JSON line at a time. Used to put real-MicroPython clients in a round next
+    to CPython ones without a broker."""
+
+    def __init__(self, heapsize: str | None = None):
+        self.proc = subprocess.Popen(command(FIRMWARE_DIR / "host" / "secagg_stdio.py", heapsize),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=environment(), text=True)
+        self.stage: str | None = None
+
+    def call(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            raise MicroPythonError(f"firmware client exited: {err}")
+        reply = json.loads(line)
+        self.stage = reply.get("stage", self.stage)
+        if reply.get("error") == "Crash":
+            raise MicroPythonError(reply["message"])
+        return reply
+
+    def open_session(self, client_id: int, identity_seed: bytes, directory: dict[int, bytes], epoch: int,
+                     c_sk: bytes, s_sk: bytes, round_id: int, random: bytes | None = None) -> dict:
+        return self.call(op="session", client_id=client_id, identity_seed=identity_seed.hex(),
+                         directory={str(k): bytes(v).hex() for k, v in directory.items()}, epoch=epoch,
+                         c_sk=c_sk.hex(), s_sk=s_sk.hex(), round_id=round_id,
+                         random=random.hex() if random else None)
+
+    def set_input(self, values, weight: int = 1) -> None:
+        self.call(op="input", values=[float(v) for v in values], weight=weight)
+
+    def receive(self, frame: bytes) -> tuple[bytes | None, str | None]:
+        """(reply frame or None, error class name or None)."""
+        r = self.call(op="receive", frame=frame.hex())
+        if "error" in r:
+            return None, r["error"]
+        return (bytes.fromhex(r["reply"]) if r["reply"] else None), None
+
+    def stats(self) -> dict:
+        return self.call(op="stats")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

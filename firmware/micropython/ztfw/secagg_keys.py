@@ -1,0 +1,73 @@
+"""Key derivation of the secure-aggregation protocol (docs/protocol.md 1.2, 1.7)."""
+import struct
+
+from ztfw import x25519
+from ztfw.hmac256 import hkdf as _hkdf
+from ztfw.secagg_errors import KeyAgreementError
+
+ZERO_SALT = bytes(32)
+INFO_PAIRWISE_EPOCH = b"ztfl/secagg/v1/pairwise-epoch"
+INFO_PAIRWISE_ROUND = b"ztfl/secagg/v1/pairwise-round"
+INFO_SELF_MASK = b"ztfl/secagg/v1/self-mask"
+INFO_SHARE_ENC = b"ztfl/secagg/v1/share-enc"
+INFO_GRAPH = b"ztfl/secagg/v1/graph"
+
+
+def hkdf(ikm, info, length):
+    return _hkdf(ikm, ZERO_SALT, info, length)
+
+
+def _pair(u, v):
+    return struct.pack("<HH", min(u, v), max(u, v))
+
+
+def agree(secret_key, public_key):
+    """X25519; the all-zero secret of a low-order public key is refused."""
+    try:
+        return x25519.shared_secret(secret_key, public_key)
+    except x25519.X25519Error as e:
+        raise KeyAgreementError("X25519 failed: %s" % e)
+
+
+class EpochKeys:
+    """The two X25519 key pairs of one key epoch, and the peers' s public keys whose secret
+    this client helped reveal (it never releases a self-mask share for those)."""
+
+    def __init__(self, epoch, c_sk, s_sk):
+        self.epoch = epoch
+        self.c_sk = bytes(c_sk)
+        self.s_sk = bytes(s_sk)
+        self.c_pk = x25519.public_key(self.c_sk)
+        self.s_pk = x25519.public_key(self.s_sk)
+        self.revealed_peer_keys = set()
+
+    @classmethod
+    def generate(cls, epoch, randbytes):
+        c_sk = randbytes(32)
+        return cls(epoch, c_sk, randbytes(32))
+
+
+def pairwise_epoch_key(shared, u, v, epoch):
+    return hkdf(shared, INFO_PAIRWISE_EPOCH + _pair(u, v) + struct.pack("<I", epoch), 32)
+
+
+def pairwise_round_key(epoch_key, round_id):
+    return hkdf(epoch_key, INFO_PAIRWISE_ROUND + struct.pack("<I", round_id), 16)
+
+
+def pairwise_mask_key(s_sk, peer_s_pk, me, peer, epoch, round_id):
+    shared = agree(s_sk, peer_s_pk)
+    return pairwise_round_key(pairwise_epoch_key(shared, me, peer, epoch), round_id)
+
+
+def self_mask_key(seed, client_id, epoch, round_id):
+    return hkdf(seed, INFO_SELF_MASK + struct.pack("<HII", client_id, epoch, round_id), 16)
+
+
+def share_encryption_key(c_sk, peer_c_pk, me, peer, epoch):
+    shared = agree(c_sk, peer_c_pk)
+    return hkdf(shared, INFO_SHARE_ENC + _pair(me, peer) + struct.pack("<I", epoch), 32)
+
+
+def graph_key(roster_digest):
+    return hkdf(roster_digest, INFO_GRAPH, 16)

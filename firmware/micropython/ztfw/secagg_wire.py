@@ -1,0 +1,316 @@
+"""The secure-aggregation wire format (docs/protocol.md 1.6), firmware side.
+
+frame = header (20 bytes) || body || Ed25519 signature (64) over header || SHA-256(body).
+Decoders check every size against the bytes at hand before building anything,
+consume the body exactly and raise MalformedMessage with a reason.
+"""
+import hashlib
+import struct
+
+from ztfw import ed25519
+from ztfw.secagg_errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
+from ztfw.shamir import PRIME, SHARE_BYTES
+
+MAGIC = b"ZS"
+VERSION = 1
+HEADER_FMT = "<2sBBHHIII"
+HEADER_BYTES = 20
+SIGNATURE_BYTES = 64
+KEY_BYTES = 32
+CIPHERTEXT_BYTES = 24 + 2 * SHARE_BYTES + 16   # 106
+SERVER_ID = 0
+MAX_DIM = 1 << 27
+
+ROUND_CONFIG = 0x01
+ADVERTISE_KEYS = 0x02
+ROSTER = 0x03
+SHARE_KEYS = 0x04
+SHARES_RELAY = 0x05
+MASKED_INPUT = 0x06
+CONSISTENCY_REQUEST = 0x07
+CONSISTENCY_SIGNATURE = 0x08
+UNMASK_REQUEST = 0x09
+UNMASK_SHARES = 0x0A
+ABORT = 0x0B
+KNOWN_TYPES = (ROUND_CONFIG, ADVERTISE_KEYS, ROSTER, SHARE_KEYS, SHARES_RELAY, MASKED_INPUT,
+               CONSISTENCY_REQUEST, CONSISTENCY_SIGNATURE, UNMASK_REQUEST, UNMASK_SHARES, ABORT)
+
+SURVIVORS_CONTEXT = b"ztfl/secagg/v1/survivors"
+SHARE_AAD_CONTEXT = b"ztfl/secagg/v1/share"
+
+CONFIG_FMT = "<IBBBBHHHHQI"
+CONFIG_BYTES = 28
+ROSTER_ENTRY = 2 + 2 * KEY_BYTES + SIGNATURE_BYTES   # 130
+SHARE_ENTRY = 2 + CIPHERTEXT_BYTES                   # 108
+UNMASK_ENTRY = 2 + SHARE_BYTES                       # 35
+MASKED_PREFIX_BYTES = 8
+
+SEMI_HONEST = 0
+ACTIVE = 1
+FLAG_THRESHOLD_OVERRIDE = 0x01
+
+
+# -- helpers -----------------------------------------------------------------------
+def _ascending(ids, what):
+    for i in range(1, len(ids)):
+        if not ids[i - 1] < ids[i]:
+            raise MalformedMessage("%s: ids must be strictly ascending (duplicate or unsorted %d)"
+                                   % (what, ids[i]))
+    if ids and ids[0] == SERVER_ID:
+        raise MalformedMessage("%s: id 0 is the server, not a client" % what)
+    return ids
+
+
+def _expect(body, pos, need, what):
+    if pos + need != len(body):
+        raise MalformedMessage("%s: %d bytes expected after offset %d, %d present"
+                               % (what, need, pos, len(body) - pos))
+
+
+def header(mtype, sender, epoch, round_id, body_len):
+    return struct.pack(HEADER_FMT, MAGIC, VERSION, mtype, sender, 0, epoch, round_id, body_len)
+
+
+def signed_bytes(head, body_digest):
+    return head + body_digest
+
+
+def encode_frame(mtype, sender, epoch, round_id, body, seed, public):
+    head = header(mtype, sender, epoch, round_id, len(body))
+    signature = ed25519.sign(seed, head + hashlib.sha256(body).digest(), public)
+    return head + body + signature
+
+
+class Frame:
+    def __init__(self, mtype, sender, epoch, round_id, body, signed, signature):
+        self.mtype = mtype
+        self.sender = sender
+        self.epoch = epoch
+        self.round_id = round_id
+        self.body = body
+        self.signed = signed
+        self.signature = signature
+
+    def verify(self, public):
+        try:
+            ed25519.verify(public, self.signed, self.signature)
+        except ed25519.SignatureError as e:
+            raise BadSignature("frame type 0x%02x from %d: %s" % (self.mtype, self.sender, e))
+
+
+def decode_frame(data, max_body):
+    """Parse the frame envelope; the body is parsed by the type's parser, the signature
+    checked by whoever knows the sender's key."""
+    n = len(data)
+    if n < HEADER_BYTES + SIGNATURE_BYTES:
+        raise MalformedMessage("frame of %d bytes is shorter than header and signature" % n)
+    magic, version, mtype, sender, reserved, epoch, round_id, body_len = struct.unpack_from(HEADER_FMT, data, 0)
+    if magic != MAGIC:
+        raise MalformedMessage("bad magic %r" % magic)
+    if version != VERSION:
+        raise UnsupportedVersion("protocol version %d, this side speaks %d" % (version, VERSION))
+    if mtype not in KNOWN_TYPES:
+        raise MalformedMessage("unknown message type 0x%02x" % mtype)
+    if reserved:
+        raise MalformedMessage("reserved header field set")
+    if body_len > max_body:
+        raise MalformedMessage("body of %d bytes exceeds the limit of %d" % (body_len, max_body))
+    if n != HEADER_BYTES + body_len + SIGNATURE_BYTES:
+        raise MalformedMessage("frame is %d bytes, header announces %d"
+                               % (n, HEADER_BYTES + body_len + SIGNATURE_BYTES))
+    body = bytes(data[HEADER_BYTES:HEADER_BYTES + body_len])
+    signed = bytes(data[:HEADER_BYTES]) + hashlib.sha256(body).digest()
+    return Frame(mtype, sender, epoch, round_id, body, signed, bytes(data[HEADER_BYTES + body_len:]))
+
+
+# -- ROUND_CONFIG ------------------------------------------------------------------------
+def group_size(n, neighbors):
+    if neighbors == 0 or neighbors >= n - 1:
+        return n
+    return neighbors + 1
+
+
+def check_threshold(threshold, group, security):
+    if threshold < 2 or threshold > group:
+        raise ConfigurationError("threshold %d must be in 2..%d (group size)" % (threshold, group))
+    if security == ACTIVE and not 3 * threshold > 2 * group:
+        raise ConfigurationError("active security needs t > 2g/3: t=%d, g=%d" % (threshold, group))
+    if security == SEMI_HONEST and not 2 * threshold > group:
+        raise ConfigurationError("semi-honest security needs t > g/2: t=%d, g=%d" % (threshold, group))
+
+
+class RoundConfig:
+    def __init__(self, body):
+        if len(body) != CONFIG_BYTES:
+            raise MalformedMessage("ROUND_CONFIG body is 28 bytes, got %d" % len(body))
+        (self.dim, self.mask_bits, self.frac_bits, self.security, flags, self.threshold,
+         self.neighbors, self.max_clients, reserved, self.clip_q,
+         self.max_weight) = struct.unpack(CONFIG_FMT, body)
+        if reserved or flags & ~FLAG_THRESHOLD_OVERRIDE:
+            raise MalformedMessage("reserved bits set in ROUND_CONFIG")
+        self.threshold_override = bool(flags & FLAG_THRESHOLD_OVERRIDE)
+        self.body = bytes(body)
+        self.digest = hashlib.sha256(self.body).digest()
+        self._validate()
+
+    def _validate(self):
+        if not 1 <= self.dim <= MAX_DIM:
+            raise ConfigurationError("dim %d out of range" % self.dim)
+        if self.max_clients < 2:
+            raise ConfigurationError("max_clients must be at least 2")
+        if self.mask_bits not in (32, 64):
+            raise ConfigurationError("mask_bits must be 32 or 64, got %d" % self.mask_bits)
+        if self.frac_bits > self.mask_bits - 2:
+            raise ConfigurationError("frac_bits %d too large" % self.frac_bits)
+        if not 1 <= self.clip_q <= (1 << 63) - 1:
+            raise ConfigurationError("clip_q out of range")
+        if self.max_weight < 1:
+            raise ConfigurationError("max_weight must be at least 1")
+        if self.neighbors % 2:
+            raise ConfigurationError("neighbors must be even (Harary graph)")
+        if self.security not in (SEMI_HONEST, ACTIVE):
+            raise ConfigurationError("security must be 0 or 1, got %d" % self.security)
+        group = group_size(self.max_clients, self.neighbors)
+        if self.threshold_override:
+            if not 1 <= self.threshold <= group:
+                raise ConfigurationError("threshold %d must be in 1..%d" % (self.threshold, group))
+        else:
+            check_threshold(self.threshold, group, self.security)
+        half = (1 << (self.mask_bits - 1)) - 1
+        if self.max_clients * self.max_weight * self.clip_q > half:
+            raise ConfigurationError("clients x weight x clip_q can wrap the modulus")
+        if self.max_clients * self.max_weight > half:
+            raise ConfigurationError("the sum of weights can wrap the modulus")
+
+
+def encode_round_config(dim, threshold, max_clients, mask_bits=32, frac_bits=16, clip_q=8 << 16,
+                        max_weight=1, neighbors=0, security=ACTIVE, threshold_override=False):
+    return struct.pack(CONFIG_FMT, dim, mask_bits, frac_bits, security,
+                       FLAG_THRESHOLD_OVERRIDE if threshold_override else 0, threshold, neighbors,
+                       max_clients, 0, clip_q, max_weight)
+
+
+# -- bodies the client builds ---------------------------------------------------------------
+def advertise_keys_body(config_digest, c_pk, s_pk):
+    return bytes(config_digest) + bytes(c_pk) + bytes(s_pk)
+
+
+def share_keys_body(shares):
+    """shares: [(to, ciphertext 106)] ascending by `to`."""
+    _ascending([to for to, _ in shares], "SHARE_KEYS")
+    out = bytearray(struct.pack("<HH", len(shares), 0))
+    for to, ct in shares:
+        if len(ct) != CIPHERTEXT_BYTES:
+            raise MalformedMessage("ciphertext must be %d bytes" % CIPHERTEXT_BYTES)
+        out.extend(struct.pack("<H", to))
+        out.extend(ct)
+    return bytes(out)
+
+
+def masked_input_prefix(count, mask_bits):
+    return struct.pack("<IB3x", count, mask_bits)
+
+
+def unmask_shares_body(self_mask_shares, secret_key_shares):
+    """Each list: [(owner, y bytes 33)] ascending by owner."""
+    out = bytearray(struct.pack("<HH", len(self_mask_shares), len(secret_key_shares)))
+    for what, entries in (("self-mask", self_mask_shares), ("secret-key", secret_key_shares)):
+        _ascending([o for o, _ in entries], "UNMASK_SHARES " + what)
+        for owner, y in entries:
+            if len(y) != SHARE_BYTES:
+                raise MalformedMessage("share must be 33 bytes")
+            out.extend(struct.pack("<H", owner))
+            out.extend(y)
+    return bytes(out)
+
+
+def survivors_statement(config_digest, epoch, round_id, survivors):
+    return (SURVIVORS_CONTEXT + bytes(config_digest) + struct.pack("<IIH", epoch, round_id, len(survivors))
+            + struct.pack("<%dH" % len(survivors), *survivors))
+
+
+def share_aad(epoch, round_id, sender, recipient):
+    return SHARE_AAD_CONTEXT + struct.pack("<IIHH", epoch, round_id, sender, recipient)
+
+
+def advertise_signed_bytes(client_id, c_pk, s_pk, config_digest, epoch, round_id):
+    """What a ROSTER entry's signature covers: that client's rebuilt ADVERTISE_KEYS frame."""
+    body = advertise_keys_body(config_digest, c_pk, s_pk)
+    return header(ADVERTISE_KEYS, client_id, epoch, round_id, len(body)) + hashlib.sha256(body).digest()
+
+
+# -- bodies the client parses ----------------------------------------------------------------
+def parse_roster(body):
+    """[(id, c_pk, s_pk, signature)] ascending by id."""
+    if len(body) < 4:
+        raise MalformedMessage("ROSTER: truncated")
+    count, reserved = struct.unpack_from("<HH", body, 0)
+    if reserved:
+        raise MalformedMessage("ROSTER: reserved field set")
+    _expect(body, 4, count * ROSTER_ENTRY, "ROSTER")
+    entries = []
+    pos = 4
+    for _ in range(count):
+        cid = struct.unpack_from("<H", body, pos)[0]
+        entries.append((cid, body[pos + 2:pos + 34], body[pos + 34:pos + 66], body[pos + 66:pos + 130]))
+        pos += ROSTER_ENTRY
+    _ascending([e[0] for e in entries], "ROSTER")
+    return entries
+
+
+def parse_shares(body, what):
+    """[(peer, ciphertext)] ascending by peer (SHARES_RELAY: peer is the sender)."""
+    if len(body) < 4:
+        raise MalformedMessage("%s: truncated" % what)
+    count, reserved = struct.unpack_from("<HH", body, 0)
+    if reserved:
+        raise MalformedMessage("%s: reserved field set" % what)
+    _expect(body, 4, count * SHARE_ENTRY, what)
+    shares = []
+    pos = 4
+    for _ in range(count):
+        peer = struct.unpack_from("<H", body, pos)[0]
+        shares.append((peer, body[pos + 2:pos + SHARE_ENTRY]))
+        pos += SHARE_ENTRY
+    _ascending([s[0] for s in shares], what)
+    return shares
+
+
+def parse_consistency_request(body):
+    if len(body) < 4:
+        raise MalformedMessage("CONSISTENCY_REQUEST: truncated")
+    count, reserved = struct.unpack_from("<HH", body, 0)
+    if reserved:
+        raise MalformedMessage("CONSISTENCY_REQUEST: reserved field set")
+    _expect(body, 4, 2 * count, "CONSISTENCY_REQUEST")
+    return _ascending(list(struct.unpack_from("<%dH" % count, body, 4)), "CONSISTENCY_REQUEST")
+
+
+def parse_unmask_request(body):
+    """([(signer, signature)], [dropped ids])."""
+    if len(body) < 4:
+        raise MalformedMessage("UNMASK_REQUEST: truncated")
+    n_sigs, n_dropped = struct.unpack_from("<HH", body, 0)
+    _expect(body, 4, n_sigs * (2 + SIGNATURE_BYTES) + 2 * n_dropped, "UNMASK_REQUEST")
+    pos = 4
+    sigs = []
+    for _ in range(n_sigs):
+        sigs.append((struct.unpack_from("<H", body, pos)[0], body[pos + 2:pos + 66]))
+        pos += 66
+    _ascending([s for s, _ in sigs], "UNMASK_REQUEST signatures")
+    dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, pos)), "UNMASK_REQUEST dropped")
+    return sigs, dropped
+
+
+def parse_abort(body):
+    if len(body) != 4:
+        raise MalformedMessage("ABORT: body must be 4 bytes")
+    reason, reserved = struct.unpack("<HH", body)
+    if reserved:
+        raise MalformedMessage("ABORT: reserved field set")
+    return reason
+
+
+def check_share_value(y):
+    if int.from_bytes(bytes(y), "little") >= PRIME:
+        raise MalformedMessage("share value outside the field")

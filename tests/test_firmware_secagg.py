@@ -1,0 +1,236 @@
+"""The firmware's secure-aggregation client (real MicroPython) in rounds run by the CPython
+server next to CPython clients: the aggregate must be exact, dropouts included, and hostile
+or malformed server frames must be refused with a typed error and no change of stage."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+from protocol import wire
+from protocol.client import ClientSession
+from protocol.config import RoundConfig
+from protocol.server import ServerSession
+from protocol.simulate import Cohort, expected_sums
+from protocol.stages import Stage
+from ztfl.micropython_host import FirmwareClient, run_json
+
+EPOCH, ROUND = 5, 9
+
+
+def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
+    """One round through the CPython ServerSession; returns (server, inputs, weights, firmware stats)."""
+    drop_before = drop_before or {}
+    cohort = Cohort.create(ids, epoch=EPOCH)
+    rng = np.random.default_rng(seed)
+    # float32 values: the device holds its weights as float32, so both sides quantise the same numbers.
+    inputs = {c: rng.normal(0, 1.5, config.dim).astype(np.float32) for c in ids}
+    weights = {c: 1 + (7 * c) % config.max_weight for c in ids}
+    server = ServerSession(config, cohort.server_identity, cohort.directory, EPOCH, ROUND)
+    clients, firmware = {}, []
+    try:
+        for c in ids:
+            keys = cohort.epoch_keys[c]
+            if c in firmware_ids:
+                fw = FirmwareClient()
+                firmware.append(fw)
+                fw.open_session(c, cohort.identities[c].encode(),
+                                {k: bytes(v) for k, v in cohort.directory.items()}, EPOCH, keys.c_sk, keys.s_sk,
+                                ROUND)
+                fw.set_input(inputs[c], weights[c])
+                clients[c] = fw
+            else:
+                session = ClientSession(c, cohort.identities[c], cohort.directory, keys, ROUND)
+                session.set_input(inputs[c], weights[c])
+                clients[c] = session
+        order = Stage.order()
+        out = server.round_config()
+        for stage in order[:-1]:
+            for c, client in clients.items():
+                stop = drop_before.get(c)
+                if stop is not None and order.index(stage) >= order.index(stop):
+                    continue
+                frame = out if isinstance(out, bytes) else out.frame_for(c)
+                if frame is None:
+                    continue
+                if isinstance(client, FirmwareClient):
+                    reply, error = client.receive(frame)
+                    assert error is None, f"firmware client {c} refused a valid frame: {error}"
+                else:
+                    reply = client.receive(frame)
+                if reply is not None:
+                    server.receive(reply)
+            out = server.close_stage()
+            assert server.stage != Stage.ABORTED, server.abort_reason
+        stats = [fw.stats() for fw in firmware]
+    finally:
+        for fw in firmware:
+            fw.close()
+    return server, inputs, weights, stats
+
+
+def test_mixed_round_with_two_firmware_clients_is_exact():
+    config = RoundConfig(dim=300, threshold=3, max_clients=4, mask_bits=32, max_weight=50)
+    server, inputs, weights, stats = _run_round(config, [1, 2, 3, 4], {2, 4})
+    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4])
+    assert np.array_equal(server.result.sums, expected)
+    assert server.result.total_weight == total_weight
+    assert all(s["stage"] == "Done" for s in stats)
+
+
+def test_firmware_clients_unmask_a_dropped_cpython_client():
+    # Client 1 (CPython) vanishes after sharing its keys: the firmware clients must release
+    # their shares of its mask key so its pairwise masks can be removed.
+    config = RoundConfig(dim=100, threshold=3, max_clients=4, mask_bits=32)
+    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4], {3, 4},
+                                            drop_before={1: Stage.MASKED_INPUT_COLLECTION}, seed=1)
+    assert server.result.dropped == (1,)
+    expected, total_weight = expected_sums(config, inputs, weights, [2, 3, 4])
+    assert np.array_equal(server.result.sums, expected)
+    assert server.result.total_weight == total_weight
+
+
+def test_sparse_neighbour_graph_round_with_a_dropped_firmware_client():
+    # SecAgg+ graph of degree 2 over 5 clients; firmware client 5 drops after ShareKeys.
+    config = RoundConfig(dim=64, threshold=2, max_clients=5, mask_bits=32, neighbors=2, security=0)
+    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5], {2, 5},
+                                            drop_before={5: Stage.MASKED_INPUT_COLLECTION}, seed=2)
+    assert server.result.dropped == (5,)
+    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4])
+    assert np.array_equal(server.result.sums, expected)
+    assert server.result.total_weight == total_weight
+
+
+def test_64_bit_masks_round_is_exact():
+    config = RoundConfig(dim=40, threshold=2, max_clients=2, mask_bits=64, security=0)
+    server, inputs, weights, _ = _run_round(config, [1, 2], {2}, seed=3)
+    expected, _ = expected_sums(config, inputs, weights, [1, 2])
+    assert np.array_equal(server.result.sums, expected)
+
+
+@pytest.fixture
+def lone_firmware_client():
+    """A firmware session of client 1 (with peers 2, 3 enrolled) and the server's key."""
+    server_key = SigningKey.generate()
+    identities = {c: SigningKey.generate() for c in (1, 2, 3)}
+    directory = {0: bytes(server_key.verify_key), **{c: bytes(k.verify_key) for c, k in identities.items()}}
+    fw = FirmwareClient()
+    fw.open_session(1, identities[1].encode(), directory, EPOCH, bytes(range(32)), bytes(range(32, 64)), ROUND)
+    yield fw, server_key, identities
+    fw.close()
+
+
+def test_firmware_refuses_bad_server_frames_and_keeps_its_stage(lone_firmware_client):
+    fw, server_key, identities = lone_firmware_client
+    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    good = wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key)
+
+    def resign(frame: bytes, key=server_key) -> bytes:
+        head, body = frame[:20], frame[20:-64]
+        import hashlib
+        return head + body + key.sign(head + hashlib.sha256(body).digest()).signature
+
+    tampered = bytearray(good)
+    tampered[25] ^= 1                                   # a config byte, signature left as is
+    wrong_round = wire.RoundConfigMessage(0, EPOCH, ROUND + 1, config).encode(server_key)
+    by_peer = wire.RoundConfigMessage(2, EPOCH, ROUND, config).encode(identities[2])
+    forged = resign(good, identities[2])                 # sender 0, signed by someone else
+    bad_magic = resign(b"XS" + good[2:-64] + good[-64:])
+    bad_version = resign(good[:2] + b"\x02" + good[3:-64] + good[-64:])
+    unknown_type = resign(good[:3] + b"\x7f" + good[4:-64] + good[-64:])
+    long_len = good[:16] + struct.pack("<I", 29) + good[20:]
+    roster_first = wire.Roster(0, EPOCH, ROUND, ()).encode(server_key)
+    unsafe = bytearray(config.encode())
+    unsafe[8:10] = struct.pack("<H", 1)                # threshold 1 without the override flag
+    unsafe_cfg = resign(good[:20] + bytes(unsafe) + good[-64:])
+    cases = [
+        (bytes(tampered), "BadSignature"),
+        (wrong_round, "WrongRound"),
+        (by_peer, "UnknownSender"),
+        (forged, "BadSignature"),
+        (bad_magic, "MalformedMessage"),
+        (bad_version, "UnsupportedVersion"),
+        (unknown_type, "MalformedMessage"),
+        (long_len, "MalformedMessage"),
+        (good[:83], "MalformedMessage"),
+        (good + b"\x00", "MalformedMessage"),
+        (roster_first, "InvalidTransition"),
+        (unsafe_cfg, "MalformedMessage"),
+    ]
+    for frame, error in cases:
+        reply, got = fw.receive(frame)
+        assert (reply, got) == (None, error), frame.hex()
+        assert fw.stage == "AdvertiseKeys"
+    reply, error = fw.receive(good)
+    assert error is None and fw.stage == "ShareKeys"
+    advert = wire.decode_frame(reply)
+    advert.verify(identities[1].verify_key)
+    assert advert.message.config_digest == config.digest()
+    # The same ROUND_CONFIG again is not a valid transition any more.
+    assert fw.receive(good) == (None, "InvalidTransition")
+
+
+def test_firmware_refuses_a_roster_with_a_forged_entry(lone_firmware_client):
+    fw, server_key, identities = lone_firmware_client
+    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    reply, _ = fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))
+    mine = wire.decode_frame(reply)
+    entries = [wire.RosterEntry(1, mine.message.c_pk, mine.message.s_pk, mine.signature)]
+    peer_c, peer_s = bytes(range(64, 96)), bytes(range(96, 128))
+    from nacl.bindings import crypto_scalarmult_base
+    peer = wire.AdvertiseKeys(2, EPOCH, ROUND, config.digest(), crypto_scalarmult_base(peer_c),
+                              crypto_scalarmult_base(peer_s)).encode(identities[2])
+    honest = wire.RosterEntry(2, peer[20 + 32:20 + 64], peer[20 + 64:20 + 96], peer[-64:])
+    forged = wire.RosterEntry(2, honest.c_pk, honest.s_pk, SigningKey.generate().sign(b"x").signature)
+    duplicate_key = wire.RosterEntry(2, mine.message.c_pk, honest.s_pk, honest.signature)
+    for entry, error in ((forged, "BadSignature"), (duplicate_key, "DuplicateMessage")):
+        roster = wire.Roster(0, EPOCH, ROUND, tuple(entries + [entry])).encode(server_key)
+        assert fw.receive(roster) == (None, error)
+        assert fw.stage == "ShareKeys"
+    without_me = wire.Roster(0, EPOCH, ROUND, (honest,)).encode(server_key)
+    assert fw.receive(without_me) == (None, "ConsistencyViolation")
+    reply, error = fw.receive(wire.Roster(0, EPOCH, ROUND, tuple(entries + [honest])).encode(server_key))
+    assert error is None and fw.stage == "MaskedInputCollection"
+    shares = wire.decode_frame(reply).message
+    assert [s.peer for s in shares.shares] == [2]
+
+
+_MASK_SCRIPT = r"""
+import sys, json, array
+from binascii import hexlify, unhexlify
+from ztfw import wordops
+from ztfw.masking import MaskedStream
+d = json.loads(sys.stdin.read())
+vals = array.array("f", d["values"])
+def src(start, n, out):
+    for i in range(n):
+        out[i] = vals[start + i]
+res = []
+for viper in (True, False):
+    wordops.use_viper(viper)
+    for bits in (32, 64):
+        m = MaskedStream(len(vals), bits, d["frac"], d["clip"], d["weight"], src,
+                         [unhexlify(k) for k in d["plus"]], [unhexlify(k) for k in d["minus"]], chunk=d["chunk"])
+        res.append(hexlify(b"".join(bytes(c) for c in m.chunks())).decode())
+print(json.dumps({"viper": wordops.HAVE_VIPER, "out": res}))
+"""
+
+
+def test_masked_stream_matches_the_reference_encoder_in_both_word_paths():
+    from protocol import fixedpoint, prg
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(0, 3, 97), [0.5, -0.5, 1.5, 2.5, -2.5, 9.0, -9.0, 1e-9]]).astype(np.float32)
+    plus, minus = [bytes([7]) * 16, bytes([9]) * 16], [bytes([1]) * 16]
+    frac, clip, weight = 12, 8 << 12, 13
+    out = run_json(_MASK_SCRIPT, {"values": [float(v) for v in values], "frac": frac, "clip": clip, "weight": weight,
+                                  "plus": [k.hex() for k in plus], "minus": [k.hex() for k in minus], "chunk": 32})
+    assert out["viper"] is True   # the unix port has the viper emitter, as the ESP32 port does
+    for i, bits in enumerate((32, 64) * 2):
+        e = fixedpoint.encode(values, weight, frac, clip, bits)
+        for k in plus:
+            e = e + prg.mask(k, values.size + 1, bits)
+        for k in minus:
+            e = e - prg.mask(k, values.size + 1, bits)
+        assert out["out"][i] == e.tobytes().hex(), (i, bits)
