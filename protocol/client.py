@@ -50,6 +50,7 @@ class _RoundState:
     seed: bytes = b""                                   # b_u
     own_share: tuple[int, int] = (0, 0)                 # (y_b, y_s) at x = self
     held: dict[int, tuple[int, int]] = field(default_factory=dict)   # owner -> (y_b, y_s)
+    share_keys: dict[int, bytes] = field(default_factory=dict)       # neighbour -> AEAD key
     survivors: tuple[int, ...] = ()
 
 
@@ -167,6 +168,7 @@ class ClientSession:
                 state.own_share = (b_share.y, s_share.y)
                 continue
             key = kdf.share_encryption_key(self.keys.c_sk, roster[peer].c_pk, self.client_id, peer, self.epoch)
+            state.share_keys[peer] = key
             plaintext = shamir.encode_y(b_share.y) + shamir.encode_y(s_share.y)
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             out.append(wire.EncryptedShare(peer, encrypt_share(key, self.randbytes(24), plaintext, aad)))
@@ -185,8 +187,7 @@ class ClientSession:
         for share in msg.shares:
             if share.peer not in old.neighbours:
                 raise ConsistencyViolation(f"relayed share from {share.peer}, not a neighbour")
-            key = kdf.share_encryption_key(self.keys.c_sk, old.roster[share.peer].c_pk,
-                                           self.client_id, share.peer, self.epoch)
+            key = old.share_keys[share.peer]
             aad = wire.share_aad(self.epoch, self.round_id, share.peer, self.client_id)
             plaintext = decrypt_share(key, share.ciphertext, aad)
             if len(plaintext) != 2 * shamir.SHARE_BYTES:

@@ -13,12 +13,21 @@ from protocol.prg import word_dtype
 
 def quantize(values: np.ndarray, frac_bits: int, clip_q: int) -> np.ndarray:
     """Signed int64 fixed-point values, clipped. NaN and infinity are refused."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(x)):
-        raise ValueError("the update contains NaN or infinity")
-    # Clip in float first so huge values cannot overflow int64, then exactly in integers.
-    limit = float(clip_q) + 1.0
-    q = np.rint(np.clip(x * float(2**frac_bits), -limit, limit)).astype(np.int64)
+    x = np.asarray(values).ravel()
+    scaled = np.multiply(x, float(2**frac_bits), dtype=np.float64)
+    if not np.isfinite(scaled).all():
+        raise ValueError("the update contains NaN or infinity (or overflows float64)")
+    if clip_q <= 1 << 53:
+        # The bounds are integers exactly representable in float64, so clipping before rounding
+        # gives the same result as rounding then clipping, in fewer passes.
+        np.minimum(scaled, float(clip_q), out=scaled)
+        np.maximum(scaled, -float(clip_q), out=scaled)
+        np.rint(scaled, out=scaled)
+        return scaled.astype(np.int64)
+    limit = float(clip_q)
+    np.minimum(scaled, limit, out=scaled)
+    np.maximum(scaled, -limit, out=scaled)
+    q = np.rint(scaled).astype(np.int64)
     np.clip(q, -clip_q, clip_q, out=q)
     return q
 
@@ -32,7 +41,8 @@ def encode(values: np.ndarray, weight: int, frac_bits: int, clip_q: int,
     q = quantize(values, frac_bits, clip_q)
     out = np.empty(q.size + 1, dtype=dtype)
     # w*q fits int64 by the configuration check; the cast to unsigned is the reduction mod 2^B.
-    np.multiply(q, np.int64(weight), out=q)
+    if weight != 1:
+        np.multiply(q, np.int64(weight), out=q)
     out[:-1] = q.astype(dtype)  # integer cast wraps: this is the reduction mod 2^B
     out[-1] = weight
     return out

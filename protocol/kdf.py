@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import struct
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+import hashlib
+import hmac
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
 from protocol.errors import KeyAgreementError
@@ -22,7 +22,17 @@ INFO_GRAPH = b"ztfl/secagg/v1/graph"
 
 
 def hkdf(ikm: bytes, info: bytes, length: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=ZERO_SALT, info=info).derive(ikm)
+    """RFC 5869 HKDF-SHA256 with the zero salt (written out: it is called per peer per round,
+    and the firmware implements exactly these lines)."""
+    if not 1 <= length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 output length must be 1..8160 bytes")
+    prk = hmac.digest(ZERO_SALT, ikm, hashlib.sha256)
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((counter,)), hashlib.sha256)
+        out += block
+        counter += 1
+    return out[:length]
 
 
 def x25519(secret_key: bytes, public_key: bytes) -> bytes:

@@ -6,6 +6,7 @@ reveal nothing.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -91,9 +92,21 @@ def split(secret: bytes, threshold: int, xs: Sequence[int],
     return split_with_coefficients(secret, coefficients, xs)
 
 
+@functools.lru_cache(maxsize=256)
+def _lagrange_cached(xs: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_lagrange(xs))
+
+
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Coefficients l_i with f(0) = sum l_i f(x_i), one modular inversion in all."""
+    """Coefficients l_i with f(0) = sum l_i f(x_i), one modular inversion in all.
+
+    Cached by index set: a server reconstructs many secrets from the same responders."""
+    xs = tuple(xs)
     _check_indices(xs)
+    return list(_lagrange_cached(xs))
+
+
+def _lagrange(xs: tuple[int, ...]) -> list[int]:
     nums, dens = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1

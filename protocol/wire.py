@@ -293,7 +293,7 @@ class MaskedInput(Message):
         if len(body) < MASKED_PREFIX.size:
             raise MalformedMessage("MASKED_INPUT: truncated prefix")
         count, mask_bits = MASKED_PREFIX.unpack_from(body)
-        if body[5:8] != b"\x00\x00\x00":
+        if bytes(body[5:8]) != b"\x00\x00\x00":
             raise MalformedMessage("MASKED_INPUT: reserved bytes set")
         if mask_bits not in (32, 64):
             raise MalformedMessage(f"MASKED_INPUT: mask_bits {mask_bits}")
@@ -468,7 +468,8 @@ def decode_frame(data: bytes, max_body: int = MAX_BODY) -> SignedFrame:
     if len(data) != HEADER_BYTES + body_len + SIGNATURE_BYTES:
         raise MalformedMessage(f"frame is {len(data)} bytes, header announces "
                                f"{HEADER_BYTES + body_len + SIGNATURE_BYTES}")
-    body = data[HEADER_BYTES:HEADER_BYTES + body_len]
+    # A view, not a copy: a masked vector is parsed in place.
+    body = memoryview(data)[HEADER_BYTES:HEADER_BYTES + body_len]
     message = cls.parse(sender, epoch, round_id, body)
     signed = data[:HEADER_BYTES] + hashlib.sha256(body).digest()
     return SignedFrame(message, signed, data[HEADER_BYTES + body_len:])
