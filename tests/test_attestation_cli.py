@@ -1,0 +1,117 @@
+"""`ztfl attest quote` writes files an independent verifier (tpm2-tools' tpm2_checkquote)
+accepts; `ztfl attest verify`, `ztfl attest measure` and `ztfl provision` as commands."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attestation.measure import expected_pcr, measure_agent
+from attestation.policy import AttestationPolicy
+from attestation.provision import load_devices
+from attestation.registry import IdentityRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ztfl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ztfl.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+def checkquote(d: Path, qualification: str, selection: str, pem: str = "ak.pem") -> subprocess.CompletedProcess:
+    binary = shutil.which("tpm2_checkquote")
+    if binary is None:
+        pytest.fail("tpm2_checkquote not installed (apt-get install tpm2-tools; make test installs it)")
+    return subprocess.run([binary, "-u", str(d / pem), "-m", str(d / "quote.msg"), "-s", str(d / "quote.sig"),
+                           "-f", str(d / "quote.pcrs"), "-l", selection, "-g", "sha256", "-q", qualification],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_quote_files_pass_tpm2_checkquote_and_fail_when_altered(swtpm, tmp_path):
+    nonce = os.urandom(32).hex()
+    out = tmp_path / "quote"
+    done = ztfl("attest", "quote", "--tcti", swtpm.tcti, "--nonce", nonce, "--out", str(out),
+                "--state-dir", str(tmp_path / "state"), "--pcrs", "sha256:0,16,23", "--round", "7",
+                "--public-keys", "ab" * 64)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    qualification = (out / "qualification.hex").read_text().strip()
+    assert report["qualification"] == qualification
+    assert {p.name for p in out.iterdir()} >= {"quote.msg", "quote.sig", "quote.pcrs", "ak.pem"}
+    assert len((out / "quote.pcrs").read_bytes()) == 3 * 32
+
+    good = checkquote(out, qualification, "sha256:0,16,23")
+    assert good.returncode == 0, good.stderr
+    # Another nonce, a flipped signature bit, a changed PCR value: tpm2_checkquote refuses each.
+    assert checkquote(out, "00" * 32, "sha256:0,16,23").returncode != 0
+    sig = bytearray((out / "quote.sig").read_bytes())
+    sig[10] ^= 1
+    (out / "quote.sig").write_bytes(bytes(sig))
+    assert checkquote(out, qualification, "sha256:0,16,23").returncode != 0
+    sig[10] ^= 1
+    (out / "quote.sig").write_bytes(bytes(sig))
+    pcrs = bytearray((out / "quote.pcrs").read_bytes())
+    pcrs[-1] ^= 1
+    (out / "quote.pcrs").write_bytes(bytes(pcrs))
+    assert checkquote(out, qualification, "sha256:0,16,23").returncode != 0
+    pcrs[-1] ^= 1
+    (out / "quote.pcrs").write_bytes(bytes(pcrs))
+
+    ok = ztfl("attest", "verify", "--dir", str(out), "--nonce", nonce, "--round", "7", "--public-keys", "ab" * 64,
+              "--expect", "23=" + "00" * 32)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"], ok.stdout
+    wrong_round = ztfl("attest", "verify", "--dir", str(out), "--nonce", nonce, "--round", "8",
+                       "--public-keys", "ab" * 64)
+    assert wrong_round.returncode == 1 and "extraData" in json.loads(wrong_round.stdout)["detail"]
+
+
+def test_second_quote_reuses_the_persistent_ak(swtpm, tmp_path):
+    pems = []
+    for i in range(2):
+        done = ztfl("attest", "quote", "--tcti", swtpm.tcti, "--nonce", os.urandom(16).hex(),
+                    "--out", str(tmp_path / f"q{i}"), "--state-dir", str(tmp_path / "state"))
+        assert done.returncode == 0, done.stderr
+        pems.append((tmp_path / f"q{i}" / "ak.pem").read_bytes())
+    assert pems[0] == pems[1]
+
+
+def test_measure_prints_the_value_the_agent_extends(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"weights v1")
+    done = ztfl("attest", "measure", "--model", str(model))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    measurement = measure_agent(REPO, [model])
+    assert report == {"measurement": measurement.hex(), "hash": "sha256",
+                      "expected_pcr": expected_pcr(measurement).hex()}
+    model.write_bytes(b"weights v2")
+    assert json.loads(ztfl("attest", "measure", "--model", str(model)).stdout)["measurement"] != measurement.hex()
+
+
+def test_provision_writes_configs_the_gateway_can_load(tmp_path):
+    done = ztfl("provision", "--out", str(tmp_path / "fleet"), "--gateway", "fog1",
+                "--device", "pi-01:raspberry-pi-4", "--device", "esp-01:esp32")
+    assert done.returncode == 0, done.stdout
+    fleet = tmp_path / "fleet"
+    policy = AttestationPolicy.from_mapping(yaml.safe_load((fleet / "gateway" / "attestation-policy.yaml").read_text()))
+    assert policy.software_rooted_allowed("esp32") and not policy.software_rooted_allowed("raspberry-pi-4")
+    devices = {d["agent_id"]: d for d in load_devices(fleet / "gateway" / "devices.yaml")}
+    assert devices["pi-01"]["root"] == "tpm" and devices["esp-01"]["root"] == "software"
+    firmware = json.loads((fleet / "devices" / "esp-01" / "firmware.json").read_text())
+    registry = IdentityRegistry()
+    registry.add_software_device("esp-01", "esp32", bytes.fromhex(devices["esp-01"]["device_public_key"]))
+    assert firmware["device_public_key"] == devices["esp-01"]["device_public_key"]
+    agent = yaml.safe_load((fleet / "devices" / "pi-01" / "agent.yaml").read_text())
+    assert agent["agent_id"] == "pi-01" and agent["broker"]["url"].startswith("mqtts://")
+    for private in ("ca/ca.key", "broker/broker.key", "gateway/fog1.key", "devices/pi-01/key.pem",
+                    "devices/esp-01/device-key.bin", "devices/esp-01/firmware.json"):
+        assert (fleet / private).stat().st_mode & 0o077 == 0, private
+    bad = ztfl("provision", "--out", str(tmp_path / "bad"), "--device", "pi/01:raspberry-pi-4")
+    assert bad.returncode == 2 and "device id" in bad.stdout
