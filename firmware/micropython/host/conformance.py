@@ -1,0 +1,245 @@
+# Checks the firmware against the protocol's tests/vectors/*.json, inside MicroPython.
+# Reads {"<name>.json": <parsed content>, ...} on stdin; prints one JSON line:
+# {"checks": {"<file>": count}, "failures": ["<file>: <what>", ...]}. Not part of the bundle.
+import hashlib
+import json
+import struct
+import sys
+from array import array
+from binascii import hexlify, unhexlify
+
+from ztfw import ed25519, graph, secagg_keys as kdf, shamir, x25519, xchacha
+from ztfw import secagg_wire as wire
+from ztfw.aes_ctr import AesCtr
+from ztfw.masking import MaskedStream, quantize
+from ztfw.secagg_errors import BadSignature, MalformedMessage, ProtocolError
+
+checks = {}
+failures = []
+current = [""]
+
+
+def check(ok, what):
+    checks[current[0]] = checks.get(current[0], 0) + 1
+    if not ok:
+        failures.append("%s: %s" % (current[0], what))
+
+
+def h(b):
+    return hexlify(b).decode()
+
+
+def u(s):
+    return unhexlify(s)
+
+
+def words_of(values, weight, frac, clip, bits, plus=(), minus=(), chunk=5):
+    vals = array("f", values)
+
+    def src(start, n, out):
+        for i in range(n):
+            out[i] = vals[start + i]
+
+    m = MaskedStream(len(values), bits, frac, clip, weight, src, plus, minus, chunk)
+    raw = b"".join(bytes(c) for c in m.chunks())
+    return list(struct.unpack("<%d%s" % (len(raw) // (bits // 8), "I" if bits == 32 else "Q"), raw))
+
+
+def kdf_file(d):
+    for c in d["hkdf_sha256_zero_salt"]:
+        check(h(kdf.hkdf(u(c["ikm"]), u(c["info"]), c["length"])) == c["okm"], "hkdf %s" % c["info"][:16])
+    for c in d["x25519"]:
+        check(h(x25519.public_key(u(c["sk_a"]))) == c["pk_a"], "x25519 pk_a")
+        check(h(x25519.public_key(u(c["sk_b"]))) == c["pk_b"], "x25519 pk_b")
+        check(h(kdf.agree(u(c["sk_a"]), u(c["pk_b"]))) == c["shared"], "x25519 shared a")
+        check(h(kdf.agree(u(c["sk_b"]), u(c["pk_a"]))) == c["shared"], "x25519 shared b")
+    v = d["derivation"]
+    uu, vv, ep, rd = v["u"], v["v"], v["epoch"], v["round"]
+    shared = kdf.agree(u(v["s_sk_u"]), u(v["s_pk_v"]))
+    check(h(shared) == v["pairwise_shared"], "pairwise shared")
+    ek = kdf.pairwise_epoch_key(shared, uu, vv, ep)
+    check(h(ek) == v["pairwise_epoch_key"], "pairwise epoch key")
+    check(h(kdf.pairwise_round_key(ek, rd)) == v["pairwise_mask_key"], "pairwise mask key")
+    check(h(kdf.pairwise_mask_key(u(v["s_sk_u"]), u(v["s_pk_v"]), uu, vv, ep, rd)) == v["pairwise_mask_key"],
+          "pairwise mask key (u side)")
+    check(h(kdf.pairwise_mask_key(u(v["s_sk_v"]), u(v["s_pk_u"]), vv, uu, ep, rd)) == v["pairwise_mask_key"],
+          "pairwise mask key (v side)")
+    check(h(kdf.share_encryption_key(u(v["c_sk_u"]), u(v["c_pk_v"]), uu, vv, ep)) == v["share_encryption_key"],
+          "share encryption key")
+    check(h(kdf.self_mask_key(u(v["self_mask_seed"]), uu, ep, rd)) == v["self_mask_key"], "self mask key")
+
+
+def prg_file(d):
+    for c in d["aes128_ctr_masks"]:
+        wb = c["mask_bits"] // 8
+        ks = AesCtr(u(c["key"]), bytes(16)).read(c["nwords"] * wb)
+        check(h(ks) == c["keystream"], "keystream %s" % c["key"][:8])
+        got = list(struct.unpack("<%d%s" % (c["nwords"], "I" if wb == 4 else "Q"), ks))
+        check(got == c["words"], "words %s" % c["key"][:8])
+        # The same mask through the streaming path (zero update, weight word excluded).
+        plus = words_of([0.0] * (c["nwords"] - 1), 1, 0, 1, c["mask_bits"], plus=[u(c["key"])])
+        mod = (1 << c["mask_bits"]) - 1
+        check(plus[:-1] == c["words"][:-1] and plus[-1] == (c["words"][-1] + 1) & mod, "streamed mask")
+
+
+def shamir_file(d):
+    check(int(d["prime"]) == shamir.PRIME, "prime")
+    check(h(shamir.PRIME.to_bytes(33, "little")) == d["prime_hex_le"], "prime encoding")
+    for c in d["sharing"]:
+        coeffs = [shamir.decode_y(u(x)) for x in c["coefficients"]]
+        xs = [s["x"] for s in c["shares"]]
+        shares = shamir.split_with_coefficients(u(c["secret"]), coeffs, xs)
+        check([{"x": x, "y": h(shamir.encode_y(y))} for x, y in shares] == c["shares"], "split t=%d" % c["threshold"])
+        subset = [(s["x"], shamir.decode_y(u(s["y"]))) for s in c["shares"] if s["x"] in c["reconstruct_from"]]
+        check(h(shamir.reconstruct(subset, c["threshold"])) == c["reconstructed"], "reconstruct")
+        try:
+            shamir.reconstruct(subset[:-1], c["threshold"])
+            check(False, "too few shares accepted")
+        except shamir.ShamirError:
+            check(True, "")
+
+
+def fixedpoint_file(d):
+    for c in d["encode"]:
+        q = [quantize(x, c["frac_bits"], c["clip_q"]) for x in c["values"]]
+        check(q == c["quantized"], "quantize f=%d" % c["frac_bits"])
+        got = words_of(c["values"], c["weight"], c["frac_bits"], c["clip_q"], c["mask_bits"])
+        check(got == c["words"], "encode %d-bit weight %d" % (c["mask_bits"], c["weight"]))
+
+
+def masking_file(d):
+    cfg = wire.RoundConfig(u(d["config"]))
+    ep, rd = d["epoch"], d["round"]
+    clients = d["clients"]
+    total = [0] * (cfg.dim + 1)
+    for c in clients:
+        me = c["id"]
+        got = words_of(c["input"], c["weight"], cfg.frac_bits, cfg.clip_q, 32)
+        check(got == c["encoded"], "encoded client %d" % me)
+        plus = [kdf.self_mask_key(u(c["self_mask_seed"]), me, ep, rd)]
+        minus = []
+        for o in clients:
+            if o["id"] != me:
+                key = kdf.pairwise_mask_key(u(c["s_sk"]), u(o["s_pk"]), me, o["id"], ep, rd)
+                (plus if me < o["id"] else minus).append(key)
+        masked = words_of(c["input"], c["weight"], cfg.frac_bits, cfg.clip_q, 32, plus, minus)
+        check(masked == c["masked"], "masked client %d" % me)
+        check(h(x25519.public_key(u(c["s_sk"]))) == c["s_pk"], "s_pk client %d" % me)
+        for i in range(len(total)):
+            total[i] = (total[i] + masked[i]) & 0xFFFFFFFF
+    for c in clients:
+        self_mask = words_of([0.0] * cfg.dim, 1, 0, 1, 32,
+                             plus=[kdf.self_mask_key(u(c["self_mask_seed"]), c["id"], ep, rd)])
+        for i in range(len(total)):
+            # words_of added the weight word 1 to the last position: take it back out.
+            total[i] = (total[i] - self_mask[i] + (1 if i == len(total) - 1 else 0)) & 0xFFFFFFFF
+    check(total == d["sum_unmasked"], "sum of masked inputs minus self masks")
+
+
+def graph_file(d):
+    for c in d["harary"]:
+        digest = u(c["roster_digest"])
+        if c["permutation"] is not None:
+            check(graph.permutation(c["ids"], digest) == c["permutation"], "permutation n=%d" % len(c["ids"]))
+        for me in c["ids"]:
+            got = graph.neighbours_of(me, c["ids"], c["neighbors"], digest)
+            check(got == c["neighbours"][str(me)], "neighbours of %d (n=%d k=%d)" % (me, len(c["ids"]), c["neighbors"]))
+
+
+def wire_file(d):
+    seeds = {int(k): u(v) for k, v in d["identity_seeds"].items()}
+    public = {int(k): u(v) for k, v in d["identity_public"].items()}
+    for k in seeds:
+        check(ed25519.public_key(seeds[k]) == public[k], "identity key %d" % k)
+    ep, rd = d["epoch"], d["round"]
+    frames = {f["name"]: f for f in d["frames"]}
+    for f in d["frames"]:
+        raw = u(f["frame"])
+        fr = wire.decode_frame(raw, 1 << 20)
+        check((fr.mtype, fr.sender, fr.epoch, fr.round_id) == (f["type"], f["sender"], ep, rd), "header " + f["name"])
+        check(h(fr.body) == f["body"] and h(fr.signed) == f["signed"], "body/signed " + f["name"])
+        try:
+            fr.verify(public[f["sender"]])
+            check(True, "")
+        except BadSignature:
+            check(False, "signature " + f["name"])
+        # Ed25519 is deterministic: re-signing the body with the sender's seed gives the same frame.
+        check(wire.encode_frame(f["type"], f["sender"], ep, rd, fr.body, seeds[f["sender"]], public[f["sender"]]) == raw,
+              "re-encoded " + f["name"])
+        for bad, what in ((raw[:-1], "truncated"), (raw + b"\x00", "extended"),
+                          (raw[:16] + struct.pack("<I", len(fr.body) + 1) + raw[20:], "length field")):
+            try:
+                wire.decode_frame(bad, 1 << 20)
+                check(False, "%s %s frame accepted" % (what, f["name"]))
+            except MalformedMessage:
+                check(True, "")
+        flipped = bytearray(raw)
+        flipped[20 + len(fr.body) // 2] ^= 0x01
+        try:
+            wire.decode_frame(bytes(flipped), 1 << 20).verify(public[f["sender"]])
+            check(False, "body bit flip in %s verified" % f["name"])
+        except ProtocolError:
+            check(True, "")
+    # Server frames parse with the client's parsers.
+    cfg = wire.RoundConfig(u(frames["round_config"]["body"]))
+    check(h(cfg.digest) == d["config_digest"], "config digest")
+    adv = u(frames["advertise_keys"]["body"])
+    check(adv[:32] == cfg.digest, "advertise carries the config digest")
+    roster = wire.parse_roster(u(frames["roster"]["body"]))
+    for cid, c_pk, s_pk, sig in roster:
+        signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, cfg.digest, ep, rd)
+        try:
+            ed25519.verify(public[cid], signed, sig)
+            check(True, "")
+        except ed25519.SignatureError:
+            check(False, "roster entry %d signature" % cid)
+    check(roster[0][1] == adv[32:64] and roster[0][2] == adv[64:96], "roster holds client 1's keys")
+    cts = []
+    for c in d["share_encryption"]:
+        ct = u(c["nonce"]) + xchacha.encrypt(u(c["key"]), u(c["nonce"]), u(c["plaintext"]), u(c["aad"]))
+        check(h(ct) == c["ciphertext"], "share ciphertext to %d" % c["to"])
+        check(h(xchacha.decrypt(u(c["key"]), ct[:24], ct[24:], u(c["aad"]))) == c["plaintext"], "share decrypt")
+        check(wire.share_aad(ep, rd, c["from"], c["to"]) == u(c["aad"]), "share aad")
+        cts.append((c["to"], ct))
+    check(h(wire.share_keys_body(cts)) == frames["share_keys"]["body"], "share_keys body")
+    relay = wire.parse_shares(u(frames["shares_relay"]["body"]), "SHARES_RELAY")
+    check(relay == [(1, cts[0][1])], "shares_relay parse")
+    for name, bits in (("masked_input", 32), ("masked_input_64", 64)):
+        body = u(frames[name]["body"])
+        count = struct.unpack_from("<I", body, 0)[0]
+        check(wire.masked_input_prefix(count, bits) == body[:8], name + " prefix")
+    survivors = wire.parse_consistency_request(u(frames["consistency_request"]["body"]))
+    statement = wire.survivors_statement(cfg.digest, ep, rd, survivors)
+    check(h(statement) == d["survivor_statement"], "survivor statement")
+    check(h(ed25519.sign(seeds[1], statement)) == frames["consistency_signature"]["body"], "consistency signature")
+    sigs, dropped = wire.parse_unmask_request(u(frames["unmask_request"]["body"]))
+    check(dropped == [4] and [s for s, _ in sigs] == survivors, "unmask_request parse")
+    for signer, sig in sigs:
+        try:
+            ed25519.verify(public[signer], statement, sig)
+            check(True, "")
+        except ed25519.SignatureError:
+            check(False, "survivor signature of %d" % signer)
+    smask = [(o, shamir.encode_y(o * 1000)) for o in survivors]
+    skey = [(4, shamir.encode_y(shamir.PRIME - 1))]
+    check(h(wire.unmask_shares_body(smask, skey)) == frames["unmask_shares"]["body"], "unmask_shares body")
+    check(wire.parse_abort(u(frames["abort"]["body"])) == 1, "abort reason")
+
+
+FILES = {"kdf.json": kdf_file, "prg.json": prg_file, "shamir.json": shamir_file,
+         "fixedpoint.json": fixedpoint_file, "masking.json": masking_file, "graph.json": graph_file,
+         "wire.json": wire_file}
+
+vectors = json.loads(sys.stdin.read())
+for name in sorted(vectors):
+    current[0] = name
+    if name not in FILES:
+        failures.append("%s: no firmware check for this vector file" % name)
+        continue
+    if vectors[name].get("version") != wire.VERSION:
+        failures.append("%s: vector version %r" % (name, vectors[name].get("version")))
+    try:
+        FILES[name](vectors[name])
+    except Exception as e:
+        failures.append("%s: %s: %s" % (name, type(e).__name__, e))
+print(json.dumps({"checks": checks, "failures": failures}))
