@@ -71,7 +71,10 @@ class ServerSession:
         self.round_id = round_id
         self.stage = Stage.ADVERTISE_KEYS
         self.config_digest = config.digest()
-        self.max_body = wire.MASKED_PREFIX.size + config.words * config.word_bytes
+        # The largest body a client may send in this round (checked before anything is parsed).
+        self.max_body = max(wire.MASKED_PREFIX.size + config.words * config.word_bytes,
+                            4 + wire.SHARE_ENTRY * config.max_clients,
+                            4 + 2 * wire.UNMASK_ENTRY * config.max_clients)
         self.result: AggregateResult | None = None
         self.abort_reason: str | None = None
         # Per-stage collections; U1..U5 are their key sets.
