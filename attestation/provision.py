@@ -31,10 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from attestation.software_identity import new_device_key
+from hw_profiles import ProfileError, load_profile
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Profiles without a TPM get an Ed25519 device key and a firmware config.
-SOFTWARE_ROOTED_PROFILES = ("esp32", "esp32-s3")
 
 
 class ProvisionError(ValueError):
@@ -46,15 +45,22 @@ class Device:
     agent_id: str
     profile: str
 
-    @property
-    def software_rooted(self) -> bool:
-        return self.profile in SOFTWARE_ROOTED_PROFILES
+    def __post_init__(self):
+        if not _ID.match(self.agent_id):
+            raise ProvisionError(f"device id {self.agent_id!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric")
+        try:
+            profile = load_profile(self.profile)
+        except ProfileError as exc:
+            raise ProvisionError(f"device {self.agent_id}: {exc}") from None
+        # Boards whose profile says `attestation: device-key` (ESP32) have no TPM: they get an
+        # Ed25519 device key and a firmware config instead of an AK.
+        object.__setattr__(self, "software_rooted", profile.attestation == "device-key")
+
+    software_rooted: bool = field(default=False, init=False)
 
     @classmethod
     def parse(cls, text: str) -> "Device":
         agent_id, _, profile = text.partition(":")
-        if not _ID.match(agent_id):
-            raise ProvisionError(f"device id {agent_id!r}: 1-64 of [A-Za-z0-9_.-], starting alphanumeric")
         if not profile:
             raise ProvisionError(f"device {agent_id!r}: give its profile as ID:PROFILE")
         return cls(agent_id, profile)

@@ -115,3 +115,16 @@ def test_provision_writes_configs_the_gateway_can_load(tmp_path):
         assert (fleet / private).stat().st_mode & 0o077 == 0, private
     bad = ztfl("provision", "--out", str(tmp_path / "bad"), "--device", "pi/01:raspberry-pi-4")
     assert bad.returncode == 2 and "device id" in bad.stdout
+    unknown = ztfl("provision", "--out", str(tmp_path / "bad"), "--device", "pi-01:raspberry-pi-9")
+    assert unknown.returncode == 2 and "no profile 'raspberry-pi-9'" in unknown.stdout
+
+
+def test_bench_attest_prints_one_json_object(capsys):
+    from ztfl.cli import main
+
+    assert main(["bench", "attest", "--json", "--quotes", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["benchmark"] == "attest" and report["quotes"] == 5
+    assert report["accepted"] == 5 and report["rejected"] == 0
+    for part in ("quote", "verify"):
+        assert 0 < report[part]["median_ms"] <= report[part]["p95_ms"] <= report[part]["max_ms"]
