@@ -5,6 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.ztfl-installed
+# litert-torch (int8 .tflite export) pins packages the runtime stack conflicts with: its own venv.
+LITERT_VENV  := .venv-litert
+LITERT_STAMP := $(LITERT_VENV)/.ztfl-installed
 
 .PHONY: demo test bootstrap system-packages export-venv clean-venv
 
@@ -14,7 +17,7 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-bootstrap: system-packages $(STAMP)
+bootstrap: system-packages $(STAMP) export-venv
 
 system-packages:
 	@bash scripts/install-system-packages.sh
@@ -29,3 +32,12 @@ $(STAMP): setup.py
 
 clean-venv:
 	rm -rf $(VENV)
+
+export-venv: $(LITERT_STAMP)
+
+$(LITERT_STAMP):
+	@test -x $(LITERT_VENV)/bin/python || $(PYTHON) -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LITERT_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(LITERT_VENV)/bin/python -m pip install -q litert-torch==0.10.0 torch==2.13.0
+	@touch $(LITERT_STAMP)

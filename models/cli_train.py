@@ -54,7 +54,10 @@ def run(args) -> int:
               "rows_unique": prep.n_rows_unique, "train_rows": len(prep.train), "val_rows": len(prep.val),
               "features": prep.pipeline.n_features, "classes": prep.pipeline.classes,
               "adversarial": args.adversarial, "epochs": args.epochs, "epoch_losses": result.epoch_losses,
-              "train_seconds": round(result.seconds, 2), "validation": metrics, "out": str(args.out)}
+              "train_seconds": round(result.seconds, 2), "validation": metrics, "out": str(args.out),
+              # enough to rebuild the same validation split (models.prepare.validation_split)
+              "split": {"data": str(args.data), "format": args.format, "seed": args.seed,
+                        "val_fraction": args.val_fraction, "max_rows": args.max_rows, "window": args.window}}
     bundle.save(args.out, model, prep.pipeline, report)
     if args.json:
         print(json.dumps(report))

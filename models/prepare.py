@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from models.datasets import LabeledTable, deduplicate, load, stratified_split
 from models.preprocess import Encoded, Pipeline
 
@@ -54,5 +52,11 @@ def encode_file(path: str | Path, fmt: str, pipeline: Pipeline, max_rows: int | 
     return pipeline.encode(table)
 
 
-def as_arrays(data: Encoded) -> tuple[np.ndarray, np.ndarray]:
-    return data.x, data.y
+def validation_split(split: dict, pipeline: Pipeline) -> Encoded:
+    """The validation rows `ztfl train` held out (its report's "split"), encoded with `pipeline`.
+    Deduplication, subsampling and splitting are deterministic, so the same rows come back."""
+    kwargs = {"window": split.get("window", 1)} if split["format"] == "ton-iot" else {}
+    table = subsample(deduplicate(load(split["data"], split["format"], **kwargs)), split.get("max_rows"),
+                      split["seed"])
+    _, val_idx = stratified_split(table.category, split["val_fraction"], split["seed"])
+    return pipeline.encode(table.take(val_idx))

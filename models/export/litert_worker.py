@@ -1,0 +1,61 @@
+"""int8 .tflite conversion, run inside the litert-torch virtual environment (.venv-litert).
+
+litert-torch pins packages that conflict with the runtime stack, so the exporter runs this
+file as a subprocess:  .venv-litert/bin/python -m models.export.litert_worker MODEL_DIR CALIB.npy OUT.tflite
+It imports only torch, numpy and the model classes (no pandas, no pipeline), rebuilds the
+fp32 model from model.json + weights.npz, quantises it with litert-torch's PT2E static int8
+quantiser calibrated on the encoded rows in CALIB.npy, and writes the .tflite file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_model(model_dir: Path) -> torch.nn.Module:
+    from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+    from models.micro import MicroConfig, MicroMLP
+    meta = json.loads((model_dir / "model.json").read_text())
+    kinds = {"cnn-lstm": (CNNLSTM, CNNLSTMConfig), "micro": (MicroMLP, MicroConfig)}
+    cls, cfg_cls = kinds[meta["kind"]]
+    model = cls(cfg_cls.from_dict(meta["config"]))
+    with np.load(model_dir / "weights.npz", allow_pickle=False) as z:
+        model.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files})
+    return model.eval()
+
+
+def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1) -> None:
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    torch.set_num_threads(2)
+    model = build_model(model_dir)
+    example = (torch.from_numpy(calibration[:batch].astype(np.float32)),)
+    exported = torch.export.export(model, example).module()
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for lo in range(0, len(calibration) - batch + 1, batch):
+            prepared(torch.from_numpy(calibration[lo:lo + batch].astype(np.float32)))
+    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    edge = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    edge.export(str(out))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (3, 4):
+        print("usage: litert_worker MODEL_DIR CALIB.npy OUT.tflite [BATCH]", file=sys.stderr)
+        return 2
+    calibration = np.load(argv[1], allow_pickle=False)
+    convert(Path(argv[0]), calibration, Path(argv[2]), int(argv[3]) if len(argv) == 4 else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

