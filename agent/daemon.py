@@ -55,6 +55,7 @@ class AgentConfig:
     train_epochs: int | None = None        # overrides the profile's budget (tests, demos)
     max_batches: int | None = None
     seed: int = 0
+    record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentConfig":
@@ -236,7 +237,13 @@ class Agent:
                           max_batches=self.config.max_batches)
         result = train_local(local, self.encoded, cfg)
         weight = max(1, min(round(len(self.encoded) / max(1, ann.weight_unit)), 0xFFFFFFFF))
-        self.trained = (result.weights - base, weight)
+        delta = result.weights - base
+        if self.config.record_updates_dir:
+            out = Path(self.config.record_updates_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            np.save(out / f"{self.config.agent_id}-r{ann.round}.{ann.attempt}.npy", delta, allow_pickle=False)
+            (out / f"{self.config.agent_id}-r{ann.round}.{ann.attempt}.weight").write_text(str(weight))
+        self.trained = (delta, weight)
 
     def _on_frame(self, env: Envelope) -> None:
         ann = self.announce

@@ -1,0 +1,189 @@
+"""One cohort's part of one round, as an explicit state machine with a deadline per stage.
+
+    ANNOUNCED --(attestation verified or not required)--> AGGREGATING --(last stage)--> DONE
+        \\                                                  \\
+         `---------------- below threshold / protocol abort ---`--> FAILED
+
+While AGGREGATING, the secure-aggregation server session (protocol package) decides what each
+stage needs; this class owns the clock: when a stage's deadline passes, whoever has not answered
+is a dropout from then on, and the session closes the stage with those who did.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.secagg import CohortAggregation, Outgoing
+
+log = logging.getLogger("ztfl.gateway.cohort")
+
+
+class CohortState(enum.Enum):
+    ANNOUNCED = "announced"
+    AGGREGATING = "aggregating"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ALLOWED = {
+    CohortState.ANNOUNCED: {CohortState.AGGREGATING, CohortState.FAILED},
+    CohortState.AGGREGATING: {CohortState.DONE, CohortState.FAILED},
+    CohortState.DONE: set(),
+    CohortState.FAILED: set(),
+}
+
+
+class CohortTransitionError(RuntimeError):
+    pass
+
+
+def cohort_name(variant: str, mask_bits: int) -> str:
+    return f"{variant}-{mask_bits}"
+
+
+def threshold_for(n: int, fraction: float) -> int:
+    """At least the active-security bound t > 2n/3 (protocol.config), at least 2."""
+    return min(n, max(2, math.ceil(fraction * n), 2 * n // 3 + 1))
+
+
+@dataclass
+class Participant:
+    agent_id: str
+    sid: int                   # protocol client id (u16, stable per agent)
+    identity_pk: bytes
+    samples: int
+    evidence_ok: bool = False
+    outcome: str = "seated"
+    reason: str = ""
+
+
+@dataclass
+class CohortRun:
+    round: int
+    attempt: int
+    variant: str
+    mask_bits: int
+    participants: dict[str, Participant]
+    threshold: int
+    deadlines_s: dict
+    require_attestation: bool
+    dim: int
+    server_identity: object
+    nonce: bytes = field(default_factory=lambda: os.urandom(32))
+    state: CohortState = CohortState.ANNOUNCED
+    stage_deadline: float = 0.0
+    reason: str = ""
+    aggregation: CohortAggregation | None = None
+    result_mean: np.ndarray | None = None
+    result_weight: int = 0
+
+    @property
+    def name(self) -> str:
+        return cohort_name(self.variant, self.mask_bits)
+
+    def _move(self, new: CohortState, reason: str = "") -> None:
+        if new not in ALLOWED[self.state]:
+            raise CohortTransitionError(f"cohort {self.name}: {self.state.value} -> {new.value} not allowed")
+        self.state = new
+        if reason:
+            self.reason = reason
+
+    @property
+    def weight_unit(self) -> int:
+        biggest = max(p.samples for p in self.participants.values())
+        max_weight = CohortAggregation.max_weight(self.mask_bits, len(self.participants))
+        return max(1, math.ceil(biggest / max_weight))
+
+    def start(self, now: float) -> None:
+        self.stage_deadline = now + self.deadlines_s["attest"]
+        if not self.require_attestation:
+            for p in self.participants.values():
+                p.evidence_ok = True
+
+    def attested(self, agent_id: str, ok: bool, reason: str) -> None:
+        p = self.participants.get(agent_id)
+        if p is None or self.state is not CohortState.ANNOUNCED:
+            return
+        p.evidence_ok = ok
+        if not ok:
+            p.outcome, p.reason = "refused", reason
+
+    def _begin_aggregation(self, now: float) -> list[Outgoing]:
+        seated = {p.sid: p for p in self.participants.values() if p.evidence_ok}
+        for p in self.participants.values():
+            if not p.evidence_ok and p.outcome == "seated":
+                p.outcome, p.reason = "refused", "no attestation evidence before the deadline"
+        if len(seated) < self.threshold:
+            self._move(CohortState.FAILED, f"{len(seated)} attested agents, threshold {self.threshold}")
+            return []
+        self.aggregation = CohortAggregation(
+            round_id=self.round, epoch=self.round * 16 + self.attempt, mask_bits=self.mask_bits,
+            dim=self.dim, threshold=self.threshold, max_clients=len(self.participants),
+            identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity)
+        self._move(CohortState.AGGREGATING)
+        self.stage_deadline = now + self.deadlines_s[self.aggregation.stage_key]
+        return self.aggregation.start()
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Advance on completion or deadline; returns frames to send."""
+        if self.state is CohortState.ANNOUNCED:
+            everyone = all(p.evidence_ok or p.outcome == "refused" for p in self.participants.values())
+            if everyone or now >= self.stage_deadline:
+                return self._begin_aggregation(now)
+            return []
+        if self.state is not CohortState.AGGREGATING:
+            return []
+        agg = self.aggregation
+        if not (agg.stage_complete() or now >= self.stage_deadline):
+            return []
+        out = agg.close_stage()
+        if agg.failed:
+            self._finish_outcomes()
+            self._move(CohortState.FAILED, agg.failure_reason)
+        elif agg.finished:
+            self.result_mean, self.result_weight = agg.result()
+            self._finish_outcomes()
+            self._move(CohortState.DONE)
+        else:
+            self.stage_deadline = now + self.deadlines_s[agg.stage_key]
+        return out
+
+    def receive(self, agent_id: str, frame: bytes) -> None:
+        """A protocol frame from a participant; ProtocolError propagates to the caller's counter."""
+        p = self.participants.get(agent_id)
+        if p is None:
+            raise KeyError(f"{agent_id} is not in cohort {self.name}")
+        if self.state is not CohortState.AGGREGATING:
+            raise CohortTransitionError(f"cohort {self.name} is {self.state.value}, not aggregating")
+        self.aggregation.receive(p.sid, frame)
+
+    def _finish_outcomes(self) -> None:
+        if self.aggregation is None:
+            return
+        survivors = self.aggregation.survivors()
+        by_sid = {p.sid: p for p in self.participants.values()}
+        for sid, p in by_sid.items():
+            if p.outcome == "refused":
+                continue
+            if sid in survivors:
+                p.outcome, p.reason = "aggregated", ""
+            else:
+                p.outcome = "dropped"
+                p.reason = self.aggregation.dropped_reason(sid)
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (CohortState.DONE, CohortState.FAILED)
+
+    def outcomes(self) -> dict[str, tuple[str, str]]:
+        return {a: (p.outcome, p.reason) for a, p in self.participants.items()}
+
+
+def time_now() -> float:
+    return time.monotonic()

@@ -1,0 +1,111 @@
+"""The gateway's handle on one cohort's secure aggregation: the protocol's ServerSession plus the
+choices the gateway makes for it (fixed-point range per mask width, thresholds, who is still
+expected in each stage, and addressing of the frames it sends)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from nacl.signing import SigningKey, VerifyKey
+
+from protocol.config import ACTIVE, RoundConfig
+from protocol.errors import UnknownSender
+from protocol.server import ServerSession
+from protocol.stages import Stage
+
+CLIP = 8.0                                  # model deltas are clipped to [-8, 8]
+FRAC_BITS = {32: 16, 64: 24}                # 32-bit masks leave room for 16 fractional bits
+MAX_WEIGHT_CAP = 1 << 20
+
+STAGE_KEYS = {Stage.ADVERTISE_KEYS: "advertise", Stage.SHARE_KEYS: "share",
+              Stage.MASKED_INPUT_COLLECTION: "masked", Stage.CONSISTENCY_CHECK: "consistency",
+              Stage.UNMASKING: "unmask", Stage.DONE: "done", Stage.ABORTED: "aborted"}
+
+
+@dataclass
+class Outgoing:
+    to: int | None          # protocol client id, or None for every participant
+    stage: str
+    frame: bytes
+
+
+class CohortAggregation:
+    @staticmethod
+    def max_weight(mask_bits: int, n: int) -> int:
+        """Largest integer weight with which n clipped updates cannot wrap the modulus."""
+        clip_q = int(round(CLIP * 2 ** FRAC_BITS[mask_bits]))
+        return max(1, min(MAX_WEIGHT_CAP, ((1 << (mask_bits - 1)) - 1) // (n * clip_q)))
+
+    def __init__(self, round_id: int, epoch: int, mask_bits: int, dim: int, threshold: int,
+                 max_clients: int, identities: dict[int, bytes], server_identity: SigningKey):
+        frac = FRAC_BITS[mask_bits]
+        config = RoundConfig(dim=dim, threshold=threshold, max_clients=max(2, max_clients),
+                             mask_bits=mask_bits, frac_bits=frac, clip_q=int(round(CLIP * 2 ** frac)),
+                             max_weight=self.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE)
+        self.server = ServerSession(config, server_identity,
+                                    {sid: VerifyKey(pk) for sid, pk in identities.items()}, epoch, round_id)
+        self.members = frozenset(identities)
+        self.fell_out: dict[int, str] = {}
+
+    @property
+    def stage_key(self) -> str:
+        return STAGE_KEYS[self.server.stage]
+
+    def start(self) -> list[Outgoing]:
+        return [Outgoing(None, "config", self.server.round_config())]
+
+    def receive(self, sid: int, frame: bytes) -> None:
+        # The frame is signed by its sender; also insist it arrived on that sender's own topic.
+        if len(frame) < 6 or struct.unpack_from("<H", frame, 4)[0] != sid:
+            raise UnknownSender(f"frame on client {sid}'s topic claims another sender")
+        self.server.receive(frame)
+
+    def _collected_and_expected(self) -> tuple[set, set]:
+        s = self.server
+        return {
+            Stage.ADVERTISE_KEYS: (set(s.adverts), set(self.members)),
+            Stage.SHARE_KEYS: (set(s.shares), set(s.u1)),
+            Stage.MASKED_INPUT_COLLECTION: (set(s.masked_from), set(s.u2)),
+            Stage.CONSISTENCY_CHECK: (set(s.consistency), set(s.survivors)),
+            Stage.UNMASKING: (set(s.unmask), set(s.consistency)),
+        }.get(s.stage, (set(), set()))
+
+    def stage_complete(self) -> bool:
+        got, expected = self._collected_and_expected()
+        return expected <= got
+
+    def close_stage(self) -> list[Outgoing]:
+        got, expected = self._collected_and_expected()
+        stage = self.stage_key
+        for sid in expected - got:
+            self.fell_out.setdefault(sid, f"missed the {stage} deadline")
+        out = self.server.close_stage()
+        frames = []
+        if out.broadcast is not None:
+            frames.append(Outgoing(None, self.stage_key, out.broadcast))
+        for sid, frame in sorted(out.unicast.items()):
+            frames.append(Outgoing(sid, self.stage_key, frame))
+        return frames
+
+    @property
+    def failed(self) -> bool:
+        return self.server.stage is Stage.ABORTED
+
+    @property
+    def failure_reason(self) -> str:
+        return self.server.abort_reason or ""
+
+    @property
+    def finished(self) -> bool:
+        return self.server.stage is Stage.DONE
+
+    def result(self) -> tuple[np.ndarray, int]:
+        r = self.server.result
+        return r.mean().astype(np.float32), r.total_weight
+
+    def survivors(self) -> set[int]:
+        return set(self.server.survivors) if self.finished else set()
+
+    def dropped_reason(self, sid: int) -> str:
+        return self.fell_out.get(sid, "round aborted" if self.failed else "dropped")

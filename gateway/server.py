@@ -1,0 +1,381 @@
+"""The fog gateway: tracks agents, runs rounds cohort by cohort, versions the global models.
+
+Round orchestration (one thread, driven by `step()`):
+
+    WAITING --(enough agents online)--> RUNNING --(every cohort closed)--> commit | abort
+       ^                                                                       |
+       `------------------ next round, or the same round's next attempt -------'
+
+A round commits when at least one cohort aggregated: each model variant with a decoded
+aggregate gets a new version (file written atomically, then one SQLite transaction). A round
+where every cohort failed is aborted and retried after `retry_delay_s` (up to `max_attempts`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from agent.data import PartitionSpec, train_validation
+from agent.model import ModelSpec, flat_to_tensors, layout
+from agent.topics import Topics, TopicError
+from agent.transport import MqttTransport
+from agent.wire import Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd, WireError
+from gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
+from gateway.config import GatewayConfig
+from gateway.liveness import AgentTable
+from gateway.metrics import GatewayMetrics, StatusServer
+from gateway.registry import ModelVersion, Registry
+from models.params import set_flat
+from models.preprocess import Pipeline
+from models.training import evaluate
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("ztfl.gateway")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.topics = Topics(config.federation, config.gateway)
+        self.state_dir = Path(config.state_dir)
+        self.registry = Registry(self.state_dir)
+        self.metrics = GatewayMetrics()
+        self.agents = AgentTable(offline_after_s=3 * config.heartbeat_s + 2)
+        self.identity = self._load_identity()
+        self._prepare_data()
+        self.models: dict[str, np.ndarray] = {}
+        self.versions: dict[str, ModelVersion] = {}
+        self._load_models()
+        self.round = self.registry.last_committed_round() + 1
+        self.attempt = self.registry.next_attempt(self.round)
+        self.cohorts: dict[str, CohortRun] = {}
+        self.round_started = 0.0
+        self.next_start = 0.0
+        self.history: list[dict] = []
+        self.sids: dict[str, int] = {}
+        self._status: dict = {}
+        self.done = False
+        self.failed = False
+        config.broker.client_id = config.broker.client_id or f"gateway-{config.federation}-{config.gateway}"
+        self.transport = MqttTransport(config.broker, [self.topics.agents_wildcard()], config.max_payload)
+        self.http = StatusServer(config.http_host, config.http_port, self.metrics, lambda: self._status)
+
+    # setup -------------------------------------------------------------------------------------
+    def _load_identity(self) -> SigningKey:
+        path = self.state_dir / "identity.key"
+        if path.exists():
+            return SigningKey(path.read_bytes())
+        key = SigningKey.generate()
+        from agent.files import atomic_write_bytes
+        atomic_write_bytes(path, bytes(key))
+        path.chmod(0o600)
+        return key
+
+    def _prepare_data(self) -> None:
+        spec = PartitionSpec.from_dict(self.config.data)
+        train, val = train_validation(spec)
+        self.pipeline = Pipeline.fit(train)
+        self.val = self.pipeline.encode(val)
+        self.pipeline_json = json.dumps(self.pipeline.to_dict()).encode()
+        (self.state_dir / "pipeline.json").write_bytes(self.pipeline_json)
+        self.specs = {v: ModelSpec(v, self.pipeline.n_features, self.pipeline.n_classes, self.config.model_size)
+                      for v in ("cnn-lstm", "micro")}
+        self.layouts = {v: layout(s.build()) for v, s in self.specs.items()}
+
+    def _load_models(self) -> None:
+        latest = self.registry.latest_models()
+        for variant, spec in self.specs.items():
+            if variant in latest:
+                self.versions[variant] = latest[variant]
+                self.models[variant] = self.registry.load_model(latest[variant])
+            else:
+                from models.params import get_flat
+                flat = get_flat(spec.build(seed=self.config.seed))
+                self.versions[variant] = self.registry.commit_initial_model(variant, flat)
+                self.models[variant] = flat
+        log.info("models loaded: %s", {v: mv.version for v, mv in self.versions.items()})
+
+    def start(self) -> None:
+        self.transport.start()
+        self.http.start()
+        (self.state_dir / "http.port").write_text(str(self.http.port))
+        self.transport.publish(self.topics.broadcast("pipeline"), self.pipeline_json, retain=True)
+        for variant in self.models:
+            self._publish_model(variant)
+        if self.registry.last_committed_round() >= self.config.rounds:
+            self.done = True
+        # A round left running by a crash is closed as aborted; its next attempt starts fresh.
+        for r in self.registry.rounds():
+            if r["status"] == "running":
+                self.registry.abort_round(r["round"], r["attempt"], "gateway restarted")
+        self.attempt = self.registry.next_attempt(self.round)
+        self._refresh_status()
+
+    def stop(self) -> None:
+        self.transport.stop()
+        self.http.stop()
+        self.registry.close()
+
+    def _publish_model(self, variant: str) -> None:
+        mv = self.versions[variant]
+        blob = ModelBlob(mv.version, variant, mv.sha256, flat_to_tensors(self.models[variant], self.layouts[variant]))
+        payload = blob.encode()
+        self.metrics.bytes.labels("down").inc(len(payload))
+        # One retained topic per variant: a late-joining agent gets its model at once.
+        self.transport.publish(self.topics.broadcast(f"model-{variant}"), payload, retain=True)
+
+    # message handling --------------------------------------------------------------------------
+    def _reject(self, reason: str, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        log.warning("rejected message (%s): %s", reason, detail)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        self.metrics.bytes.labels("up").inc(len(payload))
+        try:
+            agent_id, kind = self.topics.parse_agent_topic(topic)
+        except TopicError as exc:
+            return self._reject("topic", str(exc))
+        try:
+            if kind == "hello":
+                self._on_hello(agent_id, Hello.decode(payload))
+            elif kind == "heartbeat":
+                msg = Heartbeat.decode(payload)
+                if msg.agent_id != agent_id:
+                    return self._reject("impersonation", f"heartbeat for {msg.agent_id} on {agent_id}'s topic")
+                self.agents.heartbeat(msg)
+            elif kind == "alerts":
+                msg = Alert.decode(payload)
+                if msg.agent_id != agent_id:
+                    return self._reject("impersonation", f"alert for {msg.agent_id} on {agent_id}'s topic")
+                if self.agents.alert(msg):
+                    self.metrics.alerts.labels(agent_id, msg.label).inc()
+            elif kind in ("protocol", "masked"):
+                self._on_frame(agent_id, payload)
+            elif kind == "attest":
+                self._on_attest(agent_id, payload)
+        except WireError as exc:
+            self._reject("malformed", f"{topic}: {exc}")
+
+    def _on_hello(self, agent_id: str, msg: Hello) -> None:
+        if msg.agent_id != agent_id:
+            return self._reject("impersonation", f"hello for {msg.agent_id} on {agent_id}'s topic")
+        try:
+            pk = bytes.fromhex(msg.identity_pk)
+        except ValueError:
+            pk = b""
+        if len(pk) != 32:
+            return self._reject("malformed", f"{agent_id}: identity key is not 32 hex bytes")
+        known = self.agents.agents.get(agent_id)
+        if known is not None and known.identity_pk != pk:
+            # Enrolment pins the first identity key; a different one needs re-enrolment.
+            return self._reject("identity", f"{agent_id} announced a different identity key")
+        self.agents.hello(msg, pk)
+        self.registry.upsert_agent(agent_id, msg.profile, msg.model_variant, msg.mask_bits, msg.samples)
+        log.info("agent %s (%s, %s/%d-bit) announced %d samples", agent_id, msg.profile,
+                 msg.model_variant, msg.mask_bits, msg.samples)
+
+    def _cohort_of(self, agent_id: str) -> CohortRun | None:
+        for run in self.cohorts.values():
+            if agent_id in run.participants:
+                return run
+        return None
+
+    def _on_frame(self, agent_id: str, payload: bytes) -> None:
+        env = Envelope.decode(payload, self.config.max_payload)
+        run = self._cohort_of(agent_id)
+        if run is None or (env.round, env.attempt, env.cohort) != (run.round, run.attempt, run.name):
+            return self._reject("out-of-round", f"{agent_id}: frame for round {env.round}.{env.attempt} "
+                                                f"{env.cohort}, current {self.round}.{self.attempt}")
+        try:
+            run.receive(agent_id, env.body)
+        except (ProtocolError, RuntimeError, KeyError) as exc:
+            self._reject(type(exc).__name__, f"{agent_id} in {run.name}: {exc}")
+
+    def _on_attest(self, agent_id: str, payload: bytes) -> None:
+        run = self._cohort_of(agent_id)
+        if run is None:
+            return self._reject("out-of-round", f"{agent_id}: attestation outside a round")
+        from gateway.attest import verify_evidence
+        ok, reason = verify_evidence(agent_id, payload, run.nonce, run.participants[agent_id].identity_pk,
+                                     self.state_dir)
+        if not ok:
+            self._reject("attestation", f"{agent_id}: {reason}")
+        run.attested(agent_id, ok, reason)
+
+    # rounds ------------------------------------------------------------------------------------
+    def _sid(self, agent_id: str) -> int:
+        if agent_id not in self.sids:
+            self.sids[agent_id] = len(self.sids) + 1
+        return self.sids[agent_id]
+
+    def _start_round(self, now: float) -> None:
+        groups: dict[tuple[str, int], list] = {}
+        for info in self.agents.online():
+            groups.setdefault((info.hello.model_variant, info.hello.mask_bits), []).append(info)
+        self.cohorts = {}
+        self.registry.begin_round(self.round, self.attempt)
+        self.round_started = now
+        for (variant, bits), members in sorted(groups.items()):
+            if len(members) < self.config.min_cohort or variant not in self.models:
+                log.info("round %d: cohort %s has %d agents, below %d: sits out", self.round,
+                         cohort_name(variant, bits), len(members), self.config.min_cohort)
+                continue
+            members.sort(key=lambda a: a.hello.agent_id)
+            participants = {a.hello.agent_id: Participant(a.hello.agent_id, self._sid(a.hello.agent_id),
+                                                          a.identity_pk, a.hello.samples) for a in members}
+            run = CohortRun(self.round, self.attempt, variant, bits, participants,
+                            threshold_for(len(participants), self.config.threshold_fraction),
+                            self.config.deadlines_s, self.config.require_attestation,
+                            dim=self.models[variant].size, server_identity=self.identity)
+            run.start(now)
+            self.cohorts[run.name] = run
+            announce = RoundAnnounce(self.round, self.attempt, run.name, variant, bits,
+                                     self.versions[variant].version, self.versions[variant].sha256,
+                                     [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
+                                     run.threshold, run.nonce.hex(), self.config.deadlines_s,
+                                     weight_unit=run.weight_unit,
+                                     server_pk=bytes(self.identity.verify_key).hex())
+            self._send(self.topics.broadcast("round"), announce.encode())
+            log.info("round %d.%d: cohort %s with %d agents, threshold %d", self.round, self.attempt,
+                     run.name, len(participants), run.threshold)
+        if not self.cohorts:
+            self._close_round(now)
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        self.metrics.bytes.labels("down").inc(len(payload))
+        self.transport.publish(topic, payload)
+
+    def _dispatch(self, run: CohortRun, outgoing) -> None:
+        for out in outgoing:
+            env = Envelope(run.round, run.attempt, run.name, out.stage, out.frame).encode()
+            if out.to is None:
+                self._send(self.topics.broadcast("protocol"), env)
+            else:
+                agent = next(a for a, p in run.participants.items() if p.sid == out.to)
+                self._send(self.topics.to_agent(agent, "protocol"), env)
+
+    def _close_round(self, now: float) -> None:
+        done = [r for r in self.cohorts.values() if r.state is CohortState.DONE]
+        detail = {"cohorts": {}, "seconds": round(now - self.round_started, 3)}
+        for run in self.cohorts.values():
+            self.registry.record_participants(self.round, self.attempt, run.name, run.outcomes())
+            dropped = [a for a, (o, _) in run.outcomes().items() if o == "dropped"]
+            self.metrics.dropouts.inc(len(dropped))
+            detail["cohorts"][run.name] = {
+                "mask_bits": run.mask_bits, "variant": run.variant, "state": run.state.value,
+                "reason": run.reason, "participants": sorted(run.participants), "dropped": sorted(dropped),
+                "aggregated": sorted(a for a, (o, _) in run.outcomes().items() if o == "aggregated"),
+                "weight": run.result_weight}
+        if not done:
+            reason = "; ".join(f"{r.name}: {r.reason}" for r in self.cohorts.values()) or "no cohort could form"
+            self.registry.abort_round(self.round, self.attempt, reason, detail)
+            self.metrics.rounds.labels("aborted").inc()
+            log.warning("round %d.%d aborted: %s", self.round, self.attempt, reason)
+            for run in self.cohorts.values():
+                self._send(self.topics.broadcast("round"),
+                           RoundEnd(self.round, self.attempt, run.name, "aborted",
+                                    self.versions[run.variant].version, run.reason).encode())
+            self.attempt += 1
+            self.cohorts = {}
+            if self.attempt >= self.config.max_attempts:
+                log.error("round %d failed %d attempts: giving up", self.round, self.attempt)
+                self.failed = self.done = True
+            self.next_start = now + self.config.retry_delay_s
+            return
+        new_versions = []
+        for variant in sorted({r.variant for r in done}):
+            runs = [r for r in done if r.variant == variant]
+            total_w = sum(r.result_weight for r in runs)
+            # Cohorts of one variant combine by weight: each decoded a weighted mean of its own.
+            delta = sum(r.result_mean.astype(np.float64) * r.result_weight for r in runs) / total_w
+            new = (self.models[variant].astype(np.float64) + delta).astype(np.float32)
+            metrics = self._evaluate(variant, new)
+            version = self.versions[variant].version + 1
+            path, digest = self.registry.write_model_file(variant, version, new)
+            new_versions.append((ModelVersion(variant, version, self.round, digest, path, metrics), new))
+        detail["metrics"] = {mv.variant: mv.metrics for mv, _ in new_versions}
+        self.registry.commit_round(self.round, self.attempt, [mv for mv, _ in new_versions], detail)
+        for mv, vector in new_versions:
+            self.versions[mv.variant], self.models[mv.variant] = mv, vector
+            self.metrics.accuracy.labels(mv.variant).set(mv.metrics["accuracy"])
+            self.metrics.macro_f1.labels(mv.variant).set(mv.metrics["macro_f1"])
+            self._publish_model(mv.variant)
+        for run in self.cohorts.values():
+            self._send(self.topics.broadcast("round"),
+                       RoundEnd(self.round, self.attempt, run.name,
+                                "committed" if run.state is CohortState.DONE else "aborted",
+                                self.versions[run.variant].version, run.reason).encode())
+        self.metrics.rounds.labels("committed").inc()
+        self.metrics.round.set(self.round)
+        log.info("round %d.%d committed: %s", self.round, self.attempt,
+                 {mv.variant: (mv.version, round(mv.metrics["accuracy"], 4)) for mv, _ in new_versions})
+        self.cohorts = {}
+        self.round += 1
+        self.attempt = 0
+        self.next_start = now + 0.5
+        if self.round > self.config.rounds:
+            self.done = True
+
+    def _evaluate(self, variant: str, flat: np.ndarray) -> dict:
+        model = self.specs[variant].build()
+        set_flat(model, flat)
+        m = evaluate(model, self.val)
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "binary_accuracy": m["binary_accuracy"]}
+
+    def step(self, timeout: float = 0.1) -> None:
+        msg = self.transport.get(timeout)
+        while msg is not None:
+            self.handle(msg.topic, msg.payload)
+            msg = self.transport.get(0)
+        now = time.monotonic()
+        self.agents.refresh(now)
+        if self.done:
+            self._refresh_status()
+            return
+        if not self.cohorts:
+            # min_agents gates only the first round: later rounds go on with whoever is online.
+            fleet_ready = self.round > 1 or len(self.agents.online()) >= self.config.min_agents
+            if now >= self.next_start and fleet_ready and self.agents.online():
+                self._start_round(now)
+        else:
+            for run in list(self.cohorts.values()):
+                if not run.closed:
+                    self._dispatch(run, run.tick(now))
+            if all(r.closed for r in self.cohorts.values()):
+                self._close_round(now)
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        for state in ("online", "training", "detecting", "offline"):
+            self.metrics.agents.labels(state).set(sum(1 for a in self.agents.agents.values() if a.state == state))
+        self._status = {
+            "federation": self.config.federation, "gateway": self.config.gateway,
+            "round": self.round, "attempt": self.attempt, "done": self.done,
+            "rounds_target": self.config.rounds,
+            "cohorts": {n: {"state": r.state.value, "participants": len(r.participants),
+                            "mask_bits": r.mask_bits,
+                            "stage": r.aggregation.stage_key if r.aggregation else "attest"}
+                        for n, r in self.cohorts.items()},
+            "models": {v: {"version": mv.version, "sha256": mv.sha256, **mv.metrics}
+                       for v, mv in self.versions.items()},
+            "agents": {a: {"state": i.state, "profile": i.hello.profile, "cohort":
+                           cohort_name(i.hello.model_variant, i.hello.mask_bits),
+                           "alerts": i.alerts_total, "alerts_by_label": dict(i.alerts),
+                           "records": i.records_total, "model_version": i.model_version}
+                       for a, i in sorted(self.agents.agents.items())},
+            "rejected": self.transport.oversized,
+        }
+
+    def run_forever(self, stop_when_done: bool = True) -> int:
+        self.start()
+        try:
+            while not (self.done and stop_when_done):
+                self.step()
+        finally:
+            self.stop()
+        return 1 if self.failed else 0

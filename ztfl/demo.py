@@ -1,0 +1,227 @@
+"""`ztfl demo`: a whole federation on one machine, from embedded defaults.
+
+A private mosquitto on a free loopback port (or --broker), one gateway and agents with mixed
+hardware profiles, each a separate process, federating the CNN-LSTM on NSL-KDD split non-IID
+(Dirichlet) with secure aggregation in every round. One agent is killed in the middle of a round
+to show dropout recovery. Radio links and real boards are what is simulated here: the profiles
+are assigned, not detected, and every process runs on this host.
+
+Writes to --out: summary.json, the final global model (torch weights + preprocessing JSON, and
+int8 ONNX when the exporter is installed), accuracy.png and bytes.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+DEFAULT_AGENTS = ["raspberry-pi-4", "raspberry-pi-4", "jetson-orin-nano", "jetson-orin-nano",
+                  "raspberry-pi-3", "raspberry-pi-3", "raspberry-pi-3"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--agents", default=",".join(DEFAULT_AGENTS),
+                        help="comma-separated hardware profiles, one agent each")
+    parser.add_argument("--broker", help="use this broker URL instead of a private mosquitto")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID concentration")
+    parser.add_argument("--kill-round", type=int, default=2, help="round in which one agent is killed (0: none)")
+    parser.add_argument("--data", help="NSL-KDD training file (default: $ZTFL_DATASETS/nsl_kdd/...)")
+    parser.add_argument("--model-size", default="small", choices=["small", "default"])
+    parser.add_argument("--max-batches", type=int, default=30, help="local training budget per round")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def _dataset(args) -> str:
+    if args.data:
+        return args.data
+    from models.datasets import datasets_dir
+    return str(datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt")
+
+
+def _status(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
+    """Write configs and start the gateway and agent processes."""
+    exe = [sys.executable, "-m", "ztfl.cli"]
+    profiles = [p for p in args.agents.split(",") if p]
+    data = {"path": _dataset(args), "fmt": "nsl-kdd", "count": len(profiles), "alpha": args.alpha, "seed": 7}
+    gw_state = work / "gateway"
+    gw_cfg = {"federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
+              "state_dir": str(gw_state), "data": data, "model_size": args.model_size, "rounds": args.rounds,
+              "min_agents": len(profiles), "min_cohort": 3, "heartbeat_s": 1.0,
+              "deadlines_s": {"attest": 2, "advertise": 15, "share": 15, "masked": 60,
+                              "consistency": 10, "unmask": 10}}
+    (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    gateway = subprocess.Popen(exe + ["gateway", "--config", str(work / "gateway.yaml")],
+                               stdout=open(logs / "gateway.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    agents = []
+    for i, profile in enumerate(profiles):
+        agent_id = f"{profile}-{i}"
+        cfg = {"agent_id": agent_id, "federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
+               "profile": profile, "state_dir": str(work / "agents" / agent_id), "data": {**data, "index": i},
+               "model_size": args.model_size, "heartbeat_s": 1.0, "stream_rate_hz": 20.0,
+               "train_epochs": 1, "max_batches": args.max_batches, "seed": i}
+        path = work / f"{agent_id}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        agents.append(subprocess.Popen(exe + ["agent", "--config", str(path)],
+                                       stdout=open(logs / f"{agent_id}.log", "wb"), stderr=subprocess.STDOUT,
+                                       env=env))
+    return gateway, agents, gw_state
+
+
+def wait_port(gw_state: Path, gateway: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gateway.returncode}; see its log")
+        p = gw_state / "http.port"
+        if p.exists() and p.read_text().strip():
+            return int(p.read_text())
+        time.sleep(0.2)
+    raise RuntimeError("gateway did not start its status endpoint")
+
+
+def write_outputs(out: Path, gw_state: Path, status: dict) -> dict:
+    from gateway.registry import Registry
+    reg = Registry(gw_state)
+    rounds = []
+    for r in reg.rounds():
+        cohorts = r.get("cohorts", {})
+        metrics = r.get("metrics", {}).get("cnn-lstm", {})
+        rounds.append({
+            "round": r["round"], "attempt": r["attempt"], "status": r["status"], "reason": r["reason"],
+            "participants": sorted({a for c in cohorts.values() for a in c["participants"]}),
+            "dropouts": sorted({a for c in cohorts.values() for a in c["dropped"]}),
+            "cohorts": {n: {"mask_bits": c["mask_bits"], "state": c["state"], "aggregated": c["aggregated"],
+                            "dropped": c["dropped"]} for n, c in cohorts.items()},
+            "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
+            "seconds": r.get("seconds"), "bytes_up": r.get("bytes_up"), "bytes_down": r.get("bytes_down"),
+        })
+    latest = reg.latest_models()["cnn-lstm"]
+    vector = reg.load_model(latest)
+    reg.close()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(gw_state / "pipeline.json", out / "pipeline.json")
+    import numpy as np
+    import torch
+    from agent.model import ModelSpec
+    from models.params import set_flat
+    from models.preprocess import Pipeline
+    pipe = Pipeline.load(out / "pipeline.json")
+    model = ModelSpec("cnn-lstm", pipe.n_features, pipe.n_classes, status.get("model_size", "small")).build()
+    set_flat(model, np.asarray(vector, dtype=np.float32))
+    torch.save(model.state_dict(), out / "global_model.pt")
+    summary = {"rounds": rounds, "final_model": {"variant": "cnn-lstm", "version": latest.version,
+                                                 "sha256": latest.sha256, **latest.metrics},
+               "agents": status.get("agents", {})}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plots(out, rounds)
+    return summary
+
+
+def _plots(out: Path, rounds: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = [r for r in rounds if r["status"] == "committed"]
+    xs = [r["round"] for r in done]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(xs, [r["accuracy"] for r in done], marker="o", label="accuracy")
+    ax.plot(xs, [r["macro_f1"] for r in done], marker="s", label="macro-F1")
+    ax.set_xlabel("round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([x - 0.2 for x in xs], [r["bytes_up"] or 0 for r in done], width=0.4, label="up")
+    ax.bar([x + 0.2 for x in xs], [r["bytes_down"] or 0 for r in done], width=0.4, label="down")
+    ax.set_xlabel("round")
+    ax.set_ylabel("bytes")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "bytes.png")
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ztfl.services import start_mosquitto
+    console = Console(quiet=args.quiet)
+    out = Path(args.out)
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    broker = None
+    if args.broker:
+        broker_url = args.broker
+    else:
+        broker = start_mosquitto(workdir=work / "mosquitto")
+        broker_url = broker.url
+    console.print(f"broker {broker_url}; agents: {args.agents}")
+    gateway, agents, gw_state = launch(args, work, broker_url)
+    killed = None
+    code = 1
+    try:
+        port = wait_port(gw_state, gateway)
+        status = {}
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task("federating", total=args.rounds)
+            while gateway.poll() is None:
+                status = _status(port) or status
+                if status:
+                    progress.update(task, completed=min(args.rounds, status["round"] - 1),
+                                    description=f"round {status['round']}.{status['attempt']} "
+                                                f"{ {n: c['stage'] for n, c in status['cohorts'].items()} }")
+                    masked = any(c["stage"] == "masked" for c in status["cohorts"].values())
+                    if (killed is None and args.kill_round and status["round"] == args.kill_round and masked):
+                        killed = agents[0]
+                        killed.kill()
+                        console.print(f"[red]killed agent {args.agents.split(',')[0]}-0 in round "
+                                      f"{status['round']} (stage masked)")
+                    if status.get("done"):
+                        break
+                time.sleep(0.3)
+        status = _status(port) or status
+        code = gateway.wait(timeout=30)
+        summary = write_outputs(out, gw_state, status)
+        for r in summary["rounds"]:
+            console.print(f"round {r['round']}.{r['attempt']} {r['status']}: acc={r['accuracy']} "
+                          f"f1={r['macro_f1']} dropouts={r['dropouts']} cohorts="
+                          f"{ {n: c['mask_bits'] for n, c in r['cohorts'].items()} }")
+        for a, info in status.get("agents", {}).items():
+            console.print(f"  {a}: {info['state']}, alerts {info['alerts']} {info['alerts_by_label']}")
+        console.print(f"outputs in {out}")
+    finally:
+        for p in agents:
+            if p.poll() is None:
+                p.terminate()
+        for p in agents + [gateway]:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if broker:
+            broker.stop()
+    return code
