@@ -37,6 +37,7 @@ log = logging.getLogger("ztfl.attestation")
 AK_REQUIRED = RESTRICTED | SIGN_ENCRYPT | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN
 EK_REQUIRED = RESTRICTED | DECRYPT | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | ADMIN_WITH_POLICY
 SECRET_BYTES = 32
+MAX_CHAIN = 4
 
 
 @dataclass
@@ -62,21 +63,32 @@ def check_ek(ek: PublicArea) -> None:
                                     "fixedParent, sensitiveDataOrigin, adminWithPolicy and no sign")
 
 
-def check_ek_certificate(cert_der: bytes, ek: PublicArea, trusted_cas: Sequence[x509.Certificate]) -> None:
-    """The EK certificate must be issued by one of the trusted CAs and certify this EK."""
+def check_ek_certificate(cert_der: bytes, ek: PublicArea, trusted_cas: Sequence[x509.Certificate],
+                         intermediates: Sequence[x509.Certificate] = ()) -> None:
+    """The EK certificate must chain (through `intermediates`, at most MAX_CHAIN links) to one of
+    the trusted manufacturer CAs, and certify this very EK."""
     if not cert_der:
         raise EkCertificateRejected("the policy requires an EK certificate and the TPM has none")
     try:
         cert = x509.load_der_x509_certificate(cert_der)
     except ValueError as exc:
         raise EkCertificateRejected(f"EK certificate is not DER X.509: {exc}") from None
-    issuer = next((ca for ca in trusted_cas if ca.subject == cert.issuer), None)
-    if issuer is None:
-        raise EkCertificateRejected(f"EK certificate issuer {cert.issuer.rfc4514_string()} is not trusted")
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise EkCertificateRejected(f"EK certificate signature: {exc}") from None
+    pool = list(trusted_cas) + list(intermediates)
+    current = cert
+    for _ in range(MAX_CHAIN):
+        issuer = next((ca for ca in pool if ca.subject == current.issuer), None)
+        if issuer is None:
+            raise EkCertificateRejected(f"no trusted issuer {current.issuer.rfc4514_string()} for the EK certificate")
+        try:
+            current.verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise EkCertificateRejected(f"EK certificate chain: {current.subject.rfc4514_string()} "
+                                        f"not signed by its issuer: {exc or 'bad signature'}") from None
+        if any(issuer == ca for ca in trusted_cas):
+            break
+        current = issuer
+    else:
+        raise EkCertificateRejected(f"EK certificate chain longer than {MAX_CHAIN}")
     ek_key = public_area_to_key(ek)
     cert_key = cert.public_key()
     if isinstance(ek_key, rsa.RSAPublicKey) and isinstance(cert_key, rsa.RSAPublicKey):
@@ -94,16 +106,20 @@ class EnrolmentAuthority:
 
     provisioned: agent id -> profile from `ztfl provision`; when given, only those agents may
     enrol and only with their provisioned profile. trusted_ek_cas: manufacturer CA certificates;
-    when given, every EK must come with a certificate issued by one of them."""
+    when given, every EK must come with a certificate that chains to one of them (through
+    ek_intermediates) and certifies that EK. Without them the EK is trusted on first use: it is
+    recorded, and a second agent id presenting it is refused."""
 
     def __init__(self, registry: IdentityRegistry, policy: AttestationPolicy,
                  provisioned: Mapping[str, str] | None = None,
                  trusted_ek_cas: Sequence[x509.Certificate] = (),
+                 ek_intermediates: Sequence[x509.Certificate] = (),
                  challenge_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.policy = policy
         self.provisioned = dict(provisioned) if provisioned is not None else None
         self.trusted_ek_cas = list(trusted_ek_cas)
+        self.ek_intermediates = list(ek_intermediates)
         self.challenge_ttl_s = challenge_ttl_s
         self.clock = clock
         self._pending: dict[str, _Pending] = {}
@@ -125,7 +141,7 @@ class EnrolmentAuthority:
         check_ak(ak, self.policy)
         check_ek(ek)
         if self.trusted_ek_cas:
-            check_ek_certificate(request.ek_certificate, ek, self.trusted_ek_cas)
+            check_ek_certificate(request.ek_certificate, ek, self.trusted_ek_cas, self.ek_intermediates)
         owner = self.registry.find_by_ek(request.ek_public)
         if owner is not None and owner.agent_id != agent_id:
             raise EndorsementKeyReused(f"this EK is already enrolled as {owner.agent_id}")
