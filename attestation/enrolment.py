@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -173,7 +173,7 @@ class EnrolmentAuthority:
         if not hmac.compare_digest(pending.secret, response.secret):
             log.warning("enrolment of %s refused: wrong activation secret", response.agent_id)
             raise ActivationFailed(f"{response.agent_id} did not recover the credential secret")
-        identity = EnrolledIdentity(**{**pending.identity.__dict__, "active": True})
+        identity = replace(pending.identity, active=True)
         self.registry.put(identity)
         log.info("enrolment of %s complete: AK %s", response.agent_id, identity.ak_name.hex()[:16])
         return identity

@@ -267,6 +267,21 @@ def load_devices(path: str | Path) -> list[dict]:
     return devices
 
 
+def register_provisioned(registry, devices: list[dict]) -> dict[str, str]:
+    """Put the software-rooted devices of devices.yaml into the gateway's IdentityRegistry and
+    return agent id -> profile for EnrolmentAuthority(provisioned=...)."""
+    for d in devices:
+        if d["root"] == "software":
+            try:
+                key = bytes.fromhex(d.get("device_public_key", ""))
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise ProvisionError(f"device {d['agent_id']}: device_public_key must be 32 bytes of hex")
+            registry.add_software_device(d["agent_id"], d["profile"], key)
+    return {d["agent_id"]: d["profile"] for d in devices}
+
+
 # --- CLI -----------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

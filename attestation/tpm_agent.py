@@ -63,6 +63,33 @@ class TpmAttestor:
         self._ak_tr = None
         self._ak_public: bytes | None = None
 
+    @classmethod
+    def from_config(cls, doc: dict) -> "TpmAttestor":
+        """From the `attestation.yaml` that `ztfl provision` writes (tcti, state_dir, pcr,
+        ak_handle, ek_type); a bad or unknown key raises ValueError naming it."""
+        if not isinstance(doc, dict):
+            raise ValueError("attestation config must be a mapping")
+        unknown = set(doc) - {"tcti", "state_dir", "pcr", "ak_handle", "ek_type"}
+        if unknown:
+            raise ValueError(f"attestation config: unknown key '{sorted(unknown)[0]}'")
+        for key in ("tcti", "state_dir"):
+            if not isinstance(doc.get(key), str) or not doc[key]:
+                raise ValueError(f"attestation config: key '{key}' must be a non-empty string")
+        pcr = doc.get("pcr", DEFAULT_PCR)
+        if isinstance(pcr, bool) or not isinstance(pcr, int) or not 0 <= pcr <= 23:
+            raise ValueError("attestation config: key 'pcr' must be a PCR index 0..23")
+        handle = doc.get("ak_handle", DEFAULT_AK_HANDLE)
+        try:
+            handle = int(handle, 0) if isinstance(handle, str) else int(handle)
+        except ValueError:
+            raise ValueError("attestation config: key 'ak_handle' must be a number like 0x81010020") from None
+        if not PERSISTENT_FIRST <= handle <= 0x81FFFFFF:
+            raise ValueError("attestation config: key 'ak_handle' must be a persistent handle 0x81xxxxxx")
+        ek_type = doc.get("ek_type", DEFAULT_EK_TYPE)
+        if ek_type not in ("EK-RSA2048", "EK-ECC256"):
+            raise ValueError("attestation config: key 'ek_type' must be EK-RSA2048 or EK-ECC256")
+        return cls(doc["tcti"], doc["state_dir"], ak_handle=handle, pcr_index=pcr, ek_type=ek_type)
+
     # --- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         if self.esapi is not None:

@@ -128,3 +128,49 @@ def test_bench_attest_prints_one_json_object(capsys):
     assert report["accepted"] == 5 and report["rejected"] == 0
     for part in ("quote", "verify"):
         assert 0 < report[part]["median_ms"] <= report[part]["p95_ms"] <= report[part]["max_ms"]
+
+
+def test_provisioned_fleet_enrols_and_attests(swtpm, tmp_path):
+    """From `ztfl provision` output to seats: a TPM agent configured by its attestation.yaml and
+    an ESP32 signing with the device key from its firmware.json."""
+    from attestation.enrolment import EnrolmentAuthority
+    from attestation.provision import Device, Fleet, provision, register_provisioned
+    from attestation.software_identity import sign_software_quote
+    from attestation.tpm_agent import TpmAttestor
+    from attestation.verifier import Verifier
+
+    fleet = tmp_path / "fleet"
+    provision(Fleet("plant", "fog1", [Device("pi-01", "raspberry-pi-4"), Device("esp-01", "esp32")],
+                    tcti=swtpm.tcti), fleet)
+    config = yaml.safe_load((fleet / "devices" / "pi-01" / "attestation.yaml").read_text())
+    assert config["tcti"] == swtpm.tcti
+    config["state_dir"] = str(tmp_path / "pi-01-state")
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"release 1")
+    measurement = measure_agent(REPO, [model])
+
+    doc = yaml.safe_load((fleet / "gateway" / "attestation-policy.yaml").read_text())
+    doc["allowlist"]["raspberry-pi-4"][23] = [expected_pcr(measurement).hex()]
+    policy = AttestationPolicy.from_mapping(doc)
+    registry = IdentityRegistry(path=tmp_path / "identities.json")
+    provisioned = register_provisioned(registry, load_devices(fleet / "gateway" / "devices.yaml"))
+    authority = EnrolmentAuthority(registry, policy, provisioned=provisioned)
+    verifier = Verifier(registry, policy)
+
+    with TpmAttestor.from_config(config) as pi:
+        pi.extend_measurement(measurement)
+        authority.complete(pi.activate("pi-01", authority.begin(pi.enrolment_request("pi-01", "raspberry-pi-4"))))
+        nonce = verifier.issue_nonce(1)
+        seat = verifier.verify("pi-01", 1, b"pi-keys", pi.quote(nonce, 1, b"pi-keys").to_bytes())
+    assert not seat.software_rooted
+
+    firmware = json.loads((fleet / "devices" / "esp-01" / "firmware.json").read_text())
+    evidence = sign_software_quote(bytes.fromhex(firmware["device_key"]), nonce, 1, b"esp-keys")
+    seat = verifier.verify("esp-01", 1, b"esp-keys", evidence.to_bytes())
+    assert seat.software_rooted and verifier.metrics.snapshot()["accepted_software"] == 1
+    assert IdentityRegistry.load(tmp_path / "identities.json").get("esp-01").software_rooted
+
+    for bad, words in [({**config, "pcr": 24}, "'pcr'"), ({**config, "ak_handle": "0x80000001"}, "'ak_handle'"),
+                       ({**config, "colour": 1}, "'colour'")]:
+        with pytest.raises(ValueError, match=words):
+            TpmAttestor.from_config(bad)
