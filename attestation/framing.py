@@ -27,17 +27,21 @@ class Writer:
         return self
 
     def blob8(self, b: bytes) -> "Writer":
+        if len(b) > 0xFF:
+            raise ValueError(f"{len(b)} bytes do not fit a 1-byte length")
         self.parts.append(struct.pack(">B", len(b)) + bytes(b))
         return self
 
     def blob16(self, b: bytes) -> "Writer":
+        if len(b) > 0xFFFF:
+            raise ValueError(f"{len(b)} bytes do not fit a 2-byte length")
         self.parts.append(struct.pack(">H", len(b)) + bytes(b))
         return self
 
     def text(self, s: str) -> "Writer":
         return self.blob8(s.encode("utf-8"))
 
-    def bytes(self) -> bytes:
+    def finish(self) -> bytes:
         return b"".join(self.parts)
 
 
@@ -70,11 +74,11 @@ class Reader:
 
     def blob8(self, field: str, min_len: int = 0, max_len: int = 255) -> bytes:
         n = self.u8(field)
-        return self._check(field, n, min_len, max_len, 1)
+        return self._check(field, n, min_len, max_len)
 
     def blob16(self, field: str, min_len: int = 0, max_len: int = 0xFFFF) -> bytes:
         n = struct.unpack(">H", self._take(2, field))[0]
-        return self._check(field, n, min_len, max_len, 2)
+        return self._check(field, n, min_len, max_len)
 
     def text(self, field: str, max_len: int = 128) -> str:
         raw = self.blob8(field, 1, max_len)
@@ -83,7 +87,7 @@ class Reader:
         except UnicodeDecodeError:
             raise MalformedEvidence(f"{self.what}: {field} is not UTF-8") from None
 
-    def _check(self, field: str, n: int, min_len: int, max_len: int, _prefix: int) -> bytes:
+    def _check(self, field: str, n: int, min_len: int, max_len: int) -> bytes:
         if not min_len <= n <= max_len:
             raise MalformedEvidence(f"{self.what}: {field} of {n} bytes outside {min_len}..{max_len}")
         return bytes(self._take(n, field))

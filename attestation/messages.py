@@ -40,7 +40,7 @@ class QuoteEvidence:
              .blob16(self.attest).blob16(self.signature).u8(len(self.pcr_values)))
         for value in self.pcr_values:
             w.blob8(value)
-        return w.bytes()
+        return w.finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "QuoteEvidence":
@@ -67,7 +67,7 @@ class SoftwareEvidence:
     signature: bytes
 
     def to_bytes(self) -> bytes:
-        return Writer(TAG_SOFTWARE).u64(self.round_id).blob8(self.nonce).blob8(self.signature).bytes()
+        return Writer(TAG_SOFTWARE).u64(self.round_id).blob8(self.nonce).blob8(self.signature).finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "SoftwareEvidence":
@@ -100,7 +100,7 @@ class EnrolmentRequest:
 
     def to_bytes(self) -> bytes:
         return (Writer(TAG_ENROL).text(self.agent_id).text(self.profile).blob16(self.ek_public)
-                .blob16(self.ak_public).blob16(self.ek_certificate).bytes())
+                .blob16(self.ak_public).blob16(self.ek_certificate).finish())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EnrolmentRequest":
@@ -119,7 +119,7 @@ class EnrolmentChallenge:
     encrypted_secret: bytes
 
     def to_bytes(self) -> bytes:
-        return Writer(TAG_CHALLENGE).blob16(self.credential_blob).blob16(self.encrypted_secret).bytes()
+        return Writer(TAG_CHALLENGE).blob16(self.credential_blob).blob16(self.encrypted_secret).finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EnrolmentChallenge":
@@ -137,7 +137,7 @@ class ActivationResponse:
     secret: bytes
 
     def to_bytes(self) -> bytes:
-        return Writer(TAG_ACTIVATION).text(self.agent_id).blob8(self.secret).bytes()
+        return Writer(TAG_ACTIVATION).text(self.agent_id).blob8(self.secret).finish()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ActivationResponse":

@@ -9,8 +9,6 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
 
 from attestation.provision import Device, Fleet, listener_options, provision
 from ztfl.services import start_mosquitto
