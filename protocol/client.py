@@ -25,7 +25,7 @@ from protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFaile
                              InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
                              WrongRound)
 from protocol.keys import EpochKeys
-from protocol.prg import MaskGenerator
+from protocol.prg import apply_masks
 from protocol.stages import CLIENT_TRANSITIONS, Stage, next_stage
 
 
@@ -57,7 +57,7 @@ class _RoundState:
 class ClientSession:
     def __init__(self, client_id: int, identity: SigningKey, directory: Mapping[int, VerifyKey],
                  epoch_keys: EpochKeys, round_id: int,
-                 randbytes: Callable[[int], bytes] = os.urandom):
+                 randbytes: Callable[[int], bytes] = os.urandom, workers: int = 1):
         if not 1 <= client_id <= 0xFFFF:
             raise ValueError("client ids are 1..65535")
         if wire.SERVER_ID not in directory:
@@ -68,6 +68,7 @@ class ClientSession:
         self.keys = epoch_keys
         self.round_id = round_id
         self.randbytes = randbytes
+        self.workers = workers          # threads for mask expansion (1 on a microcontroller-class host)
         self.stage = Stage.ADVERTISE_KEYS
         self._state = _RoundState()
         self._update: np.ndarray | None = None
@@ -197,16 +198,14 @@ class ClientSession:
             raise RoundAborted(f"only {len(held)} neighbours shared keys; threshold {config.threshold}")
         encoded = fixedpoint.encode(self._update, self._weight, config.frac_bits, config.clip_q,
                                     config.mask_bits)
-        generator = MaskGenerator(config.words, config.mask_bits)
-        generator.add(encoded, kdf.self_mask_key(old.seed, self.client_id, self.epoch, self.round_id))
+        # The smaller id adds the pairwise mask, the larger subtracts it.
+        adds = [kdf.self_mask_key(old.seed, self.client_id, self.epoch, self.round_id)]
+        subtracts = []
         for peer in sorted(held):
             key = kdf.pairwise_mask_key(self.keys.s_sk, old.roster[peer].s_pk, self.client_id, peer,
                                         self.epoch, self.round_id)
-            # The smaller id adds the pairwise mask, the larger subtracts it.
-            if self.client_id < peer:
-                generator.add(encoded, key)
-            else:
-                generator.subtract(encoded, key)
+            (adds if self.client_id < peer else subtracts).append(key)
+        apply_masks(encoded, adds, subtracts, config.mask_bits, self.workers)
         state = _RoundState(**{**old.__dict__, "held": held})
         return self._reply(wire.MaskedInput, mask_bits=config.mask_bits, words=encoded), state
 

@@ -6,6 +6,10 @@ once per peer.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -62,3 +66,36 @@ class MaskGenerator:
 def mask(key16: bytes, nwords: int, mask_bits: int) -> np.ndarray:
     """A fresh copy of one mask vector."""
     return MaskGenerator(nwords, mask_bits).expand(key16).copy()
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def apply_masks(acc: np.ndarray, add_keys: Sequence[bytes], subtract_keys: Sequence[bytes],
+                mask_bits: int, workers: int = 1) -> None:
+    """acc += sum of masks(add_keys) - sum of masks(subtract_keys), modulo 2^B, in place.
+
+    With workers > 1 the keys are split over threads (AES-CTR and numpy release the GIL), each
+    summing into its own buffer; addition mod 2^B is commutative, so the result is identical.
+    """
+    jobs = [(k, True) for k in add_keys] + [(k, False) for k in subtract_keys]
+    workers = max(1, min(workers, len(jobs) // 2))
+
+    def run(chunk, target):
+        gen = MaskGenerator(target.size, mask_bits)
+        for key, plus in chunk:
+            (gen.add if plus else gen.subtract)(target, key)
+
+    if workers == 1:
+        run(jobs, acc)
+        return
+    chunks = [jobs[i::workers] for i in range(workers)]
+    partials = [np.zeros_like(acc) for _ in chunks[1:]]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run, chunks[0], acc)]
+        futures += [pool.submit(run, chunk, part) for chunk, part in zip(chunks[1:], partials)]
+        for f in futures:
+            f.result()
+    for part in partials:
+        np.add(acc, part, out=acc)

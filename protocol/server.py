@@ -23,7 +23,7 @@ from protocol import fixedpoint, graph, kdf, shamir, wire
 from protocol.config import RoundConfig
 from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
                              ShamirError, UnknownSender, WrongRound)
-from protocol.prg import MaskGenerator, word_dtype
+from protocol.prg import apply_masks, default_workers, word_dtype
 from protocol.stages import CLOSE, SERVER_TRANSITIONS, Stage, next_stage
 
 
@@ -63,8 +63,9 @@ class AggregateResult:
 
 class ServerSession:
     def __init__(self, config: RoundConfig, identity: SigningKey, directory: Mapping[int, VerifyKey],
-                 epoch: int, round_id: int):
+                 epoch: int, round_id: int, workers: int | None = None):
         self.config = config
+        self.workers = default_workers() if workers is None else workers
         self.identity = identity
         self.directory = {cid: key for cid, key in directory.items() if cid != wire.SERVER_ID}
         self.epoch = epoch
@@ -256,11 +257,11 @@ class ServerSession:
                 raise RoundAborted(f"{len(shares)} shares for client {owner}, threshold {t}",
                                    wire.ABORT_RECONSTRUCTION_FAILED)
         total = self.accumulator
-        generator = MaskGenerator(self.config.words, self.config.mask_bits)
+        adds, subtracts = [], []
         try:
             for owner in self.survivors:
                 seed = shamir.reconstruct(b_shares[owner], t)
-                generator.subtract(total, kdf.self_mask_key(seed, owner, self.epoch, self.round_id))
+                subtracts.append(kdf.self_mask_key(seed, owner, self.epoch, self.round_id))
             for d in self.dropped:
                 s_sk = shamir.reconstruct(s_shares[d], t)
                 if kdf.x25519_public(s_sk) != self.adverts[d].s_pk:
@@ -269,12 +270,10 @@ class ServerSession:
                 for v in sorted(self.neighbours[d] & set(self.survivors)):
                     key = kdf.pairwise_mask_key(s_sk, self.adverts[v].s_pk, d, v, self.epoch, self.round_id)
                     # v added the mask if v < d, subtracted it otherwise: undo that.
-                    if v < d:
-                        generator.subtract(total, key)
-                    else:
-                        generator.add(total, key)
+                    (subtracts if v < d else adds).append(key)
         except ShamirError as exc:
             raise RoundAborted(f"reconstruction failed: {exc}", wire.ABORT_RECONSTRUCTION_FAILED) from exc
+        apply_masks(total, adds, subtracts, self.config.mask_bits, self.workers)
         self.result = AggregateResult(total=total, mask_bits=self.config.mask_bits,
                                       frac_bits=self.config.frac_bits, survivors=self.survivors,
                                       dropped=self.dropped)

@@ -45,21 +45,27 @@ class RoundRun:
     clients: dict[int, ClientSession]
     client_seconds: dict[int, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+    # CPU time of the process (all threads) over the same spans: the work done, whatever else
+    # the machine is running.
+    client_cpu_seconds: dict[int, float] = field(default_factory=dict)
+    server_cpu_seconds: float = 0.0
     upload_bytes: dict[int, int] = field(default_factory=dict)   # MASKED_INPUT frame per client
 
 
 def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarray],
               weights: Mapping[int, int] | None = None, drop_before: Mapping[int, Stage] | None = None,
-              round_id: int = 1) -> RoundRun:
-    """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on."""
+              round_id: int = 1, workers: int = 1) -> RoundRun:
+    """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on.
+    `workers`: threads each session may use to expand masks."""
     drop_before = dict(drop_before or {})
     weights = weights or {}
     epoch = next(iter(cohort.epoch_keys.values())).epoch
     directory = cohort.directory
-    server = ServerSession(config, cohort.server_identity, directory, epoch, round_id)
-    clients = {c: ClientSession(c, cohort.identities[c], directory, cohort.epoch_keys[c], round_id)
-               for c in inputs}
-    run = RoundRun(None, server, clients, {c: 0.0 for c in clients})
+    server = ServerSession(config, cohort.server_identity, directory, epoch, round_id, workers=workers)
+    clients = {c: ClientSession(c, cohort.identities[c], directory, cohort.epoch_keys[c], round_id,
+                                workers=workers) for c in inputs}
+    run = RoundRun(None, server, clients, {c: 0.0 for c in clients},
+                   client_cpu_seconds={c: 0.0 for c in clients})
     order = Stage.order()
 
     def active(c: int, stage: Stage) -> bool:
@@ -71,25 +77,28 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
             frame = out if isinstance(out, bytes) else out.frame_for(c)
             if frame is None or not active(c, stage) or session.stage.terminal:
                 continue
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if stage == Stage.MASKED_INPUT_COLLECTION:
                 session.set_input(inputs[c], weights.get(c, 1))
             reply = session.receive(frame)
             run.client_seconds[c] += time.perf_counter() - t0
+            run.client_cpu_seconds[c] += time.process_time() - c0
             if reply is None:
                 continue
             if stage == Stage.MASKED_INPUT_COLLECTION:
                 run.upload_bytes[c] = len(reply)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             server.receive(reply)
             run.server_seconds += time.perf_counter() - t0
+            run.server_cpu_seconds += time.process_time() - c0
 
     out: StageOutput | bytes = server.round_config()
     for stage in order[:-1]:
         deliver(out, stage)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = server.close_stage()
         run.server_seconds += time.perf_counter() - t0
+        run.server_cpu_seconds += time.process_time() - c0
         if server.stage == Stage.ABORTED:
             deliver(out, stage)   # clients learn of the abort
             return run
