@@ -326,3 +326,26 @@ def test_software_rooted_device_admitted_only_where_policy_allows(enrolled):
     # A TPM-rooted agent cannot fall back to a device-key signature.
     with pytest.raises(errors.EvidenceKindMismatch):
         lenient.verify(AGENT, 1, KEYS, sign_software_quote(seed, lenient.issue_nonce(1), 1, KEYS).to_bytes())
+
+
+def test_ak_is_recreated_identically_and_a_foreign_key_at_its_handle_is_refused(swtpm, tmp_path):
+    from tpm2_pytss import ESYS_TR, TPM2B_SENSITIVE_CREATE
+
+    from attestation.tpm_agent import DEFAULT_AK_HANDLE, ak_template
+
+    with TpmAttestor(swtpm.tcti, tmp_path / "agent") as attestor:
+        ak = attestor.ensure_ak()
+        attestor.evict_ak()
+    # The AK is a primary of the endorsement hierarchy: the same TPM derives the same key again.
+    with TpmAttestor(swtpm.tcti, tmp_path / "agent") as attestor:
+        assert attestor.ensure_ak() == ak
+        attestor.evict_ak()
+        # Someone persists another key (same template, owner hierarchy) at the AK's handle.
+        esapi = attestor.esapi
+        other, _, _, _, _ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), ak_template(), ESYS_TR.OWNER)
+        esapi.evict_control(ESYS_TR.OWNER, other, DEFAULT_AK_HANDLE)
+        esapi.flush_context(other)
+    (tmp_path / "agent" / "ak.pub").write_bytes(ak)          # the state still records our AK
+    with TpmAttestor(swtpm.tcti, tmp_path / "agent") as attestor:
+        with pytest.raises(errors.TpmStateMismatch):
+            attestor.ensure_ak()

@@ -2,9 +2,13 @@
 and the nonce book, without a TPM: only typed errors, whole buffers consumed, sizes checked."""
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,8 +18,12 @@ from attestation.messages import (ActivationResponse, EnrolmentChallenge, Enrolm
                                   SoftwareEvidence, decode_evidence)
 from attestation.nonces import NonceBook
 from attestation.policy import AttestationPolicy
-from attestation.tpm_wire import (ALG_SHA256, TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, PcrSelection,
-                                  parse_public, parse_quote_attest, parse_signature)
+from attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
+from attestation.tpm_wire import (ALG_ECC, ALG_ECDSA, ALG_NULL, ALG_SHA256, ECC_NIST_P256, FIXED_PARENT, FIXED_TPM,
+                                  RESTRICTED, SENSITIVE_DATA_ORIGIN, SIGN_ENCRYPT, TPM_GENERATED_VALUE,
+                                  TPM_ST_ATTEST_QUOTE, USER_WITH_AUTH, PcrSelection, parse_public,
+                                  parse_quote_attest, parse_signature, qualified_name_under_endorsement)
+from attestation.verifier import Verifier
 
 TPM_ERRORS = (errors.AttestFormatError, errors.SignatureFormatError, errors.PublicKeyFormatError)
 
@@ -130,7 +138,6 @@ def test_corrupted_evidence_decodes_or_raises_malformed(position, junk):
 
 
 def test_qualifying_data_is_sha256_of_nonce_round_and_keys():
-    import hashlib
     nonce, keys = bytes(range(32)), b"\xaa" * 64
     assert qualifying_data(nonce, 5, keys) == hashlib.sha256(nonce + b"\x00" * 7 + b"\x05" + keys).digest()
     assert software_quote_message(nonce, 5, keys).endswith(qualifying_data(nonce, 5, keys))
@@ -187,3 +194,61 @@ def test_nonces_are_fresh_single_use_and_bound_to_round_and_agent():
         book.check(b, "pi-01", 1)
     with pytest.raises(ValueError):
         NonceBook(nonce_bytes=8)
+
+
+# --- the verifier on synthetic quotes (no TPM: a software P-256 key stands in for the AK) ------
+
+def _software_ak():
+    key = ec.generate_private_key(ec.SECP256R1())
+    nums = key.public_key().public_numbers()
+    attrs = RESTRICTED | SIGN_ENCRYPT | FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH
+    tpmt = (struct.pack(">HHI", ALG_ECC, ALG_SHA256, attrs) + tpm2b(b"")
+            + struct.pack(">HHHHH", ALG_NULL, ALG_ECDSA, ALG_SHA256, ECC_NIST_P256, ALG_NULL)
+            + tpm2b(nums.x.to_bytes(32, "big")) + tpm2b(nums.y.to_bytes(32, "big")))
+    return key, tpm2b(tpmt)
+
+
+def _synthetic_setup():
+    key, public = _software_ak()
+    name = parse_public(public).name
+    registry = IdentityRegistry()
+    registry.put(EnrolledIdentity("pi-01", "raspberry-pi-4", TPM_ROOTED, active=True, ak_public=public,
+                                  ak_name=name, ak_qualified_name=qualified_name_under_endorsement(name)))
+    pcr23 = hashlib.sha256(b"pcr").digest()
+    policy = AttestationPolicy(allowlist={"raspberry-pi-4": {23: frozenset({pcr23})}})
+    verifier = Verifier(registry, policy)
+    nonce = verifier.issue_nonce(1)
+    body = (struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
+            + tpm2b(qualified_name_under_endorsement(name)) + tpm2b(qualifying_data(nonce, 1, b"keys"))
+            + struct.pack(">QIIB", 5000, 1, 0, 1) + struct.pack(">Q", 1)
+            + PcrSelection(ALG_SHA256, (23,)).marshal() + tpm2b(hashlib.sha256(pcr23).digest()))
+    r, s = decode_dss_signature(key.sign(body, ec.ECDSA(hashes.SHA256())))
+    sig = struct.pack(">HH", 0x0018, ALG_SHA256) + tpm2b(r.to_bytes(32, "big")) + tpm2b(s.to_bytes(32, "big"))
+    return verifier, QuoteEvidence(1, nonce, body, sig, (pcr23,)).to_bytes()
+
+
+def test_synthetic_quote_is_accepted_once():
+    verifier, evidence = _synthetic_setup()
+    seat = verifier.verify("pi-01", 1, b"keys", evidence)
+    assert seat.pcr_values == {23: QuoteEvidence.from_bytes(evidence).pcr_values[0]}
+    with pytest.raises(errors.ReplayedNonce):
+        verifier.verify("pi-01", 1, b"keys", evidence)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_change_to_the_evidence_bytes_is_refused_with_a_typed_error(data):
+    verifier, evidence = _synthetic_setup()
+    position = data.draw(st.integers(0, len(evidence) - 1))
+    junk = data.draw(st.binary(min_size=1, max_size=4))
+    mutated = bytearray(evidence)
+    mutated[position:position + len(junk)] = junk
+    mutated = bytes(mutated)
+    if mutated == evidence:
+        return
+    try:
+        verifier.verify("pi-01", 1, b"keys", mutated)
+    except errors.AttestationError:
+        return
+    # Only changes outside what is signed or checked could pass: there are none.
+    raise AssertionError(f"mutated evidence accepted (bytes {position}..{position + len(junk)})")
