@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 
 
@@ -21,4 +22,8 @@ def run(args) -> int:
         config.profile = args.profile
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
-    return agent.run_forever()
+    code = agent.run_forever()
+    # Exit at once: the MQTT session is closed and the state saved; nothing else needs a
+    # graceful interpreter shutdown (which can stall on torch's worker threads).
+    logging.shutdown()
+    os._exit(code)

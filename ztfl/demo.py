@@ -79,7 +79,8 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
         cfg = {"agent_id": agent_id, "federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
                "profile": profile, "state_dir": str(work / "agents" / agent_id), "data": {**data, "index": i},
                "model_size": args.model_size, "heartbeat_s": 1.0, "stream_rate_hz": 20.0,
-               "train_epochs": 1, "max_batches": args.max_batches, "seed": i}
+               "train_epochs": 1, "max_batches": args.max_batches, "seed": i,
+               "record_updates_dir": getattr(args, "record_updates_dir", None)}
         path = work / f"{agent_id}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         agents.append(subprocess.Popen(exe + ["agent", "--config", str(path)],
