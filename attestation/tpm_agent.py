@@ -132,7 +132,8 @@ class TpmAttestor:
                 if recorded is not None and recorded != current:
                     raise TpmStateMismatch(f"handle 0x{self.ak_handle:08x} holds another key than the AK "
                                            f"recorded in {self._ak_pub_path}")
-                if not public.publicArea.objectAttributes & TPMA_OBJECT.RESTRICTED:
+                if public.publicArea.objectAttributes & (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT) \
+                        != (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT):
                     raise TpmStateMismatch(f"handle 0x{self.ak_handle:08x} is not a restricted signing key")
             else:
                 transient, public, _, _, _ = self.esapi.create_primary(
