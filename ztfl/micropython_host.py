@@ -135,3 +135,23 @@ class FirmwareClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def firmware_device_config(agent_id: str, federation: str, gateway: str, host: str, port: int,
+                           classes: list[str], device_key: bytes, device_public_key: bytes,
+                           max_samples: int = 64, heartbeat_s: float = 1.0, profile: str = "esp32") -> dict:
+    """config.json of a firmware agent on this host's broker (plain MQTT on loopback: the unix
+    port stands in for the board, so there is no radio and no TLS offload to simulate)."""
+    return {"agent_id": agent_id, "profile": profile, "federation": federation, "gateway": gateway,
+            "broker": {"host": host, "port": port, "tls": False},
+            "device_key": device_key.hex(), "device_public_key": device_public_key.hex(), "classes": classes,
+            "training": {"epochs": 1, "lr": 0.05, "max_samples": max_samples},
+            "heartbeat_s": heartbeat_s, "stream_rate_hz": 5, "payload_limit_bytes": 16384}
+
+
+def start_firmware_agent(device_dir: Path, log_path: Path | None = None,
+                         heapsize: str | None = None) -> subprocess.Popen:
+    """The firmware agent of `device_dir` (config.json, records.bin) running in the unix port."""
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(command(FIRMWARE_DIR / "host" / "run_agent.py", heapsize) + [str(device_dir)],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environment())

@@ -14,6 +14,11 @@ import struct
 from ztfw import wordops
 from ztfw.aes_ctr import AesCtr
 
+try:
+    import uctypes
+except ImportError:
+    uctypes = None
+
 ZERO_COUNTER = bytes(16)
 
 
@@ -78,8 +83,13 @@ class MaskedStream:
         streams += [(AesCtr(k, ZERO_COUNTER), -1) for k in self.minus_keys]
         values = array.array("f", bytes(4 * chunk))
         ks = bytearray(wb * chunk)
+        raw = None
         if self.mask_bits == 32:
             acc = array.array("I", bytes(4 * chunk))
+            if uctypes is not None and wordops.LITTLE:
+                # A byte view of the same memory: chunks go out without a copy, and with
+                # a length in bytes (len() of an array('I') view counts words).
+                raw = memoryview(uctypes.bytearray_at(uctypes.addressof(acc), 4 * chunk))
         else:
             acc = [0] * chunk
         w = self.weight
@@ -103,8 +113,8 @@ class MaskedStream:
                         wordops.sub32(acc, ks, n)
                 else:
                     wordops.add64(acc, ks, n, sign)
-            if self.mask_bits == 32 and wordops.LITTLE:
-                yield memoryview(acc)[:n]
+            if raw is not None:
+                yield raw[:4 * n]
             elif self.mask_bits == 32:
                 yield struct.pack("<%dI" % n, *acc[:n])
             else:

@@ -35,13 +35,14 @@ def quantise_input(x):
 
 
 class QuantLayer:
-    def __init__(self, n_in, n_out, weight, bias, multiplier, shift):
+    def __init__(self, n_in, n_out, weight, bias, multiplier, shift, scale=0.0):
         self.n_in = n_in
         self.n_out = n_out
         self.weight = weight          # array('b'), row-major [out][in]
         self.bias = bias              # array('i')
         self.multiplier = multiplier  # 0 for the last layer
         self.shift = shift
+        self.scale = scale            # s_in * s_w: acc * scale is the float pre-activation (0: unknown)
 
 
 class QuantModel:
@@ -146,6 +147,29 @@ class QuantModel:
             if acc[i] > acc[best]:
                 best = i
         return best
+
+    def classify(self, qx):
+        """(class index, softmax probability) for one quantised row."""
+        acc = self.logits(qx)
+        best = 0
+        for i in range(1, len(acc)):
+            if acc[i] > acc[best]:
+                best = i
+        scale = self.layers[-1].scale
+        if not scale:
+            return best, 1.0
+        total = 0.0
+        for a in acc:
+            total += math.exp((a - acc[best]) * scale)
+        return best, 1.0 / total
+
+
+def hidden_for(n_features, n_classes, max_params=MAX_PARAMS):
+    """The micro model's hidden sizes (models.micro.MicroConfig.fitting)."""
+    for hidden in ((32, 16), (24, 16), (16, 16), (16, 8), (8, 8), (8,), (4,)):
+        if n_params([n_features] + list(hidden) + [n_classes]) <= max_params:
+            return hidden
+    raise MicroModelError("%d features x %d classes cannot fit %d parameters" % (n_features, n_classes, max_params))
 
 
 def n_params(sizes):
@@ -291,8 +315,8 @@ class FloatMLP:
             if li < n_layers - 1:
                 s_out = peaks[li] / 127
                 mult = round(s_in * s_w / s_out * (1 << shift))
-                layers.append(QuantLayer(n_in, n_out, weight, bias, mult, shift))
+                layers.append(QuantLayer(n_in, n_out, weight, bias, mult, shift, s_in * s_w))
                 s_in = s_out
             else:
-                layers.append(QuantLayer(n_in, n_out, weight, bias, 0, 0))
+                layers.append(QuantLayer(n_in, n_out, weight, bias, 0, 0, s_in * s_w))
         return QuantModel(layers)

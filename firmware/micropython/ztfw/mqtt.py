@@ -28,7 +28,7 @@ class MQTTError(Exception):
     """A protocol violation or refusal from the broker; `reason` says which."""
 
     def __init__(self, reason):
-        Exception.__init__(self, reason)
+        super().__init__(reason)
         self.reason = reason
 
 
@@ -72,6 +72,12 @@ class MQTTClient:
         self.pid = 0
         self.cb = None
         self._poller = None
+        self.will = None
+        self.oversized = 0
+
+    def set_last_will(self, topic, message, retain=False):
+        """Published by the broker if this client vanishes without DISCONNECT."""
+        self.will = (topic, message, retain)
 
     # -- transport -------------------------------------------------------
     def _write(self, data):
@@ -135,6 +141,10 @@ class MQTTClient:
             self._poller.register(sock, select.POLLIN)
         flags = 0x02 if clean_session else 0
         payload = _utf8(self.client_id)
+        if self.will is not None:
+            topic, message, retain = self.will
+            flags |= 0x04 | (0x20 if retain else 0)
+            payload += _utf8(topic) + _utf8(message)
         if self.user is not None:
             flags |= 0x80
             payload += _utf8(self.user)
@@ -222,6 +232,8 @@ class MQTTClient:
         op = first & 0xF0
         n = self._read_remaining_length()
         if n > self.max_packet:
+            if op == PUBLISH:
+                return self._skip_publish(first, n)
             raise MQTTError("incoming packet of %d bytes exceeds limit %d" % (n, self.max_packet))
         if op == PINGRESP:
             if n != 0:
@@ -262,6 +274,36 @@ class MQTTClient:
                 self.cb(topic, payload)
             return op
         raise MQTTError("unexpected packet type 0x%02x" % op)
+
+    def _skip_publish(self, first, n):
+        """Drain a PUBLISH larger than max_packet in small pieces (acknowledged, not delivered):
+        a broadcast too big for this device must not cost it its connection."""
+        if n < 2:
+            raise MQTTError("PUBLISH too short")
+        tlen = struct.unpack("!H", self._read_exact(2))[0]
+        qos = (first >> 1) & 3
+        left = n - 2
+        piece = bytearray(256)
+        skip = tlen
+        pid = None
+        while skip:
+            k = min(skip, len(piece))
+            self._read_exact(k, piece)
+            skip -= k
+        left -= tlen
+        if qos:
+            if left < 2:
+                raise MQTTError("malformed PUBLISH")
+            pid = bytes(self._read_exact(2))
+            left -= 2
+        while left > 0:
+            k = min(left, len(piece))
+            self._read_exact(k, piece)
+            left -= k
+        if qos == 1:
+            self._write(bytes((PUBACK, 2)) + pid)
+        self.oversized += 1
+        return PUBLISH
 
     def check_msg(self, timeout_ms=0):
         """Dispatch one packet if one arrives within timeout_ms; returns its type or None."""

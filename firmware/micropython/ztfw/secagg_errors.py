@@ -54,5 +54,5 @@ class KeyAgreementError(ProtocolError):
 
 class RoundAborted(ProtocolError):
     def __init__(self, reason, code=1):
-        ProtocolError.__init__(self, reason)
+        super().__init__(reason)
         self.code = code

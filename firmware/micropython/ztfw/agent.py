@@ -1,0 +1,408 @@
+"""The ESP32 agent: the firmware twin of the CPython agent daemon (agent/daemon.py).
+
+It announces itself (retained hello), heartbeats, keeps the global micro model, classifies
+its feature records with the int8 model and publishes alerts, and takes part in rounds of
+its cohort (micro model, 32-bit masks): local training runs in slices between MQTT polls,
+so the early protocol stages never wait for it; SHARES_RELAY is held until the update is
+ready, then the masked input is streamed to the broker.
+
+Everything runs in one loop (`step`), with no threads: the same code runs on the board
+and in the unix port.
+"""
+import array
+import gc
+import os
+import time
+from binascii import hexlify, unhexlify
+
+from ztfw import agent_wire, ed25519
+from ztfw.agent_wire import WireError
+from ztfw.micro_model import FloatMLP, MicroModelError
+from ztfw.mqtt import MQTTClient, MQTTError
+from ztfw.records import Records, dequantise, float_row
+from ztfw.secagg_client import ClientSession, StreamedFrame
+from ztfw.secagg_errors import ProtocolError
+from ztfw.secagg_keys import EpochKeys
+from ztfw.store import Store
+
+SHARES_RELAY = 0x05
+NORMAL = "normal"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _ms():
+    return time.ticks_ms()
+
+
+def _since(t0):
+    return time.ticks_diff(time.ticks_ms(), t0)
+
+
+def tls_context(cfg, base_dir):
+    """An SSLContext that checks the broker against the fleet CA and presents the device cert."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=_path(base_dir, cfg["ca"]))
+    ctx.load_cert_chain(_path(base_dir, cfg["cert"]), _path(base_dir, cfg["key"]))
+    return ctx
+
+
+def training_steps(mlp, blob, records, round_id, epochs, lr, max_samples=0):
+    """Local training as a generator (one SGD sample per step) from the global model `blob`.
+    Deterministic: rows start at an offset fixed by the round, so a round can be replayed."""
+    blob.fill_float(mlp.params)
+    n = len(records) if not max_samples else min(max_samples, len(records))
+    row = float_row(records.n_features)
+    start = (round_id * 131) % max(1, len(records))
+    for _ in range(epochs):
+        for label, q in records.rows(start, n):
+            mlp.sgd_step(dequantise(q, row), label, lr)
+            yield
+
+
+def _path(base_dir, name):
+    return name if name.startswith("/") else base_dir + "/" + name
+
+
+class Agent:
+    def __init__(self, cfg, base_dir="."):
+        for key in ("agent_id", "federation", "gateway", "broker", "device_key", "classes"):
+            if key not in cfg:
+                raise ConfigError("firmware config: missing key '%s'" % key)
+        self.cfg = cfg
+        self.base_dir = base_dir
+        self.agent_id = cfg["agent_id"]
+        self.profile = cfg.get("profile", "esp32")
+        self.mask_bits = cfg.get("mask_bits", 32)
+        self.variant = cfg.get("model_variant", "micro")
+        self.classes = cfg["classes"]
+        self.seed = unhexlify(cfg["device_key"])
+        self.public = ed25519.public_key(self.seed)
+        if "device_public_key" in cfg and unhexlify(cfg["device_public_key"]) != self.public:
+            raise ConfigError("device_public_key does not belong to device_key")
+        self.base = "ztfl/%s/%s" % (cfg["federation"], cfg["gateway"])
+        self.payload_limit = cfg.get("payload_limit_bytes", 16384)
+        self.heartbeat_ms = int(cfg.get("heartbeat_s", 2.0) * 1000)
+        self.record_ms = int(1000 / cfg.get("stream_rate_hz", 5.0))
+        train = cfg.get("training", {})
+        self.epochs = train.get("epochs", 1)
+        self.lr = train.get("lr", 0.05)
+        self.max_samples = train.get("max_samples", 0)     # 0: every record
+        self.slice_ms = train.get("slice_ms", 40)
+        self.records = Records(_path(base_dir, cfg.get("records", "records.bin")))
+        self.store = Store(_path(base_dir, cfg.get("state", "state.json")))
+        self.client = None
+        self.blob = None
+        self.mlp = None
+        self.qmodel = None
+        self.model_version = -1
+        self.session = None
+        self.announce = None
+        self.training = None
+        self.trained = False
+        self.held_relay = None
+        self.state = "online"
+        self.alerts = 0
+        self.records_seen = 0
+        self.rejected = 0
+        self.connects = 0
+        self.next_heartbeat = _ms()
+        self.next_record = _ms()
+        self.last_io = _ms()
+        self.stats = {"train_ms": 0, "protocol_ms": 0, "keys_ms": 0, "uploads": 0, "rounds_done": 0}
+        self.events = []
+
+    # -- connection -----------------------------------------------------------------------
+    def topic(self, kind):
+        return "%s/agents/%s/%s" % (self.base, self.agent_id, kind)
+
+    def connect(self):
+        b = self.cfg["broker"]
+        ctx = tls_context(self.cfg, self.base_dir) if b.get("tls") else None
+        client = MQTTClient("agent-" + self.agent_id, b["host"], b.get("port", 8883 if ctx else 1883),
+                            keepalive=b.get("keepalive", 30), ssl_context=ctx,
+                            max_packet=self.payload_limit)
+        client.set_last_will(self.topic("heartbeat"),
+                             agent_wire.heartbeat(self.agent_id, "offline", 0, -1, 0, 0))
+        client.set_callback(self._on_message)
+        client.connect()
+        self.client = client
+        for kind in ("round", "protocol", "model-" + self.variant):
+            client.subscribe("%s/broadcast/%s" % (self.base, kind), 1)
+        client.subscribe("%s/broadcast/to/%s/+" % (self.base, self.agent_id), 1)
+        self.connects += 1
+        self._hello()
+        self.last_io = _ms()
+
+    def reconnect(self, attempts=0):
+        """Reconnect with exponential backoff (attempts=0: until it works)."""
+        delay = 500
+        n = 0
+        while True:
+            n += 1
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+            try:
+                self.connect()
+                return True
+            except (OSError, MQTTError) as e:
+                self.events.append("connect failed: %s" % e)
+                if attempts and n >= attempts:
+                    return False
+                time.sleep_ms(delay)
+                delay = min(delay * 2, 30000)
+
+    def _publish(self, kind, payload, retain=False, qos=0):
+        self.client.publish(self.topic(kind), payload, retain=retain, qos=qos)
+        self.last_io = _ms()
+
+    def _hello(self):
+        msg = agent_wire.hello(self.agent_id, self.profile, self.variant, self.mask_bits, "micropython",
+                               len(self.records), self.cfg.get("attestation", "device-key"),
+                               hexlify(self.public).decode())
+        # Retained: a gateway started later still learns who we are.
+        self._publish("hello", msg, retain=True, qos=1)
+
+    def _heartbeat(self):
+        self._publish("heartbeat", agent_wire.heartbeat(self.agent_id, self.state, self.store.state["last_round"],
+                                                        self.model_version, self.alerts, self.records_seen))
+
+    # -- incoming -------------------------------------------------------------------------
+    def _reject(self, reason):
+        self.rejected += 1
+        self.events.append("rejected: " + reason)
+        if len(self.events) > 20:
+            self.events.pop(0)
+
+    def _on_message(self, topic, payload):
+        prefix = self.base + "/broadcast/"
+        t = topic.decode()
+        if not t.startswith(prefix):
+            return self._reject("foreign topic " + t)
+        kind = t.rsplit("/", 1)[-1]
+        try:
+            if kind == "round":
+                self._on_round(agent_wire.decode_round(payload))
+            elif kind == "protocol":
+                self._on_frame(agent_wire.Envelope(payload, self.payload_limit))
+            elif kind == "model-" + self.variant:
+                self._on_model(payload)
+        except WireError as e:
+            self._reject("%s: %s" % (kind, e))
+
+    def _on_model(self, payload):
+        from ztfw.micro_model import MAX_PARAMS
+        blob = agent_wire.ModelBlob(payload, self.payload_limit, MAX_PARAMS)
+        if blob.variant != self.variant:
+            return self._reject("model variant %s is not ours" % blob.variant)
+        if blob.version == self.model_version and self.mlp is not None:
+            return
+        sizes = blob.layer_sizes()
+        if sizes[0] != self.records.n_features or sizes[-1] != len(self.classes):
+            return self._reject("model %s does not fit %d features / %d classes"
+                                % (sizes, self.records.n_features, len(self.classes)))
+        if self.mlp is None or list(self.mlp.sizes) != sizes:
+            self.mlp = None
+            gc.collect()
+            try:
+                self.mlp = FloatMLP(sizes)
+            except MicroModelError as e:
+                return self._reject(str(e))
+        self.blob = blob
+        blob.fill_float(self.mlp.params)
+        self._requantise()
+        self.model_version = blob.version
+        self.store.state["model_version"] = blob.version
+        self.store.save()
+
+    def _requantise(self):
+        calib = []
+        row = None
+        for _, q in self.records.rows(0, min(32, len(self.records))):
+            row = dequantise(q, float_row(len(q)))
+            calib.append(row)
+        self.qmodel = self.mlp.quantise(calib)
+        gc.collect()
+
+    def _on_round(self, msg):
+        if isinstance(msg, agent_wire.RoundEnd):
+            a = self.announce
+            if a is not None and (msg.round, msg.attempt, msg.cohort) == (a.round, a.attempt, a.cohort):
+                if msg.outcome == "committed":
+                    self.store.state["last_round"] = msg.round
+                    self.store.save()
+                    self.stats["rounds_done"] += 1
+                self._end_session()
+            return
+        sid, peers = msg.seat_of(self.agent_id)
+        if sid is None or msg.model_variant != self.variant or msg.mask_bits != self.mask_bits:
+            return
+        key = "%d.%d.%s" % (msg.round, msg.attempt, msg.cohort)
+        if key in self.store.state["uploaded"]:
+            return      # a redelivered announcement of a round we already uploaded to
+        pinned = self.store.state["gateway_pk"]
+        if pinned and pinned != msg.server_pk:
+            return self._reject("round announced with a gateway key other than the pinned one")
+        try:
+            server_pk = unhexlify(msg.server_pk)
+        except ValueError:
+            return self._reject("gateway key is not hex")
+        if len(server_pk) != 32:
+            return self._reject("gateway key is not 32 bytes")
+        if not pinned:
+            self.store.state["gateway_pk"] = msg.server_pk   # pinned on first use
+            self.store.save()
+        if self.mlp is None:
+            return self._reject("round announced before the model arrived")
+        directory = dict(peers)
+        directory[0] = server_pk
+        t0 = _ms()
+        keys = EpochKeys.generate(msg.round * 16 + msg.attempt, os.urandom)
+        self.stats["keys_ms"] += _since(t0)
+        self.session = ClientSession(sid, self.seed, directory, keys, msg.round)
+        self.announce = msg
+        self.trained = False
+        self.held_relay = None
+        self.state = "training"
+        self.training = self._train_steps()
+        self._heartbeat()
+
+    def _on_frame(self, env):
+        a = self.announce
+        if self.session is None or a is None or (env.round, env.attempt, env.cohort) != (a.round, a.attempt, a.cohort):
+            return      # someone else's cohort or a past round
+        body = env.body
+        if len(body) > 3 and body[3] == SHARES_RELAY and not self.trained:
+            self.held_relay = body
+            return
+        self._protocol(body)
+
+    def _protocol(self, frame):
+        t0 = _ms()
+        try:
+            reply = self.session.receive(frame)
+        except ProtocolError as e:
+            self.stats["protocol_ms"] += _since(t0)
+            return self._reject("protocol frame refused: %s: %s" % (type(e).__name__, e))
+        self.stats["protocol_ms"] += _since(t0)
+        if reply is not None:
+            self._send(reply)
+
+    def _send(self, reply):
+        a = self.announce
+        kind = "masked" if isinstance(reply, StreamedFrame) else "protocol"
+        t0 = _ms()
+        if kind == "masked":
+            head = agent_wire.envelope_prefix(a.round, a.attempt, a.cohort, kind, reply.nbytes)
+
+            def produce(write):
+                write(head)
+                reply.write_to(write)
+
+            self.client.publish_stream(self.topic(kind), len(head) + reply.nbytes, produce, qos=1)
+            self.store.state["uploaded"].append("%d.%d.%s" % (a.round, a.attempt, a.cohort))
+            self.store.save()
+            self.stats["uploads"] += 1
+        else:
+            env = agent_wire.envelope_prefix(a.round, a.attempt, a.cohort, kind, len(reply)) + reply
+            self.client.publish(self.topic(kind), env, qos=1)
+        self.stats["protocol_ms"] += _since(t0)
+        self.last_io = _ms()
+
+    def _end_session(self):
+        self.session = None
+        self.announce = None
+        self.training = None
+        self.held_relay = None
+        self.trained = False
+        self.state = "detecting" if self.model_version >= 0 else "online"
+        gc.collect()
+
+    # -- training -------------------------------------------------------------------------
+    def _train_steps(self):
+        return training_steps(self.mlp, self.blob, self.records, self.announce.round, self.epochs, self.lr,
+                              self.max_samples)
+
+    def _delta_source(self):
+        """The update the round aggregates: trained weights minus the global model, per chunk."""
+        params = self.mlp.params
+        q = self.blob.q
+        scales = self.blob.scales()
+
+        def source(start, n, out):
+            for off, size, scale in scales:
+                lo = max(start, off)
+                hi = min(start + n, off + size)
+                for i in range(lo, hi):
+                    v = q[i]
+                    out[i - start] = params[i] - (v - 256 if v > 127 else v) * scale
+
+        return source
+
+    def _train_slice(self):
+        t0 = _ms()
+        try:
+            while _since(t0) < self.slice_ms:
+                next(self.training)
+        except StopIteration:
+            self.training = None
+            a = self.announce
+            weight = max(1, round(len(self.records) / max(1, a.weight_unit)))
+            config = self.session.config
+            if config is not None:
+                weight = min(weight, config.max_weight)
+            self.session.set_input(self._delta_source(), weight, len(self.mlp.params))
+            self.trained = True
+            self.state = "waiting"
+        self.stats["train_ms"] += _since(t0)
+        if self.trained:
+            if self.held_relay is not None:
+                frame, self.held_relay = self.held_relay, None
+                self._protocol(frame)
+
+    # -- detection ------------------------------------------------------------------------------
+    def _detect_one(self):
+        self.state = "detecting"
+        i = self.records_seen % len(self.records)
+        self.records_seen += 1
+        for label, q in self.records.rows(i, 1):
+            cls, score = self.qmodel.classify(q)
+            name = self.classes[cls]
+            if name != NORMAL:
+                self.store.state["alert_seq"] += 1
+                self.alerts += 1
+                self._publish("alerts", agent_wire.alert(self.agent_id, self.store.state["alert_seq"], name,
+                                                         round(score, 4), self.model_version))
+
+    # -- loop ---------------------------------------------------------------------------------
+    def step(self, poll_ms=20):
+        """One pass: at most one incoming packet, then the periodic work."""
+        self.client.check_msg(poll_ms)
+        now = _ms()
+        if time.ticks_diff(now, self.next_heartbeat) >= 0:
+            self.next_heartbeat = time.ticks_add(now, self.heartbeat_ms)
+            self._heartbeat()
+        if self.training is not None:
+            self._train_slice()
+        elif self.session is None and self.qmodel is not None and time.ticks_diff(now, self.next_record) >= 0:
+            self.next_record = time.ticks_add(now, self.record_ms)
+            self._detect_one()
+        if _since(self.last_io) > self.client.keepalive * 500:
+            self.client.ping()
+            self.last_io = _ms()
+
+    def run(self, until=None):
+        """Loop forever (or until `until(agent)` is true), reconnecting when the link drops."""
+        if self.client is None:
+            self.reconnect()
+        while until is None or not until(self):
+            try:
+                self.step()
+            except (OSError, MQTTError) as e:
+                self.events.append("link lost: %s" % e)
+                self.reconnect()

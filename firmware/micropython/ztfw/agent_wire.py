@@ -1,0 +1,242 @@
+"""The agent <-> gateway payloads besides protocol frames (docs/wire.md, agent/wire.py):
+JSON control messages, the binary envelope around protocol frames, and the int8 model blob.
+
+Every decoder checks sizes before allocating, consumes the whole buffer and raises
+WireError with a reason.
+"""
+import json
+import struct
+
+MAX_JSON_BYTES = 16 * 1024
+ENV_MAGIC = b"ZE"
+ENV_HEAD = ">2sBIHB"       # magic, version, round, attempt, cohort length
+ENV_HEAD_BYTES = 10
+MODEL_MAGIC = b"ZTM1"
+MODEL_HEAD = ">4sIII"      # magic, version, tensor count, header JSON length
+MODEL_HEAD_BYTES = 16
+MAX_TENSORS = 64
+
+
+class WireError(ValueError):
+    pass
+
+
+def _json(payload, limit=MAX_JSON_BYTES):
+    if len(payload) > limit:
+        raise WireError("JSON payload of %d bytes above limit %d" % (len(payload), limit))
+    try:
+        doc = json.loads(bytes(payload).decode())
+    except (ValueError, UnicodeError) as e:
+        raise WireError("not JSON: %s" % e)
+    if not isinstance(doc, dict):
+        raise WireError("expected a JSON object")
+    return doc
+
+
+def _field(doc, name, kind, default=None, required=True):
+    if name not in doc:
+        if required:
+            raise WireError("missing field '%s'" % name)
+        return default
+    v = doc[name]
+    if isinstance(v, bool) and kind is not bool:
+        raise WireError("field '%s' must be %s, got bool" % (name, kind.__name__))
+    if kind is float and isinstance(v, int):
+        return float(v)
+    if not isinstance(v, kind):
+        raise WireError("field '%s' must be %s" % (name, kind.__name__))
+    return v
+
+
+class RoundAnnounce:
+    FIELDS = (("round", int), ("attempt", int), ("cohort", str), ("model_variant", str), ("mask_bits", int),
+              ("model_version", int), ("model_sha256", str), ("participants", list), ("threshold", int),
+              ("nonce", str), ("deadlines_s", dict))
+    OPTIONAL = (("weight_unit", int, 1), ("server_pk", str, ""), ("scale", float, 1.0))
+
+    def __init__(self, doc):
+        known = set(n for n, _ in self.FIELDS) | set(n for n, _, _ in self.OPTIONAL)
+        for k in doc:
+            if k not in known:
+                raise WireError("RoundAnnounce: unknown field '%s'" % k)
+        for name, kind in self.FIELDS:
+            setattr(self, name, _field(doc, name, kind))
+        for name, kind, default in self.OPTIONAL:
+            setattr(self, name, _field(doc, name, kind, default, False))
+        if self.weight_unit < 1:
+            raise WireError("RoundAnnounce: weight_unit must be positive")
+
+    def seat_of(self, agent_id):
+        """(sid, identity pk) of `agent_id` if seated, and every participant's sid -> pk."""
+        mine = None
+        peers = {}
+        for p in self.participants:
+            if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
+                    and isinstance(p[1], int) and not isinstance(p[1], bool) and isinstance(p[2], str)):
+                raise WireError("RoundAnnounce: bad participant entry")
+            if not 1 <= p[1] <= 0xFFFF:
+                raise WireError("RoundAnnounce: participant id out of range")
+            try:
+                pk = bytes.fromhex(p[2])
+            except ValueError:
+                raise WireError("RoundAnnounce: participant key is not hex")
+            if len(pk) != 32:
+                raise WireError("RoundAnnounce: participant key is not 32 bytes")
+            peers[p[1]] = pk
+            if p[0] == agent_id:
+                mine = p[1]
+        return mine, peers
+
+
+class RoundEnd:
+    def __init__(self, doc):
+        for k in doc:
+            if k not in ("round", "attempt", "cohort", "outcome", "model_version", "reason"):
+                raise WireError("RoundEnd: unknown field '%s'" % k)
+        self.round = _field(doc, "round", int)
+        self.attempt = _field(doc, "attempt", int)
+        self.cohort = _field(doc, "cohort", str)
+        self.outcome = _field(doc, "outcome", str)
+        self.model_version = _field(doc, "model_version", int)
+        self.reason = _field(doc, "reason", str, "", False)
+
+
+def decode_round(payload):
+    """A RoundAnnounce or a RoundEnd (the latter has an 'outcome')."""
+    doc = _json(payload)
+    return RoundEnd(doc) if "outcome" in doc else RoundAnnounce(doc)
+
+
+def hello(agent_id, profile, model_variant, mask_bits, runtime, samples, attestation, identity_pk_hex):
+    return json.dumps({"agent_id": agent_id, "profile": profile, "model_variant": model_variant,
+                       "mask_bits": mask_bits, "runtime": runtime, "samples": samples,
+                       "attestation": attestation, "identity_pk": identity_pk_hex}).encode()
+
+
+def heartbeat(agent_id, state, round_id, model_version, alerts_total, records_total):
+    return json.dumps({"agent_id": agent_id, "state": state, "round": round_id, "model_version": model_version,
+                       "alerts_total": alerts_total, "records_total": records_total}).encode()
+
+
+def alert(agent_id, seq, label, score, model_version):
+    return json.dumps({"agent_id": agent_id, "seq": seq, "label": label, "score": score,
+                       "model_version": model_version}).encode()
+
+
+def envelope_prefix(round_id, attempt, cohort, stage, body_len):
+    """Everything of an envelope before its body (the body can then be streamed)."""
+    c = cohort.encode()
+    s = stage.encode()
+    if len(c) > 255 or len(s) > 255:
+        raise WireError("cohort or stage name too long")
+    return (struct.pack(ENV_HEAD, ENV_MAGIC, 1, round_id, attempt, len(c)) + c
+            + struct.pack(">B", len(s)) + s + struct.pack(">I", body_len))
+
+
+class Envelope:
+    def __init__(self, payload, limit):
+        n = len(payload)
+        if n > limit:
+            raise WireError("envelope of %d bytes above limit %d" % (n, limit))
+        if n < ENV_HEAD_BYTES:
+            raise WireError("envelope shorter than its header")
+        magic, version, self.round, self.attempt, clen = struct.unpack_from(ENV_HEAD, payload, 0)
+        if magic != ENV_MAGIC or version != 1:
+            raise WireError("bad envelope magic/version")
+        pos = ENV_HEAD_BYTES
+        if pos + clen + 1 > n:
+            raise WireError("envelope truncated in cohort")
+        cohort = bytes(payload[pos:pos + clen])
+        pos += clen
+        slen = payload[pos]
+        pos += 1
+        if pos + slen + 4 > n:
+            raise WireError("envelope truncated in stage")
+        stage = bytes(payload[pos:pos + slen])
+        pos += slen
+        blen = struct.unpack_from(">I", payload, pos)[0]
+        pos += 4
+        if pos + blen != n:
+            raise WireError("envelope body length %d does not match the %d bytes left" % (blen, n - pos))
+        try:
+            self.cohort = cohort.decode()
+            self.stage = stage.decode()
+        except UnicodeError:
+            raise WireError("envelope names are not UTF-8")
+        self.body = bytes(payload[pos:])
+
+
+class ModelBlob:
+    """The global model as sent by the gateway: int8 per tensor with a float32 scale.
+
+    Kept in int8 (a quarter of the float size): `value(i)` dequantises one parameter.
+    """
+
+    def __init__(self, payload, limit, max_params):
+        n = len(payload)
+        if n > limit:
+            raise WireError("model of %d bytes above limit %d" % (n, limit))
+        if n < MODEL_HEAD_BYTES:
+            raise WireError("model shorter than its header")
+        magic, self.version, count, hlen = struct.unpack_from(MODEL_HEAD, payload, 0)
+        if magic != MODEL_MAGIC:
+            raise WireError("bad model magic")
+        if count > MAX_TENSORS or MODEL_HEAD_BYTES + hlen > n:
+            raise WireError("model header sizes out of range")
+        head = _json(payload[MODEL_HEAD_BYTES:MODEL_HEAD_BYTES + hlen], hlen)
+        self.variant = _field(head, "variant", str)
+        self.sha256 = _field(head, "sha256", str)
+        meta = _field(head, "tensors", list)
+        if len(meta) != count:
+            raise WireError("model tensor table does not match its count")
+        self.tensors = []          # (name, shape, scale, offset into q)
+        total = 0
+        for entry in meta:
+            if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
+                    or not isinstance(entry[1], list) or not isinstance(entry[2], (int, float))
+                    or isinstance(entry[2], bool)):
+                raise WireError("bad tensor entry")
+            size = 1
+            for dim in entry[1]:
+                if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim < 1 << 24:
+                    raise WireError("bad tensor shape")
+                size *= dim
+            self.tensors.append((entry[0], tuple(entry[1]), float(entry[2]), total, size))
+            total += size
+            if total > max_params:
+                raise WireError("model holds more than %d parameters" % max_params)
+        pos = MODEL_HEAD_BYTES + hlen
+        if pos + total != n:
+            raise WireError("model data is %d bytes, tensors need %d" % (n - pos, total))
+        self.q = bytes(payload[pos:])
+        self.n_params = total
+
+    def layer_sizes(self):
+        """[n_features, hidden..., n_classes] of an MLP stored as layers.i.weight / layers.i.bias."""
+        sizes = []
+        expect = 0
+        for i in range(0, len(self.tensors), 2):
+            w = self.tensors[i]
+            b = self.tensors[i + 1] if i + 1 < len(self.tensors) else None
+            if (b is None or w[0] != "layers.%d.weight" % expect or b[0] != "layers.%d.bias" % expect
+                    or len(w[1]) != 2 or b[1] != (w[1][0],)):
+                raise WireError("model is not the micro MLP layout")
+            if sizes and sizes[-1] != w[1][1]:
+                raise WireError("layer sizes do not chain")
+            if not sizes:
+                sizes.append(w[1][1])
+            sizes.append(w[1][0])
+            expect += 1
+        return sizes
+
+    def fill_float(self, out):
+        """Dequantise every parameter into `out` (array('f') in flat order)."""
+        q = self.q
+        for name, shape, scale, off, size in self.tensors:
+            for i in range(off, off + size):
+                v = q[i]
+                out[i] = (v - 256 if v > 127 else v) * scale
+
+    def scales(self):
+        """[(offset, size, scale)] for dequantising on the fly."""
+        return [(off, size, scale) for _, _, scale, off, size in self.tensors]

@@ -1,0 +1,141 @@
+"""End to end through a real mosquitto: two firmware agents (the ESP32 agent in the MicroPython
+unix port) and two CPython agents join one gateway round, each kind in its own cohort
+(micro model with 32-bit masks; CNN-LSTM with 64-bit masks). Both cohorts must aggregate, and
+the firmware cohort's decoded sum must equal, element for element, the sum of the firmware
+agents' encoded updates, which are recomputed here by replaying their deterministic local
+training in MicroPython. Radio and boards are what is simulated: the unix port runs on this host."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from agent.model import flat_to_tensors
+from agent.wire import ModelBlob
+from attestation.software_identity import new_device_key
+from gateway.config import GatewayConfig
+from gateway.server import Gateway
+from ztfl.firmware_records import partition_records, write_device_dir
+from ztfl.micropython_host import firmware_device_config, run_json, start_firmware_agent
+
+MAX_SAMPLES = 48
+
+_REPLAY = r"""
+import sys, json, struct
+from binascii import unhexlify
+from ztfw.agent import training_steps
+from ztfw.agent_wire import ModelBlob
+from ztfw.micro_model import FloatMLP
+from ztfw.masking import MaskedStream
+from ztfw.records import Records
+d = json.loads(sys.stdin.read())
+blob = ModelBlob(unhexlify(d["blob"]), 1 << 20, 8192)
+recs = Records(d["records"])
+mlp = FloatMLP(blob.layer_sizes())
+for _ in training_steps(mlp, blob, recs, d["round"], 1, 0.05, d["max_samples"]):
+    pass
+weight = max(1, min(round(len(recs) / d["weight_unit"]), d["max_weight"]))
+params = mlp.params
+scales = blob.scales()
+def source(start, n, out):
+    for off, size, scale in scales:
+        for i in range(max(start, off), min(start + n, off + size)):
+            v = blob.q[i]
+            out[i - start] = params[i] - (v - 256 if v > 127 else v) * scale
+m = MaskedStream(len(params), 32, d["frac_bits"], d["clip_q"], weight, source, [], [])
+raw = b"".join(bytes(c) for c in m.chunks())
+print(json.dumps({"words": list(struct.unpack("<%dI" % (len(raw) // 4), raw)), "weight": weight}))
+"""
+
+
+class RecordingGateway(Gateway):
+    """The real gateway, keeping each cohort's exact protocol result when the round closes."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.closed: dict = {}
+
+    def _close_round(self, now):
+        for name, run in self.cohorts.items():
+            agg = run.aggregation
+            if agg is not None and agg.server.result is not None:
+                self.closed[name] = {"result": agg.server.result, "config": agg.server.config,
+                                     "weight_unit": run.weight_unit,
+                                     "sids": {a: p.sid for a, p in run.participants.items()}}
+        super()._close_round(now)
+
+
+def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir, tmp_path):
+    data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
+            "count": 4, "alpha": 0.5, "seed": 7}
+    url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    gateway = RecordingGateway(GatewayConfig.from_dict({
+        "federation": "plant", "gateway": "fog1", "broker": {"url": url}, "state_dir": str(tmp_path / "gw"),
+        "data": data, "rounds": 1, "min_agents": 4, "min_cohort": 2, "heartbeat_s": 1.0,
+        "deadlines_s": {"attest": 2, "advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
+    micro_v0 = gateway.models["micro"].copy()
+    micro_blob = ModelBlob(gateway.versions["micro"].version, "micro", gateway.versions["micro"].sha256,
+                           flat_to_tensors(micro_v0, gateway.layouts["micro"])).encode()
+    procs, devices = [], {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        for i in (0, 1):
+            cfg = {"agent_id": f"pi-{i}", "federation": "plant", "gateway": "fog1", "broker": {"url": url},
+                   "profile": "raspberry-pi-4", "state_dir": str(tmp_path / f"pi-{i}"), "data": {**data, "index": i},
+                   "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i}
+            path = tmp_path / f"pi-{i}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            procs.append(subprocess.Popen([sys.executable, "-m", "ztfl.cli", "agent", "--config", str(path)],
+                                          stdout=open(tmp_path / f"pi-{i}.log", "wb"), stderr=subprocess.STDOUT,
+                                          env=env))
+        for i in (2, 3):
+            records, classes = partition_records({**data, "index": i})
+            seed, public = new_device_key()
+            cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
+                                         seed, public, max_samples=MAX_SAMPLES)
+            devices[f"esp-{i}"] = write_device_dir(tmp_path / f"esp-{i}", cfg, records)
+            procs.append(start_firmware_agent(devices[f"esp-{i}"], tmp_path / f"esp-{i}.log"))
+        gateway.start()
+        deadline = time.monotonic() + 240
+        while not gateway.done and time.monotonic() < deadline:
+            gateway.step()
+            dead = [p.args for p in procs if p.poll() is not None]
+            assert not dead, f"agent processes exited: {dead}"
+        status = gateway._status
+    finally:
+        gateway.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    logs = {f: (tmp_path / f).read_text(errors="replace")[-1500:] for f in os.listdir(tmp_path) if f.endswith(".log")}
+    assert gateway.done and not gateway.failed, logs
+    assert set(gateway.closed) == {"micro-32", "cnn-lstm-64"}, logs
+
+    # CPython cohort: both agents aggregated, weights summed exactly.
+    cpy = gateway.closed["cnn-lstm-64"]
+    assert cpy["result"].survivors == tuple(sorted(cpy["sids"].values())) and cpy["result"].dropped == ()
+
+    # Firmware cohort: the decoded sum is exactly the sum of the two encoded updates.
+    fw = gateway.closed["micro-32"]
+    result, config = fw["result"], fw["config"]
+    assert result.survivors == tuple(sorted(fw["sids"].values())) and result.dropped == ()
+    expected = np.zeros(config.dim + 1, dtype=np.uint64)
+    for agent_id, device in devices.items():
+        replay = run_json(_REPLAY, {"blob": micro_blob.hex(), "records": str(device / "records.bin"), "round": 1,
+                                    "weight_unit": fw["weight_unit"], "max_weight": config.max_weight,
+                                    "max_samples": MAX_SAMPLES, "frac_bits": config.frac_bits,
+                                    "clip_q": config.clip_q}, timeout=120)
+        expected = (expected + np.asarray(replay["words"], dtype=np.uint64)) % (1 << 32)
+    assert np.array_equal(result.total.astype(np.uint64), expected)
+    assert result.total_weight == int(expected[-1])
+    assert np.any(result.sums != 0)
+
+    # The firmware agents ran as agents: heartbeats with the model version and records scanned.
+    for agent_id in devices:
+        info = status["agents"][agent_id]
+        assert info["profile"] == "esp32" and info["cohort"] == "micro-32"
+        assert info["model_version"] >= 0
