@@ -13,7 +13,7 @@ import array
 import gc
 import os
 import time
-from binascii import hexlify, unhexlify
+from binascii import a2b_base64, hexlify, unhexlify
 
 from ztfw import agent_wire, ed25519
 from ztfw.agent_wire import WireError
@@ -41,13 +41,26 @@ def _since(t0):
     return time.ticks_diff(time.ticks_ms(), t0)
 
 
+def der(data):
+    """DER bytes of a PEM or DER file (some ports' Mbed TLS builds parse DER only)."""
+    if not data.startswith(b"-----BEGIN"):
+        return data
+    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
+    return a2b_base64(body)
+
+
+def _read(base_dir, name):
+    with open(_path(base_dir, name), "rb") as f:
+        return f.read()
+
+
 def tls_context(cfg, base_dir):
     """An SSLContext that checks the broker against the fleet CA and presents the device cert."""
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=_path(base_dir, cfg["ca"]))
-    ctx.load_cert_chain(_path(base_dir, cfg["cert"]), _path(base_dir, cfg["key"]))
+    ctx.load_verify_locations(cadata=der(_read(base_dir, cfg["ca"])))
+    ctx.load_cert_chain(der(_read(base_dir, cfg["cert"])), der(_read(base_dir, cfg["key"])))
     return ctx
 
 
