@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 from nacl.bindings import (crypto_aead_xchacha20poly1305_ietf_decrypt,
                            crypto_aead_xchacha20poly1305_ietf_encrypt)
-from nacl.exceptions import CryptoError
+from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from protocol import fixedpoint, graph, kdf, shamir, wire
@@ -151,7 +151,7 @@ class ClientSession:
             signed = wire.advertise_signed_bytes(entry, old.config_digest, self.epoch, self.round_id)
             try:
                 self.directory[peer].verify(signed, entry.signature)
-            except Exception:
+            except BadSignatureError:
                 raise BadSignature(f"roster entry of client {peer} is not signed by it "
                                    "(or it saw another configuration)") from None
         t = config.threshold
@@ -238,7 +238,7 @@ class ClientSession:
                 raise ConsistencyViolation(f"consistency signature from {signer}, not a survivor")
             try:
                 self.directory[signer].verify(statement, signature)
-            except Exception:
+            except BadSignatureError:
                 raise BadSignature(f"consistency signature of {signer} does not verify") from None
         if len(msg.signatures) < old.config.threshold:
             raise RoundAborted(f"{len(msg.signatures)} consistency signatures, threshold "

@@ -41,7 +41,7 @@ def x25519(secret_key: bytes, public_key: bytes) -> bytes:
         raise KeyAgreementError("X25519 keys are 32 bytes")
     try:
         shared = crypto_scalarmult(secret_key, public_key)
-    except Exception as exc:  # libsodium refuses low-order points with a RuntimeError
+    except RuntimeError as exc:  # libsodium refuses an all-zero result with nacl's RuntimeError
         raise KeyAgreementError(f"X25519 failed: {exc}") from exc
     if shared == bytes(32):
         raise KeyAgreementError("X25519 shared secret is zero (low-order public key)")

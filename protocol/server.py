@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
+from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from protocol import fixedpoint, graph, kdf, shamir, wire
@@ -212,7 +213,7 @@ class ServerSession:
         statement = wire.survivors_statement(self.config_digest, self.epoch, self.round_id, self.survivors)
         try:
             self.directory[msg.sender].verify(statement, msg.signature)
-        except Exception:
+        except BadSignatureError:
             raise BadSignature(f"consistency signature of {msg.sender} does not verify") from None
         self.consistency[msg.sender] = msg.signature
 

@@ -19,7 +19,7 @@ import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol.config import CONFIG_STRUCT, MAX_DIM, RoundConfig
+from protocol.config import MAX_DIM, RoundConfig
 from protocol.errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
 from protocol.prg import word_dtype
 from protocol.shamir import PRIME, SHARE_BYTES

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from protocol import kdf, shamir, wire
+from protocol import shamir, wire
 from protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition,
                              KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender,
