@@ -21,7 +21,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from protocol import fixedpoint, graph, kdf, shamir, wire
 from protocol.config import RoundConfig
-from protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
                              WrongRound)
 from protocol.keys import EpochKeys
@@ -57,7 +57,8 @@ class _RoundState:
 class ClientSession:
     def __init__(self, client_id: int, identity: SigningKey, directory: Mapping[int, VerifyKey],
                  epoch_keys: EpochKeys, round_id: int,
-                 randbytes: Callable[[int], bytes] = os.urandom, workers: int = 1):
+                 randbytes: Callable[[int], bytes] = os.urandom, workers: int = 1,
+                 accept_threshold_override: bool = False):
         if not 1 <= client_id <= 0xFFFF:
             raise ValueError("client ids are 1..65535")
         if wire.SERVER_ID not in directory:
@@ -69,6 +70,8 @@ class ClientSession:
         self.round_id = round_id
         self.randbytes = randbytes
         self.workers = workers          # threads for mask expansion (1 on a microcontroller-class host)
+        # A server may not lower the threshold below the safe rule unless this client agrees.
+        self.accept_threshold_override = accept_threshold_override
         self.stage = Stage.ADVERTISE_KEYS
         self._state = _RoundState()
         self._update: np.ndarray | None = None
@@ -121,6 +124,9 @@ class ClientSession:
     # ------------------------------------------------------------------ stage handlers
     def _on_config(self, msg: wire.RoundConfigMessage):
         config = msg.config
+        if config.threshold_override and not self.accept_threshold_override:
+            raise ConfigurationError("the server set the threshold override flag; this client refuses "
+                                     "thresholds below the safe rule")
         state = _RoundState(config=config, config_digest=config.digest())
         reply = self._reply(wire.AdvertiseKeys, config_digest=state.config_digest,
                             c_pk=self.keys.c_pk, s_pk=self.keys.s_pk)

@@ -63,7 +63,8 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
     directory = cohort.directory
     server = ServerSession(config, cohort.server_identity, directory, epoch, round_id, workers=workers)
     clients = {c: ClientSession(c, cohort.identities[c], directory, cohort.epoch_keys[c], round_id,
-                                workers=workers) for c in inputs}
+                                workers=workers, accept_threshold_override=config.threshold_override)
+               for c in inputs}
     run = RoundRun(None, server, clients, {c: 0.0 for c in clients},
                    client_cpu_seconds={c: 0.0 for c in clients})
     order = Stage.order()

@@ -22,7 +22,9 @@ class Round:
         self.server = ServerSession(self.config, self.cohort.server_identity, self.cohort.directory,
                                     epoch, round_id)
         self.clients = {c: ClientSession(c, self.cohort.identities[c], self.cohort.directory,
-                                         self.cohort.epoch_keys[c], round_id) for c in self.ids}
+                                         self.cohort.epoch_keys[c], round_id,
+                                         accept_threshold_override=self.config.threshold_override)
+                        for c in self.ids}
         rng = np.random.default_rng(n * 1000 + dim)
         self.inputs = {c: rng.uniform(-2, 2, size=dim) for c in self.ids}
         self.weights = {c: int(rng.integers(1, 10)) for c in self.ids}

@@ -8,7 +8,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from protocol import shamir, wire
-from protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+from protocol.client import ClientSession
+from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition,
                              KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender,
                              UnsupportedVersion, WrongRound)
@@ -95,6 +96,15 @@ def test_every_flipped_bit_of_a_signed_frame_is_refused(rnd):
 
 
 # ------------------------------------------------------------------ signatures, rounds, senders
+def test_client_refuses_a_configuration_with_the_threshold_override_unless_allowed():
+    rnd = Round(n=4, threshold=2, dim=3, threshold_override=True)
+    strict = ClientSession(1, rnd.cohort.identities[1], rnd.cohort.directory, EpochKeys.generate(1), 7)
+    with pytest.raises(ConfigurationError):
+        strict.receive(rnd.to_clients[1])
+    assert strict.stage == Stage.ADVERTISE_KEYS
+    assert rnd.clients[1].receive(rnd.to_clients[1]) is not None     # this one accepts it
+
+
 def test_client_refuses_a_frame_not_signed_by_the_server(rnd):
     forged = resign(rnd.to_clients[1], SigningKey.generate())
     assert_client_refuses(rnd, 1, forged, BadSignature)
