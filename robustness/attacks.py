@@ -59,11 +59,11 @@ class Trigger:
 
 def poison_with_backdoor(x: np.ndarray, y: np.ndarray, trigger: Trigger, fraction: float,
                          rng: np.random.Generator, source: int | None = 1):
-    """A copy of (x, y) where `fraction` of the rows of class `source` (all rows when None)
-    carry the trigger and the trigger's target label."""
+    """A copy of (x, y) where `fraction` of the rows of class `source` (when None: of every
+    class but the target) carry the trigger and the trigger's target label."""
     x = np.array(x, dtype=np.float32, copy=True)
     y = np.array(y, copy=True)
-    pool = np.flatnonzero(y == source) if source is not None else np.arange(len(y))
+    pool = np.flatnonzero(y == source) if source is not None else np.flatnonzero(y != trigger.target)
     k = int(round(fraction * len(pool)))
     idx = rng.choice(pool, size=k, replace=False) if k else np.zeros(0, np.int64)
     x[idx] = trigger.apply(x[idx])
