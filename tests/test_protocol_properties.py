@@ -240,3 +240,14 @@ def test_random_bodies_under_a_valid_header_only_ever_raise_malformed(body, mtyp
 
 def test_security_constants_are_distinct():
     assert {ACTIVE, SEMI_HONEST} == {0, 1}
+
+
+@FAST
+@given(keys=st.lists(st.binary(min_size=16, max_size=16), min_size=0, max_size=12), split=st.integers(0, 12),
+       bits=st.sampled_from([32, 64]), workers=st.integers(2, 4))
+def test_threaded_mask_application_equals_sequential(keys, split, bits, workers):
+    start = np.arange(33, dtype=prg.word_dtype(bits))
+    one, many = start.copy(), start.copy()
+    prg.apply_masks(one, keys[:split], keys[split:], bits, workers=1)
+    prg.apply_masks(many, keys[:split], keys[split:], bits, workers=workers)
+    assert np.array_equal(one, many)
