@@ -64,8 +64,12 @@ class AggregateResult:
 
 class ServerSession:
     def __init__(self, config: RoundConfig, identity: SigningKey, directory: Mapping[int, VerifyKey],
-                 epoch: int, round_id: int, workers: int | None = None):
+                 epoch: int, round_id: int, workers: int | None = None,
+                 revealed_keys: set[bytes] | None = None):
         self.config = config
+        # Mask public keys whose secret was reconstructed earlier in this epoch (shared across
+        # rounds by the caller): their owners must re-key before they take part again.
+        self.revealed_keys = revealed_keys if revealed_keys is not None else set()
         self.workers = default_workers() if workers is None else workers
         self.identity = identity
         self.directory = {cid: key for cid, key in directory.items() if cid != wire.SERVER_ID}
@@ -147,6 +151,9 @@ class ServerSession:
             raise DuplicateMessage(f"second ADVERTISE_KEYS from {msg.sender}")
         if msg.config_digest != self.config_digest:
             raise ConsistencyViolation(f"client {msg.sender} signed another configuration")
+        if msg.s_pk in self.revealed_keys:
+            raise ConsistencyViolation(f"client {msg.sender}'s mask key was revealed in this epoch: "
+                                       "it must generate new epoch keys")
         for other in self.adverts.values():
             if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk} or msg.c_pk == msg.s_pk:
                 raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
@@ -275,6 +282,7 @@ class ServerSession:
         except ShamirError as exc:
             raise RoundAborted(f"reconstruction failed: {exc}", wire.ABORT_RECONSTRUCTION_FAILED) from exc
         apply_masks(total, adds, subtracts, self.config.mask_bits, self.workers)
+        self.revealed_keys.update(self.adverts[d].s_pk for d in self.dropped)
         self.result = AggregateResult(total=total, mask_bits=self.config.mask_bits,
                                       frac_bits=self.config.frac_bits, survivors=self.survivors,
                                       dropped=self.dropped)

@@ -446,6 +446,29 @@ class SignedFrame:
         return self.message
 
 
+@dataclass(frozen=True)
+class FrameHeader:
+    type: int
+    sender: int
+    epoch: int
+    round_id: int
+    body_len: int
+
+
+def peek(data: bytes) -> FrameHeader:
+    """The header of a frame, for routing, without parsing the body or checking the signature."""
+    if len(data) < HEADER_BYTES + SIGNATURE_BYTES:
+        raise MalformedMessage(f"frame of {len(data)} bytes is shorter than header and signature")
+    magic, version, mtype, sender, reserved, epoch, round_id, body_len = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedMessage(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise UnsupportedVersion(f"protocol version {version}, this side speaks {VERSION}")
+    if mtype not in MESSAGE_TYPES:
+        raise MalformedMessage(f"unknown message type 0x{mtype:02x}")
+    return FrameHeader(mtype, sender, epoch, round_id, body_len)
+
+
 def decode_frame(data: bytes, max_body: int = MAX_BODY) -> SignedFrame:
     """Parse one frame; the signature is checked later by whoever knows the sender's key."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

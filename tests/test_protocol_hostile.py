@@ -356,3 +356,31 @@ def test_a_revealed_mask_key_blocks_self_mask_shares_for_the_rest_of_the_epoch()
     with pytest.raises(ConsistencyViolation):
         second.clients[1].receive(second.to_clients[1])
     assert client_snapshot(second.clients[1])[2] == before[2]
+
+
+def test_server_refuses_a_mask_key_revealed_earlier_in_the_epoch():
+    revealed: set[bytes] = set()
+    first = unmask_stage(drop_after_sharing=(5,))
+    first.server.revealed_keys = revealed
+    for c in (1, 2, 3, 4):
+        first.server.receive(first.clients[c].receive(first.to_clients[c]))
+    first.server.close_stage()
+    assert revealed == {first.clients[5].keys.s_pk}
+    second = Round(n=5, threshold=4, dim=6, round_id=8, cohort=first.cohort)
+    second.server.revealed_keys = revealed
+    assert_server_refuses(second, second.clients[5].receive(second.to_clients[5]), ConsistencyViolation)
+    # After re-keying (a new epoch) the client is welcome again.
+    third = Round(n=5, threshold=4, dim=6, epoch=2, round_id=1)
+    third.server.revealed_keys = revealed
+    third.server.receive(third.clients[5].receive(third.to_clients[5]))
+    assert 5 in third.server.adverts
+
+
+def test_peek_reads_the_routing_header_only(rnd):
+    frame = rnd.to_clients[1]
+    head = wire.peek(frame)
+    assert (head.type, head.sender, head.epoch, head.round_id) == (wire.ROUND_CONFIG, 0, 1, 7)
+    with pytest.raises(MalformedMessage):
+        wire.peek(frame[:50])
+    with pytest.raises(UnsupportedVersion):
+        wire.peek(frame[:2] + b"\x09" + frame[3:])
