@@ -95,7 +95,7 @@ class ClientSession:
 
     def receive(self, data: bytes) -> bytes | None:
         """Handle one frame from the server; return the reply frame, if any."""
-        frame = wire.decode_frame(data)
+        frame = wire.decode_frame(data, self._max_body())
         msg = frame.message
         if msg.sender != wire.SERVER_ID:
             raise UnknownSender(f"frame from {msg.sender}, expected the server (0)")
@@ -115,6 +115,12 @@ class ClientSession:
         return reply.encode(self.identity) if reply is not None else None
 
     # ------------------------------------------------------------------ helpers
+    def _max_body(self) -> int:
+        """The largest body the server may send: a roster of max_clients (of the id space before
+        the configuration is known)."""
+        n = self._state.config.max_clients if self._state.config else 0xFFFF
+        return 4 + n * max(wire.ROSTER_ENTRY, 2 + wire.SIGNATURE_BYTES + 2)
+
     def _reply(self, cls, **fields):
         return cls(self.client_id, self.epoch, self.round_id, **fields)
 

@@ -82,6 +82,13 @@ def test_body_length_limit_is_checked_before_parsing(rnd):
     assert_server_refuses(rnd, big, MalformedMessage)
 
 
+def test_client_limits_frame_size_by_the_configured_roster(rnd):
+    at(rnd, Stage.SHARE_KEYS)
+    # A roster body larger than max_clients entries is refused before its entries are parsed.
+    head = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.ROSTER, 0, 0, 1, 7, 4 + 130 * 6)
+    assert_client_refuses(rnd, 1, head + bytes(4 + 130 * 6 + 64), MalformedMessage)
+
+
 def test_every_flipped_bit_of_a_signed_frame_is_refused(rnd):
     frame = rnd.to_clients[3]
     client = rnd.clients[3]
