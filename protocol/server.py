@@ -268,10 +268,10 @@ class ServerSession:
         adds, subtracts = [], []
         try:
             for owner in self.survivors:
-                seed = shamir.reconstruct(b_shares[owner], t)
+                seed = shamir.reconstruct_checked(b_shares[owner], t)
                 subtracts.append(kdf.self_mask_key(seed, owner, self.epoch, self.round_id))
             for d in self.dropped:
-                s_sk = shamir.reconstruct(s_shares[d], t)
+                s_sk = shamir.reconstruct_checked(s_shares[d], t)
                 if kdf.x25519_public(s_sk) != self.adverts[d].s_pk:
                     raise RoundAborted(f"reconstructed key of {d} does not match its advertised key",
                                        wire.ABORT_RECONSTRUCTION_FAILED)

@@ -147,3 +147,13 @@ def reconstruct(shares: Iterable[Share], threshold: int) -> bytes:
     if value >= 1 << (8 * SECRET_BYTES):
         raise ShamirError("shares are inconsistent: the result is not a 32-byte secret")
     return value.to_bytes(SECRET_BYTES, "little")
+
+
+def reconstruct_checked(shares: Sequence[Share], threshold: int) -> bytes:
+    """Like `reconstruct`, and when more than `threshold` shares are at hand, also from the last
+    `threshold` of them: a wrong share changes the two results differently, so one bad share is
+    detected (ShamirError) instead of silently giving a wrong secret."""
+    secret = reconstruct(shares, threshold)
+    if len(shares) > threshold and reconstruct(list(shares)[-threshold:], threshold) != secret:
+        raise ShamirError("shares are inconsistent: two subsets reconstruct different secrets")
+    return secret

@@ -11,7 +11,7 @@ from protocol import shamir, wire
 from protocol.client import ClientSession
 from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition,
-                             KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender,
+                             KeyAgreementError, MalformedMessage, RoundAborted, ShamirError, UnknownSender,
                              UnsupportedVersion, WrongRound)
 from protocol.keys import EpochKeys
 from protocol.stages import Stage
@@ -391,3 +391,31 @@ def test_peek_reads_the_routing_header_only(rnd):
         wire.peek(frame[:50])
     with pytest.raises(UnsupportedVersion):
         wire.peek(frame[:2] + b"\x09" + frame[3:])
+
+
+def test_a_tampered_self_mask_share_is_detected_when_spare_shares_exist():
+    rnd = Round(n=6, threshold=4, dim=6)
+    rnd.step(); rnd.step(); rnd.step(); rnd.step()
+    for c in rnd.ids:
+        reply = rnd.clients[c].receive(rnd.to_clients[c])
+        if c == 2:
+            msg = wire.decode_frame(reply).message
+            shares = list(msg.self_mask_shares)
+            owner, y = shares[0]
+            shares[0] = (owner, shamir.encode_y((shamir.decode_y(y) + 1) % shamir.PRIME))
+            reply = wire.UnmaskShares(2, 1, 7, tuple(shares), msg.secret_key_shares).encode(rnd.cohort.identities[2])
+        rnd.server.receive(reply)
+    out = rnd.server.close_stage()
+    assert rnd.server.stage == Stage.ABORTED and rnd.server.result is None
+    assert wire.decode_frame(out.broadcast).message.reason == wire.ABORT_RECONSTRUCTION_FAILED
+
+
+def test_reconstruct_checked_finds_one_bad_share_among_spares():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 3, [1, 2, 3, 4, 5])
+    assert shamir.reconstruct_checked(shares, 3) == secret
+    for i in range(5):
+        bad = list(shares)
+        bad[i] = shamir.Share(bad[i].x, (bad[i].y + 12345) % shamir.PRIME)
+        with pytest.raises(ShamirError):
+            shamir.reconstruct_checked(bad, 3)
