@@ -27,7 +27,7 @@ MAX_SAMPLES = 48
 _REPLAY = r"""
 import sys, json, struct
 from binascii import unhexlify
-from ztfw.agent import training_steps
+from ztfw.local_update import delta_source, training_steps
 from ztfw.agent_wire import ModelBlob
 from ztfw.micro_model import FloatMLP
 from ztfw.masking import MaskedStream
@@ -39,14 +39,7 @@ mlp = FloatMLP(blob.layer_sizes())
 for _ in training_steps(mlp, blob, recs, d["round"], 1, 0.05, d["max_samples"]):
     pass
 weight = max(1, min(round(len(recs) / d["weight_unit"]), d["max_weight"]))
-params = mlp.params
-scales = blob.scales()
-def source(start, n, out):
-    for off, size, scale in scales:
-        for i in range(max(start, off), min(start + n, off + size)):
-            v = blob.q[i]
-            out[i - start] = params[i] - (v - 256 if v > 127 else v) * scale
-m = MaskedStream(len(params), 32, d["frac_bits"], d["clip_q"], weight, source, [], [])
+m = MaskedStream(len(mlp.params), 32, d["frac_bits"], d["clip_q"], weight, delta_source(mlp.params, blob), [], [])
 raw = b"".join(bytes(c) for c in m.chunks())
 print(json.dumps({"words": list(struct.unpack("<%dI" % (len(raw) // 4), raw)), "weight": weight}))
 """

@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("models.bench", "IDS model size, latency and int8 agreement"),
     "attest": ("attestation.bench", "TPM quote and verification latency"),
     "gateway": ("gateway.bench", "gateway rounds through the broker"),
+    "firmware": ("ztfl.firmware_bench", "ESP32 agent round work in the MicroPython unix port"),
 }
 
 

@@ -80,10 +80,13 @@ class FirmwareClient:
     driven one JSON line at a time. Used to put real-MicroPython clients in a round next
     to CPython ones without a broker."""
 
-    def __init__(self, heapsize: str | None = None):
-        self.proc = subprocess.Popen(command(FIRMWARE_DIR / "host" / "secagg_stdio.py", heapsize),
+    def __init__(self, heapsize: str | None = None, path: Path | str = FIRMWARE_DIR,
+                 script: Path | None = None):
+        """`path`: where the firmware modules are imported from (the sources, or a bundle's
+        compiled lib/); `script`: the driver (host/secagg_stdio.py, or a compiled copy)."""
+        self.proc = subprocess.Popen(command(script or FIRMWARE_DIR / "host" / "secagg_stdio.py", heapsize),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=environment(), text=True)
+                                     env=environment(path), text=True)
         self.stage: str | None = None
 
     def call(self, **cmd) -> dict:

@@ -6,16 +6,27 @@
 #    "epoch": 1, "c_sk": hex, "s_sk": hex, "round_id": 1, "random": hex | null}
 #   {"op": "input", "values": [floats], "weight": 1}
 #   {"op": "receive", "frame": hex}  -> {"reply": hex | null, "stage": ...} or {"error": Class, ...}
-#   {"op": "stats"}                  -> peak heap and time spent in receive()
+#   {"op": "train", "blob": path, "records": path, "round": 1, "epochs": 1, "lr": 0.05,
+#    "max_samples": 64, "weight": 3}  -> local training of the micro model, whose update
+#                                        (trained minus global) becomes the session's input
+#   {"op": "heap"}                   -> live heap after a collection
+#   {"op": "stats"}                  -> time spent in receive() and the largest live heap seen
+# Every reply carries "us": the time the operation took in the firmware code.
+# A masked-input reply is written out chunk by chunk, as the board streams it to the broker.
 import gc
 import io
 import json
+import os
 import sys
 import time
 from array import array
 from binascii import hexlify, unhexlify
 
-from ztfw.secagg_client import ClientSession
+from ztfw.local_update import delta_source, training_steps
+from ztfw.agent_wire import ModelBlob
+from ztfw.micro_model import MAX_PARAMS, FloatMLP
+from ztfw.records import Records
+from ztfw.secagg_client import ClientSession, StreamedFrame
 from ztfw.secagg_errors import ProtocolError
 from ztfw.secagg_keys import EpochKeys
 
@@ -35,8 +46,24 @@ class FixedRandom:
         return out
 
 
+def write_streamed(frame, stage, t0):
+    """{"reply": "<hex>", "stage": ..., "us": ...} with the frame's hex written chunk by chunk;
+    returns the time taken (the second masking pass included, hex encoding too)."""
+    sys.stdout.write('{"reply": "')
+    frame.write_to(lambda chunk: sys.stdout.write(hexlify(chunk).decode()))
+    us = time.ticks_diff(time.ticks_us(), t0)
+    sys.stdout.write('", ' + json.dumps({"stage": stage, "us": us})[1:] + "\n")
+    return us
+
+
+def live_heap():
+    gc.collect()
+    return gc.mem_alloc()
+
+
 def main():
     session = None
+    state = {"mlp": None, "blob": None}
     busy_us = 0
     peak = 0
     while True:
@@ -44,12 +71,19 @@ def main():
         if not line:
             break
         cmd = json.loads(line)
+        del line
         op = cmd["op"]
         out = {}
+        streamed = None
+        t0 = time.ticks_us()
         try:
             if op == "session":
                 directory = {int(k): unhexlify(v) for k, v in cmd["directory"].items()}
-                keys = EpochKeys(cmd["epoch"], unhexlify(cmd["c_sk"]), unhexlify(cmd["s_sk"]))
+                if cmd.get("c_sk"):
+                    keys = EpochKeys(cmd["epoch"], unhexlify(cmd["c_sk"]), unhexlify(cmd["s_sk"]))
+                else:
+                    # Fresh epoch keys, as the agent makes them when a round is announced.
+                    keys = EpochKeys.generate(cmd["epoch"], os.urandom)
                 kw = {}
                 if cmd.get("random"):
                     kw["randbytes"] = FixedRandom(unhexlify(cmd["random"]))
@@ -58,20 +92,27 @@ def main():
                 out = {"c_pk": hexlify(keys.c_pk).decode(), "s_pk": hexlify(keys.s_pk).decode()}
             elif op == "input":
                 session.set_input(array("f", cmd["values"]), cmd.get("weight", 1))
+            elif op == "train":
+                with open(cmd["blob"], "rb") as f:
+                    blob = ModelBlob(f.read(), 1 << 16, MAX_PARAMS)
+                records = Records(cmd["records"])
+                mlp = FloatMLP(blob.layer_sizes())
+                for _ in training_steps(mlp, blob, records, cmd["round"], cmd["epochs"], cmd["lr"],
+                                        cmd["max_samples"]):
+                    pass
+                state["mlp"], state["blob"] = mlp, blob
+                session.set_input(delta_source(mlp.params, blob), cmd["weight"], len(mlp.params))
+                out = {"dim": len(mlp.params)}
             elif op == "receive":
-                gc.collect()
-                base = gc.mem_alloc()
-                t0 = time.ticks_us()
                 reply = session.receive(unhexlify(cmd["frame"]))
-                if reply is not None and not isinstance(reply, bytes):
-                    reply = reply.to_bytes()
-                busy_us += time.ticks_diff(time.ticks_us(), t0)
-                used = gc.mem_alloc() - base
-                if used > peak:
-                    peak = used
-                out = {"reply": hexlify(reply).decode() if reply is not None else None}
+                if isinstance(reply, StreamedFrame):
+                    streamed = reply
+                else:
+                    out = {"reply": hexlify(reply).decode() if reply is not None else None}
+            elif op == "heap":
+                out = {"live": live_heap()}
             elif op == "stats":
-                out = {"busy_us": busy_us, "peak_alloc": peak}
+                out = {"busy_us": busy_us, "peak_live": peak}
             else:
                 out = {"error": "UnknownOp"}
         except ProtocolError as e:
@@ -83,7 +124,18 @@ def main():
             out = {"error": "Crash", "message": buf.getvalue()}
         if session is not None:
             out["stage"] = session.stage
-        sys.stdout.write(json.dumps(out) + "\n")
+        if streamed is not None:
+            busy_us += write_streamed(streamed, session.stage, t0)
+            streamed = None
+        else:
+            us = time.ticks_diff(time.ticks_us(), t0)
+            if op in ("receive", "train", "session"):
+                busy_us += us
+            out["us"] = us
+            sys.stdout.write(json.dumps(out) + "\n")
+        live = live_heap()
+        if live > peak:
+            peak = live
 
 
 main()

@@ -19,6 +19,7 @@ from ztfw import agent_wire, ed25519
 from ztfw.agent_wire import WireError
 from ztfw.micro_model import FloatMLP, MicroModelError
 from ztfw.mqtt import MQTTClient, MQTTError
+from ztfw.local_update import delta_source, training_steps
 from ztfw.records import Records, dequantise, float_row
 from ztfw.secagg_client import ClientSession, StreamedFrame
 from ztfw.secagg_errors import ProtocolError
@@ -62,19 +63,6 @@ def tls_context(cfg, base_dir):
     ctx.load_verify_locations(cadata=der(_read(base_dir, cfg["ca"])))
     ctx.load_cert_chain(der(_read(base_dir, cfg["cert"])), der(_read(base_dir, cfg["key"])))
     return ctx
-
-
-def training_steps(mlp, blob, records, round_id, epochs, lr, max_samples=0):
-    """Local training as a generator (one SGD sample per step) from the global model `blob`.
-    Deterministic: rows start at an offset fixed by the round, so a round can be replayed."""
-    blob.fill_float(mlp.params)
-    n = len(records) if not max_samples else min(max_samples, len(records))
-    row = float_row(records.n_features)
-    start = (round_id * 131) % max(1, len(records))
-    for _ in range(epochs):
-        for label, q in records.rows(start, n):
-            mlp.sgd_step(dequantise(q, row), label, lr)
-            yield
 
 
 def _path(base_dir, name):
@@ -341,22 +329,6 @@ class Agent:
         return training_steps(self.mlp, self.blob, self.records, self.announce.round, self.epochs, self.lr,
                               self.max_samples)
 
-    def _delta_source(self):
-        """The update the round aggregates: trained weights minus the global model, per chunk."""
-        params = self.mlp.params
-        q = self.blob.q
-        scales = self.blob.scales()
-
-        def source(start, n, out):
-            for off, size, scale in scales:
-                lo = max(start, off)
-                hi = min(start + n, off + size)
-                for i in range(lo, hi):
-                    v = q[i]
-                    out[i - start] = params[i] - (v - 256 if v > 127 else v) * scale
-
-        return source
-
     def _train_slice(self):
         t0 = _ms()
         try:
@@ -369,7 +341,7 @@ class Agent:
             config = self.session.config
             if config is not None:
                 weight = min(weight, config.max_weight)
-            self.session.set_input(self._delta_source(), weight, len(self.mlp.params))
+            self.session.set_input(delta_source(self.mlp.params, self.blob), weight, len(self.mlp.params))
             self.trained = True
             self.state = "waiting"
         self.stats["train_ms"] += _since(t0)
