@@ -85,7 +85,7 @@ d = json.loads(sys.stdin.read())
 cfg = json.loads(open(d["bundle"] + "/config.json").read())
 c = MQTTClient("agent-esp-01", "localhost", d["port"], ssl_context=tls_context(cfg, d["bundle"]))
 got = []
-c.set_callback(lambda t, p: got.append([t.decode(), p.decode()]))
+c.set_callback(lambda t, p: got.append([t.decode(), bytes(p).decode()]))
 c.connect()
 c.subscribe("ztfl/plant/fog1/broadcast/to/esp-01/+", 1)
 c.publish("ztfl/plant/fog1/agents/esp-01/hello", b"hello from the bundle", qos=1)

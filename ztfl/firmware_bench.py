@@ -69,12 +69,14 @@ def _round(dim_files, args, heapsize: str | None, seed: int = 0) -> dict:
     fw = FirmwareClient(heapsize, path=lib, script=lib / "start.py")
     try:
         code_heap = fw.call(op="heap")["live"]      # the imported modules' bytecode and objects
+        r = fw.call(op="model", blob=str(blob_path), records=str(records_path))
+        if "error" in r:
+            raise MicroPythonError(r.get("message", r["error"]))
         r = fw.call(op="session", client_id=fw_id, identity_seed=identities[fw_id].encode().hex(),
                     directory={str(k): bytes(v).hex() for k, v in directory.items()}, epoch=epoch,
                     round_id=round_id)
         times["keys"] = r["us"] / 1e3
-        r = fw.call(op="train", blob=str(blob_path), records=str(records_path), round=round_id, epochs=1,
-                    lr=0.05, max_samples=args.samples, weight=3)
+        r = fw.call(op="train", round=round_id, epochs=1, lr=0.05, max_samples=args.samples, weight=3)
         if "error" in r:
             raise MicroPythonError(r.get("message", r["error"]))
         times["train"] = r["us"] / 1e3

@@ -6,9 +6,10 @@
 #    "epoch": 1, "c_sk": hex, "s_sk": hex, "round_id": 1, "random": hex | null}
 #   {"op": "input", "values": [floats], "weight": 1}
 #   {"op": "receive", "frame": hex}  -> {"reply": hex | null, "stage": ...} or {"error": Class, ...}
-#   {"op": "train", "blob": path, "records": path, "round": 1, "epochs": 1, "lr": 0.05,
-#    "max_samples": 64, "weight": 3}  -> local training of the micro model, whose update
-#                                        (trained minus global) becomes the session's input
+#   {"op": "model", "blob": path, "records": path}   -> load the global micro model and records
+#   {"op": "train", "round": 1, "epochs": 1, "lr": 0.05, "max_samples": 64, "weight": 3}
+#                                    -> local training, whose update (trained minus global)
+#                                       becomes the session's input
 #   {"op": "heap"}                   -> live heap after a collection
 #   {"op": "stats"}                  -> time spent in receive() and the largest live heap seen
 # Every reply carries "us": the time the operation took in the firmware code.
@@ -92,15 +93,20 @@ def main():
                 out = {"c_pk": hexlify(keys.c_pk).decode(), "s_pk": hexlify(keys.s_pk).decode()}
             elif op == "input":
                 session.set_input(array("f", cmd["values"]), cmd.get("weight", 1))
-            elif op == "train":
+            elif op == "model":
+                # As on the board: the global model arrives (and its buffers are allocated)
+                # before any round starts.
                 with open(cmd["blob"], "rb") as f:
                     blob = ModelBlob(f.read(), 1 << 16, MAX_PARAMS)
-                records = Records(cmd["records"])
-                mlp = FloatMLP(blob.layer_sizes())
-                for _ in training_steps(mlp, blob, records, cmd["round"], cmd["epochs"], cmd["lr"],
+                state["blob"] = blob
+                state["mlp"] = FloatMLP(blob.layer_sizes())
+                state["records"] = Records(cmd["records"])
+                out = {"dim": len(state["mlp"].params)}
+            elif op == "train":
+                mlp, blob = state["mlp"], state["blob"]
+                for _ in training_steps(mlp, blob, state["records"], cmd["round"], cmd["epochs"], cmd["lr"],
                                         cmd["max_samples"]):
                     pass
-                state["mlp"], state["blob"] = mlp, blob
                 session.set_input(delta_source(mlp.params, blob), cmd["weight"], len(mlp.params))
                 out = {"dim": len(mlp.params)}
             elif op == "receive":

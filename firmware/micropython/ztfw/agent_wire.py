@@ -208,7 +208,8 @@ class ModelBlob:
         pos = MODEL_HEAD_BYTES + hlen
         if pos + total != n:
             raise WireError("model data is %d bytes, tensors need %d" % (n - pos, total))
-        self.q = bytes(payload[pos:])
+        # A view, not a copy: the payload buffer is kept instead (a model-sized saving).
+        self.q = memoryview(payload)[pos:]
         self.n_params = total
 
     def layer_sizes(self):

@@ -268,8 +268,8 @@ class MQTTClient:
                 self._write(bytes((PUBACK, 2)) + bytes(pid))
             elif qos == 2:
                 raise MQTTError("QoS 2 delivery not supported")
-            payload = bytes(memoryview(body)[pos:])
-            del body
+            # A view of the packet buffer (no copy): callbacks copy what they keep.
+            payload = memoryview(body)[pos:]
             if self.cb is not None:
                 self.cb(topic, payload)
             return op
