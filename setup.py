@@ -25,7 +25,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ztfl*", "protocol*", "agent*", "gateway*", "models*",
-                                    "attestation*", "hw_profiles*", "robustness*"]),
+                                    "attestation*", "hw_profiles*", "robustness*", "privacy*"]),
     package_data={"hw_profiles": ["*.yaml"]},
     install_requires=CORE,
     extras_require={
