@@ -54,6 +54,7 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     train_epochs: int | None = None        # overrides the profile's budget (tests, demos)
     max_batches: int | None = None
+    lr: float = 3e-3                       # local Adam step; a fresh optimiser each round
     seed: int = 0
     record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
 
@@ -233,7 +234,7 @@ class Agent:
         budget = self.profile.training
         cfg = TrainConfig(epochs=self.config.train_epochs or budget.epochs, batch_size=budget.batch_size,
                           adversarial="fgsm" if self.profile.adversarial_training else None,
-                          seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s,
+                          seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s, lr=self.config.lr,
                           max_batches=self.config.max_batches)
         result = train_local(local, self.encoded, cfg)
         weight = max(1, min(round(len(self.encoded) / max(1, ann.weight_unit)), 0xFFFFFFFF))
@@ -243,7 +244,8 @@ class Agent:
             out.mkdir(parents=True, exist_ok=True)
             np.save(out / f"{self.config.agent_id}-r{ann.round}.{ann.attempt}.npy", delta, allow_pickle=False)
             (out / f"{self.config.agent_id}-r{ann.round}.{ann.attempt}.weight").write_text(str(weight))
-        self.trained = (delta, weight)
+        # Keyed by the session: a late result of an earlier attempt is never used for a later one.
+        self.trained = ((ann.round, ann.attempt, ann.cohort), delta, weight)
 
     def _on_frame(self, env: Envelope) -> None:
         ann = self.announce
@@ -279,8 +281,10 @@ class Agent:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.config.heartbeat_s
             self._heartbeat()
-        if self.session is not None and self.trained is not None and self.session.wants_input:
-            delta, weight = self.trained
+        ann = self.announce
+        if self.session is not None and self.trained is not None and self.session.wants_input \
+                and self.trained[0] == (ann.round, ann.attempt, ann.cohort):
+            _, delta, weight = self.trained
             self._send(self.session.provide_input(delta, weight))
         if self.session is None and self.model_version >= 0 and self.encoded is not None and now >= self.next_record:
             self.next_record = now + 1.0 / self.config.stream_rate_hz

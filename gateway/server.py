@@ -61,6 +61,8 @@ class Gateway:
         self._status: dict = {}
         self.done = False
         self.failed = False
+        self.bytes_up = self.bytes_down = 0          # payload bytes through this gateway
+        self._round_bytes = (0, 0)
         config.broker.client_id = config.broker.client_id or f"gateway-{config.federation}-{config.gateway}"
         self.transport = MqttTransport(config.broker, [self.topics.agents_wildcard()], config.max_payload)
         self.http = StatusServer(config.http_host, config.http_port, self.metrics, lambda: self._status)
@@ -104,9 +106,8 @@ class Gateway:
         self.transport.start()
         self.http.start()
         (self.state_dir / "http.port").write_text(str(self.http.port))
-        self.transport.publish(self.topics.broadcast("pipeline"), self.pipeline_json, retain=True)
-        for variant in self.models:
-            self._publish_model(variant)
+        self._connects_seen = self.transport.connects
+        self._publish_retained()
         if self.registry.last_committed_round() >= self.config.rounds:
             self.done = True
         # A round left running by a crash is closed as aborted; its next attempt starts fresh.
@@ -126,6 +127,7 @@ class Gateway:
         blob = ModelBlob(mv.version, variant, mv.sha256, flat_to_tensors(self.models[variant], self.layouts[variant]))
         payload = blob.encode()
         self.metrics.bytes.labels("down").inc(len(payload))
+        self.bytes_down += len(payload)
         # One retained topic per variant: a late-joining agent gets its model at once.
         self.transport.publish(self.topics.broadcast(f"model-{variant}"), payload, retain=True)
 
@@ -136,6 +138,7 @@ class Gateway:
 
     def handle(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("up").inc(len(payload))
+        self.bytes_up += len(payload)
         try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
         except TopicError as exc:
@@ -220,6 +223,7 @@ class Gateway:
         self.cohorts = {}
         self.registry.begin_round(self.round, self.attempt)
         self.round_started = now
+        self._round_bytes = (self.bytes_up, self.bytes_down)
         for (variant, bits), members in sorted(groups.items()):
             if len(members) < self.config.min_cohort or variant not in self.models:
                 log.info("round %d: cohort %s has %d agents, below %d: sits out", self.round,
@@ -248,6 +252,7 @@ class Gateway:
 
     def _send(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("down").inc(len(payload))
+        self.bytes_down += len(payload)
         self.transport.publish(topic, payload)
 
     def _dispatch(self, run: CohortRun, outgoing) -> None:
@@ -261,7 +266,10 @@ class Gateway:
 
     def _close_round(self, now: float) -> None:
         done = [r for r in self.cohorts.values() if r.state is CohortState.DONE]
-        detail = {"cohorts": {}, "seconds": round(now - self.round_started, 3)}
+        detail = {"cohorts": {}, "seconds": round(now - self.round_started, 3),
+                  # Bytes of this round's messages; the new model's broadcast counts in the next round.
+                  "bytes_up": self.bytes_up - self._round_bytes[0],
+                  "bytes_down": self.bytes_down - self._round_bytes[1]}
         for run in self.cohorts.values():
             self.registry.record_participants(self.round, self.attempt, run.name, run.outcomes())
             dropped = [a for a, (o, _) in run.outcomes().items() if o == "dropped"]
@@ -327,7 +335,16 @@ class Gateway:
         m = evaluate(model, self.val)
         return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "binary_accuracy": m["binary_accuracy"]}
 
+    def _publish_retained(self) -> None:
+        self.transport.publish(self.topics.broadcast("pipeline"), self.pipeline_json, retain=True)
+        for variant in self.models:
+            self._publish_model(variant)
+
     def step(self, timeout: float = 0.1) -> None:
+        if self.transport.connects != self._connects_seen:
+            # A broker restarted without persistence forgot our retained messages: publish again.
+            self._connects_seen = self.transport.connects
+            self._publish_retained()
         msg = self.transport.get(timeout)
         while msg is not None:
             self.handle(msg.topic, msg.payload)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kill-round", type=int, default=2, help="round in which one agent is killed (0: none)")
     parser.add_argument("--data", help="NSL-KDD training file (default: $ZTFL_DATASETS/nsl_kdd/...)")
     parser.add_argument("--model-size", default="small", choices=["small", "default"])
-    parser.add_argument("--max-batches", type=int, default=30, help="local training budget per round")
+    parser.add_argument("--max-batches", type=int, default=40, help="local training budget per round")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -67,12 +67,12 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
               "min_agents": len(profiles), "min_cohort": 3, "heartbeat_s": 1.0,
               "deadlines_s": {"attest": 2, "advertise": 15, "share": 15, "masked": 60,
                               "consistency": 10, "unmask": 10}}
+    gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    gateway = subprocess.Popen(exe + ["gateway", "--config", str(work / "gateway.yaml")],
-                               stdout=open(logs / "gateway.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    gateway = start_gateway(work)
     agents = []
     for i, profile in enumerate(profiles):
         agent_id = f"{profile}-{i}"
@@ -87,6 +87,13 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
                                        stdout=open(logs / f"{agent_id}.log", "wb"), stderr=subprocess.STDOUT,
                                        env=env))
     return gateway, agents, gw_state
+
+
+def start_gateway(work: Path) -> subprocess.Popen:
+    """(Re)start the gateway of a launched federation; its log is appended to."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ztfl.cli", "gateway", "--config", str(work / "gateway.yaml")],
+                            stdout=open(work / "logs" / "gateway.log", "ab"), stderr=subprocess.STDOUT, env=env)
 
 
 def wait_port(gw_state: Path, gateway: subprocess.Popen, timeout: float = 120) -> int:
