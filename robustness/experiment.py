@@ -107,8 +107,15 @@ def build_federation(cfg: ExperimentConfig) -> Federation:
     order = rng.permutation(len(prep.val))
     n_gw = len(order) // 3
     gateway_val, test = prep.val.subset(np.sort(order[:n_gw])), prep.val.subset(np.sort(order[n_gw:]))
-    parts = [prep.train.subset(idx) for idx in
-             dirichlet_partition(prep.train.y, cfg.agents, cfg.alpha, seed=cfg.seed, min_size=8)]
+    # Split by the fine-grained class (normal, dos, probe, ... even when the target is binary):
+    # sites see different attack types, and two labels alone cannot give 20 agents a
+    # Dirichlet(0.1) share each.
+    labels = prep.train.category if prep.train.category is not None else prep.train.y
+    try:
+        split = dirichlet_partition(labels, cfg.agents, cfg.alpha, seed=cfg.seed, min_size=8)
+    except ValueError as exc:
+        raise ExperimentConfigError(f"cannot split the data over {cfg.agents} agents: {exc}") from None
+    parts = [prep.train.subset(idx) for idx in split]
     normal = prep.train.classes.index("normal")
     # Trigger on the three continuous features that are nearly always 0 in training: the
     # pattern never occurs in honest traffic.

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--drift", action="store_true", help="cumulative drift tracking (privacy none)")
     _common(one)
     many = sub.add_parser("sweep", help="a grid of runs: results.jsonl, table.md, plot-*.png")
-    many.add_argument("--preset", choices=("acceptance", "grid"), default="acceptance",
-                      help="acceptance: the runs behind docs/robustness.md; grid: the lists below")
+    many.add_argument("--preset", choices=("acceptance", "attacks", "all", "grid"), default="acceptance",
+                      help="acceptance: the issue's acceptance runs; attacks: the rest of the attack "
+                           "suite; all: both (docs/robustness.md); grid: the lists below")
     many.add_argument("--datasets", nargs="+", default=["nsl-kdd", "unsw-nb15"])
     many.add_argument("--attacks", nargs="+", choices=ATTACKS, default=["none", "label-flip"])
     many.add_argument("--fractions", nargs="+", type=float, default=[0.3])
@@ -68,7 +69,7 @@ def _config_kwargs(args) -> dict:
 def run(args) -> int:
     from robustness.experiment import ExperimentConfig, run_experiment
     from robustness.result import RobustnessError
-    from robustness.sweep import acceptance_grid, grid, sweep
+    from robustness.sweep import acceptance_grid, attack_suite_grid, grid, sweep
 
     try:
         if args.experiment == "byzantine":
@@ -83,9 +84,12 @@ def run(args) -> int:
             return 0
         common = {k: v for k, v in _config_kwargs(args).items()
                   if k not in ("dataset", "attack", "fraction", "defense", "privacy", "alpha")}
-        if args.preset == "acceptance":
-            runs = acceptance_grid(args.datasets, rounds=args.rounds, agents=args.agents, seed=args.seed,
-                                   group_size=args.group_size, model=args.model)
+        if args.preset in ("acceptance", "attacks", "all"):
+            preset = {"rounds": args.rounds, "agents": args.agents, "seed": args.seed,
+                      "group_size": args.group_size, "model": args.model}
+            runs = acceptance_grid(args.datasets, **preset) if args.preset != "attacks" else []
+            if args.preset != "acceptance":
+                runs += attack_suite_grid(args.datasets, **preset)
         else:
             runs = grid(args.datasets, args.attacks, args.fractions, args.defenses, args.privacy,
                         args.alphas, **common)
