@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="NSL-KDD training file (default: $ZTFL_DATASETS/nsl_kdd/...)")
     parser.add_argument("--model-size", default="small", choices=["small", "default"])
     parser.add_argument("--max-batches", type=int, default=40, help="local training budget per round")
+    parser.add_argument("--firmware-agents", type=int, default=3,
+                        help="ESP32 agents run in the MicroPython unix port when `micropython` is installed "
+                             "(their own micro-32 cohort; 0: none)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -60,11 +63,13 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
     """Write configs and start the gateway and agent processes."""
     exe = [sys.executable, "-m", "ztfl.cli"]
     profiles = [p for p in args.agents.split(",") if p]
-    data = {"path": _dataset(args), "fmt": "nsl-kdd", "count": len(profiles), "alpha": args.alpha, "seed": 7}
+    from ztfl.micropython_host import micropython_binary
+    n_fw = getattr(args, "firmware_agents", 0) if micropython_binary() else 0
+    data = {"path": _dataset(args), "fmt": "nsl-kdd", "count": len(profiles) + n_fw, "alpha": args.alpha, "seed": 7}
     gw_state = work / "gateway"
     gw_cfg = {"federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
               "state_dir": str(gw_state), "data": data, "model_size": args.model_size, "rounds": args.rounds,
-              "min_agents": len(profiles), "min_cohort": 3, "heartbeat_s": 1.0,
+              "min_agents": len(profiles) + n_fw, "min_cohort": 3, "heartbeat_s": 1.0,
               "deadlines_s": {"attest": 2, "advertise": 15, "share": 15, "masked": 60,
                               "consistency": 10, "unmask": 10}}
     gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
@@ -86,6 +91,10 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
         agents.append(subprocess.Popen(exe + ["agent", "--config", str(path)],
                                        stdout=open(logs / f"{agent_id}.log", "wb"), stderr=subprocess.STDOUT,
                                        env=env))
+    if n_fw:
+        from ztfl.micropython_host import launch_firmware_agents
+        agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data,
+                                         list(range(len(profiles), len(profiles) + n_fw)), logs)
     return gateway, agents, gw_state
 
 
@@ -108,7 +117,7 @@ def wait_port(gw_state: Path, gateway: subprocess.Popen, timeout: float = 120) -
     raise RuntimeError("gateway did not start its status endpoint")
 
 
-def write_outputs(out: Path, gw_state: Path, status: dict) -> dict:
+def write_outputs(out: Path, gw_state: Path, status: dict, model_size: str = "small") -> dict:
     from gateway.registry import Registry
     reg = Registry(gw_state)
     rounds = []
@@ -135,9 +144,14 @@ def write_outputs(out: Path, gw_state: Path, status: dict) -> dict:
     from models.params import set_flat
     from models.preprocess import Pipeline
     pipe = Pipeline.load(out / "pipeline.json")
-    model = ModelSpec("cnn-lstm", pipe.n_features, pipe.n_classes, status.get("model_size", "small")).build()
+    model = ModelSpec("cnn-lstm", pipe.n_features, pipe.n_classes, model_size).build()
     set_flat(model, np.asarray(vector, dtype=np.float32))
     torch.save(model.state_dict(), out / "global_model.pt")
+    from models import bundle
+    from models.export.onnx_export import export_int8
+    # A model directory `ztfl evaluate --model` reads, and the int8 ONNX the agents run.
+    bundle.save(out / "global_model", model, pipe, latest.metrics)
+    export_int8(model, pipe, out / "global_model.int8.onnx")
     summary = {"rounds": rounds, "final_model": {"variant": "cnn-lstm", "version": latest.version,
                                                  "sha256": latest.sha256, **latest.metrics},
                "agents": status.get("agents", {})}
@@ -213,7 +227,7 @@ def run(args) -> int:
                 time.sleep(0.3)
         status = _status(port) or status
         code = gateway.wait(timeout=30)
-        summary = write_outputs(out, gw_state, status)
+        summary = write_outputs(out, gw_state, status, args.model_size)
         for r in summary["rounds"]:
             console.print(f"round {r['round']}.{r['attempt']} {r['status']}: acc={r['accuracy']} "
                           f"f1={r['macro_f1']} dropouts={r['dropouts']} cohorts="

@@ -39,14 +39,26 @@ def encode_records(x: np.ndarray, y: np.ndarray) -> bytes:
 def partition_records(data: dict) -> tuple[bytes, list[str]]:
     """ZTRC bytes and class names of one agent's partition (agent.data PartitionSpec dict),
     encoded with the pipeline the gateway fits from the same spec."""
-    from agent.data import PartitionSpec, agent_partition, train_validation
+    records, classes = partitions_records(data, [data.get("index", 0)])
+    return records[0], classes
+
+
+def partitions_records(data: dict, indices: list[int]) -> tuple[list[bytes], list[str]]:
+    """Like partition_records for several partition indices, loading the dataset once."""
+    from agent.data import PartitionSpec, dirichlet_partition, train_validation
     from models.preprocess import Pipeline
     spec = PartitionSpec.from_dict(data)
     train, _ = train_validation(spec)
     pipeline = Pipeline.fit(train)
-    encoded = pipeline.encode(agent_partition(spec))
-    x = np.asarray(encoded.x).reshape(len(encoded.y), -1)
-    return encode_records(x, np.asarray(encoded.y)), list(pipeline.classes)
+    parts = dirichlet_partition(train.category, spec.count, spec.alpha, spec.seed)
+    out = []
+    for index in indices:
+        if not 0 <= index < spec.count:
+            raise RecordsError(f"partition index {index} outside 0..{spec.count - 1}")
+        encoded = pipeline.encode(train.take(parts[index]))
+        x = np.asarray(encoded.x).reshape(len(encoded.y), -1)
+        out.append(encode_records(x, np.asarray(encoded.y)))
+    return out, list(pipeline.classes)
 
 
 def write_device_dir(out: Path, config: dict, records: bytes) -> Path:

@@ -158,3 +158,26 @@ def start_firmware_agent(device_dir: Path, log_path: Path | None = None,
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(command(FIRMWARE_DIR / "host" / "run_agent.py", heapsize) + [str(device_dir)],
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environment())
+
+
+def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway: str, data: dict,
+                           indices: list[int], logs: Path, max_samples: int = 64) -> list[subprocess.Popen]:
+    """Firmware agents (the ESP32 agent in the unix port) for `ztfl demo`: one device directory
+    each under work/firmware/, records from partitions `indices` of the demo's data spec."""
+    from urllib.parse import urlparse
+
+    from attestation.software_identity import new_device_key
+    from ztfl.firmware_records import partitions_records, write_device_dir
+    url = urlparse(broker_url)
+    if url.scheme != "mqtt":
+        raise MicroPythonError(f"firmware agents in the demo need a plain mqtt:// broker, not {broker_url}")
+    records, classes = partitions_records(data, indices)
+    procs = []
+    for index, recs in zip(indices, records):
+        agent_id = f"esp32-{index}"
+        seed, public = new_device_key()
+        cfg = firmware_device_config(agent_id, federation, gateway, url.hostname or "127.0.0.1", url.port or 1883,
+                                     classes, seed, public, max_samples=max_samples)
+        device = write_device_dir(Path(work) / "firmware" / agent_id, cfg, recs)
+        procs.append(start_firmware_agent(device, Path(logs) / f"{agent_id}.log"))
+    return procs

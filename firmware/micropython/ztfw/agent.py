@@ -343,7 +343,7 @@ class Agent:
                 weight = min(weight, config.max_weight)
             self.session.set_input(delta_source(self.mlp.params, self.blob), weight, len(self.mlp.params))
             self.trained = True
-            self.state = "waiting"
+            self.state = "training"   # until the round ends (the gateway knows no other in-round state)
         self.stats["train_ms"] += _since(t0)
         if self.trained:
             if self.held_relay is not None:
