@@ -24,13 +24,20 @@ API (one session object per role and round; frames in, frames out):
 `session.stage` is a `Stage`; a refused frame raises a `protocol.errors.ProtocolError` subclass
 and leaves the session unchanged (`RoundAborted` is final). `wire.decode_frame` parses frames
 for routing (type, sender, epoch, round) without any key.
+
+Key epochs (protocol.epochs): the agent gets its keys from a `ClientKeyring` per round
+(`keyring.keys_for(wire.peek(config_frame).epoch, round_id, now)`, then `keyring.finish(session)`),
+the gateway its epoch id from an `EpochSchedule` (`epoch_for(round_id, now)`, pass
+`revealed_keys=schedule.revealed_keys` to the ServerSession, then `schedule.finish(server)`).
 """
 from protocol.client import ClientSession
 from protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
+from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from protocol.errors import ProtocolError, RoundAborted
 from protocol.keys import EpochKeys
 from protocol.server import AggregateResult, ServerSession, StageOutput
 from protocol.stages import Stage
 
-__all__ = ["ACTIVE", "SEMI_HONEST", "AggregateResult", "ClientSession", "EpochKeys", "ProtocolError",
-           "RoundAborted", "RoundConfig", "ServerSession", "Stage", "StageOutput"]
+__all__ = ["ACTIVE", "SEMI_HONEST", "AggregateResult", "ClientKeyring", "ClientSession", "EpochKeys",
+           "EpochPolicy", "EpochSchedule", "ProtocolError", "RekeyReason", "RoundAborted", "RoundConfig",
+           "ServerSession", "Stage", "StageOutput"]

@@ -25,7 +25,7 @@ from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolat
                              InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
                              WrongRound)
 from protocol.keys import EpochKeys
-from protocol.prg import apply_masks
+from protocol.prg import apply_masks, word_dtype
 from protocol.stages import CLIENT_TRANSITIONS, Stage, next_stage
 
 
@@ -75,7 +75,10 @@ class ClientSession:
         self.stage = Stage.ADVERTISE_KEYS
         self._state = _RoundState()
         self._update: np.ndarray | None = None
+        self._encoded: np.ndarray | None = None     # already encoded words (e.g. with DP noise)
         self._weight = 1
+        # True once this client dealt shares of its mask key s_sk in this round (docs 1.2).
+        self.dealt_shares = False
         self.abort_reason: int | None = None
         self.released: dict[str, frozenset[int]] = {"self_mask": frozenset(), "secret_key": frozenset()}
 
@@ -88,9 +91,27 @@ class ClientSession:
     def config(self) -> RoundConfig | None:
         return self._state.config
 
+    @property
+    def keys_exposed(self) -> bool:
+        """Whether the server may hold this client's mask secret after this round: it dealt shares
+        of s_sk and did not finish as a signed survivor. The keys' epoch must then end."""
+        return self.dealt_shares and self.stage != Stage.DONE
+
     def set_input(self, update, weight: int = 1) -> None:
         """The model update (floats, length dim) and its integer weight (e.g. sample count)."""
         self._update = np.asarray(update, dtype=np.float64).ravel()
+        self._encoded = None
+        self._weight = weight
+
+    def set_encoded_input(self, words) -> None:
+        """An input already in the fixed-point domain: dim + 1 words mod 2^B, the weight last (what
+        `fixedpoint.encode` returns, possibly with integer noise added by `privacy.add_noise`)."""
+        words = np.asarray(words).ravel()
+        if words.dtype.kind not in "iu":
+            raise ValueError(f"encoded words must be integers, got {words.dtype}")
+        weight = int(words[-1]) if words.size else 0
+        self._encoded = words
+        self._update = None
         self._weight = weight
 
     def receive(self, data: bytes) -> bytes | None:
@@ -174,7 +195,8 @@ class ClientSession:
         group = self._group(state)
         if len(group) < t:
             raise RoundAborted(f"sharing group of {len(group)} is below the threshold {t}")
-        # Validation done: generate this round's secrets and deal them.
+        # Validation done: generate this round's secrets and deal them. The self-mask seed is
+        # fresh every round even when the epoch's mask key is reused.
         state.seed = self.randbytes(32)
         b_shares = shamir.split(state.seed, t, group, self.randbytes)
         s_shares = shamir.split(self.keys.s_sk, t, group, self.randbytes)
@@ -184,20 +206,22 @@ class ClientSession:
             if peer == self.client_id:
                 state.own_share = (b_share.y, s_share.y)
                 continue
-            key = kdf.share_encryption_key(self.keys.c_sk, roster[peer].c_pk, self.client_id, peer, self.epoch)
+            key = self.keys.share_encryption_key(self.client_id, peer, roster[peer].c_pk)
             state.share_keys[peer] = key
             plaintext = shamir.encode_y(b_share.y) + shamir.encode_y(s_share.y)
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             out.append(wire.EncryptedShare(peer, encrypt_share(key, self.randbytes(24), plaintext, aad)))
+        self.dealt_shares = True
         return self._reply(wire.ShareKeys, shares=tuple(out)), state
 
     def _on_relay(self, msg: wire.SharesRelay):
         old = self._state
         config = old.config
-        if self._update is None:
+        given = self._update if self._encoded is None else self._encoded[:-1]
+        if given is None:
             raise InvalidTransition("no input yet: call set_input() before the shares are relayed")
-        if self._update.size != config.dim:
-            raise InvalidTransition(f"input has {self._update.size} values, the round expects {config.dim}")
+        if given.size != config.dim:
+            raise InvalidTransition(f"input has {given.size} values, the round expects {config.dim}")
         if not 1 <= self._weight <= config.max_weight:
             raise InvalidTransition(f"weight {self._weight} outside 1..{config.max_weight}")
         held = {}
@@ -212,14 +236,17 @@ class ClientSession:
             held[share.peer] = (shamir.decode_y(plaintext[:33]), shamir.decode_y(plaintext[33:]))
         if len(held) + 1 < config.threshold:
             raise RoundAborted(f"only {len(held)} neighbours shared keys; threshold {config.threshold}")
-        encoded = fixedpoint.encode(self._update, self._weight, config.frac_bits, config.clip_q,
-                                    config.mask_bits)
+        if self._encoded is None:
+            encoded = fixedpoint.encode(self._update, self._weight, config.frac_bits, config.clip_q,
+                                        config.mask_bits)
+        else:
+            # Reduction mod 2^B of whatever integers were given (negative noise wraps as it must).
+            encoded = self._encoded.astype(np.int64).astype(word_dtype(config.mask_bits))
         # The smaller id adds the pairwise mask, the larger subtracts it.
         adds = [kdf.self_mask_key(old.seed, self.client_id, self.epoch, self.round_id)]
         subtracts = []
         for peer in sorted(held):
-            key = kdf.pairwise_mask_key(self.keys.s_sk, old.roster[peer].s_pk, self.client_id, peer,
-                                        self.epoch, self.round_id)
+            key = self.keys.pairwise_mask_key(self.client_id, peer, old.roster[peer].s_pk, self.round_id)
             (adds if self.client_id < peer else subtracts).append(key)
         apply_masks(encoded, adds, subtracts, config.mask_bits, self.workers)
         state = _RoundState(**{**old.__dict__, "held": held})

@@ -54,15 +54,22 @@ class RoundRun:
 
 def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarray],
               weights: Mapping[int, int] | None = None, drop_before: Mapping[int, Stage] | None = None,
-              round_id: int = 1, workers: int = 1) -> RoundRun:
+              round_id: int = 1, workers: int = 1, epoch_keys: Mapping[int, EpochKeys] | None = None,
+              revealed_keys: set[bytes] | None = None, encoded: Mapping[int, np.ndarray] | None = None
+              ) -> RoundRun:
     """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on.
-    `workers`: threads each session may use to expand masks."""
+    `workers`: threads each session may use to expand masks. `epoch_keys` (default: the cohort's)
+    and `revealed_keys` let several rounds share one key epoch (protocol.epochs). `encoded[c]`,
+    when given, is client c's input already in the fixed-point domain (set_encoded_input)."""
     drop_before = dict(drop_before or {})
     weights = weights or {}
-    epoch = next(iter(cohort.epoch_keys.values())).epoch
+    epoch_keys = epoch_keys if epoch_keys is not None else cohort.epoch_keys
+    encoded = encoded or {}
+    epoch = next(iter(epoch_keys.values())).epoch
     directory = cohort.directory
-    server = ServerSession(config, cohort.server_identity, directory, epoch, round_id, workers=workers)
-    clients = {c: ClientSession(c, cohort.identities[c], directory, cohort.epoch_keys[c], round_id,
+    server = ServerSession(config, cohort.server_identity, directory, epoch, round_id, workers=workers,
+                           revealed_keys=revealed_keys)
+    clients = {c: ClientSession(c, cohort.identities[c], directory, epoch_keys[c], round_id,
                                 workers=workers, accept_threshold_override=config.threshold_override)
                for c in inputs}
     run = RoundRun(None, server, clients, {c: 0.0 for c in clients},
@@ -80,7 +87,10 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
                 continue
             t0, c0 = time.perf_counter(), time.process_time()
             if stage == Stage.MASKED_INPUT_COLLECTION:
-                session.set_input(inputs[c], weights.get(c, 1))
+                if c in encoded:
+                    session.set_encoded_input(encoded[c])
+                else:
+                    session.set_input(inputs[c], weights.get(c, 1))
             reply = session.receive(frame)
             run.client_seconds[c] += time.perf_counter() - t0
             run.client_cpu_seconds[c] += time.process_time() - c0

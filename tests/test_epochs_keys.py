@@ -1,0 +1,197 @@
+"""Key epochs: one key setup for many rounds, exact aggregates, dropouts end an epoch, rekeying."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocol import kdf
+from protocol.config import SEMI_HONEST, RoundConfig
+from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
+from protocol.errors import ConsistencyViolation
+from protocol.simulate import Cohort, expected_sums, run_round
+from protocol.stages import Stage
+
+IDS = [1, 2, 3, 4, 5]
+DIM = 40
+CONFIG = RoundConfig.for_range(dim=DIM, max_clients=len(IDS), threshold=3, clip=4.0,
+                               security=SEMI_HONEST)
+
+
+class Fleet:
+    """Clients with keyrings and a gateway with an epoch schedule, all in one process."""
+
+    def __init__(self, client_policy: EpochPolicy, gateway_policy: EpochPolicy | None = None):
+        self.cohort = Cohort.create(IDS)
+        self.keyrings = {c: ClientKeyring(client_policy) for c in IDS}
+        self.schedule = EpochSchedule(gateway_policy or client_policy)
+        self.rng = np.random.default_rng(7)
+
+    def round(self, round_id: int, now: float = 0.0, drop_before=None, present=IDS):
+        epoch = self.schedule.epoch_for(round_id, now)
+        keys = {c: self.keyrings[c].keys_for(epoch, round_id, now) for c in present}
+        before = {c: keys[c].agreements for c in present}
+        inputs = {c: self.rng.normal(0, 0.3, DIM) for c in present}
+        run = run_round(CONFIG, self.cohort, inputs, drop_before=drop_before, round_id=round_id,
+                        epoch_keys=keys, revealed_keys=self.schedule.revealed_keys)
+        for c in present:
+            self.keyrings[c].finish(run.clients[c])
+        ended = self.schedule.finish(run.server)
+        run.x25519 = {c: keys[c].agreements - before[c] for c in present}
+        run.inputs = inputs
+        run.ended = ended
+        return run
+
+
+def assert_exact(run):
+    assert run.result is not None, run.server.abort_reason
+    expected, weight = expected_sums(CONFIG, run.inputs, {}, run.result.survivors)
+    assert np.array_equal(run.result.sums, expected)
+    assert run.result.total_weight == weight
+
+
+def test_one_key_setup_serves_many_rounds_with_exact_aggregates():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    first = fleet.round(1)
+    assert_exact(first)
+    # Round 1: 2 public keys + (share-encryption + pairwise) agreement per peer.
+    assert all(n == 2 + 2 * (len(IDS) - 1) for n in first.x25519.values())
+    keys = {c: fleet.keyrings[c].keys for c in IDS}
+    for round_id in (2, 3, 4):
+        run = fleet.round(round_id)
+        assert_exact(run)
+        assert run.x25519 == {c: 0 for c in IDS}, "key reuse must not run X25519 again"
+        assert all(fleet.keyrings[c].keys is keys[c] for c in IDS)
+    assert {c: fleet.keyrings[c].rekeys for c in IDS} == {c: [(1, RekeyReason.FIRST)] for c in IDS}
+
+
+def test_per_round_policy_agrees_keys_every_round():
+    fleet = Fleet(EpochPolicy.per_round())
+    for round_id in (1, 2, 3):
+        run = fleet.round(round_id)
+        assert_exact(run)
+        assert all(n == 2 + 2 * (len(IDS) - 1) for n in run.x25519.values())
+    assert fleet.schedule.epoch == 3          # the gateway also starts an epoch per round
+    assert [r for r, _ in fleet.keyrings[1].rekeys] == [1, 2, 3]
+
+
+def test_self_mask_seeds_are_fresh_each_round_and_pairwise_keys_change_with_the_round():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    runs = [fleet.round(r) for r in (1, 2, 3)]
+    seeds = [run.clients[1]._state.seed for run in runs]
+    assert len(set(seeds)) == 3
+    keys = fleet.keyrings[1].keys
+    peer_pk = runs[0].clients[2].keys.s_pk
+    round_keys = {keys.pairwise_mask_key(1, 2, peer_pk, r) for r in (1, 2, 3)}
+    assert len(round_keys) == 3
+    # ... all derived from one epoch key, exactly as docs/protocol.md 1.2 writes them.
+    shared = kdf.x25519(keys.s_sk, peer_pk)
+    epoch_key = kdf.pairwise_epoch_key(shared, 1, 2, keys.epoch)
+    assert round_keys == {kdf.pairwise_round_key(epoch_key, r) for r in (1, 2, 3)}
+
+
+def test_a_dropout_after_share_keys_ends_that_clients_epoch_and_it_rekeys_on_return():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    assert_exact(fleet.round(1))
+    old_keys = fleet.keyrings[5].keys
+    dropped = fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION})
+    assert_exact(dropped)
+    assert dropped.result.dropped == (5,) and dropped.ended == [5]
+    assert old_keys.s_pk in fleet.schedule.revealed_keys
+    assert fleet.keyrings[5].exposed and not fleet.keyrings[1].exposed
+    # Peers that released shares of 5's key remember it.
+    assert old_keys.s_pk in fleet.keyrings[1].revealed_peer_keys
+
+    back = fleet.round(3)
+    assert_exact(back)
+    assert fleet.keyrings[5].rekeys[-1] == (3, RekeyReason.EXPOSED)
+    assert fleet.keyrings[5].keys is not old_keys
+    # Only the agreements with the returning client's new keys are redone by its peers.
+    assert back.x25519[1] == 2 and back.x25519[5] == 2 + 2 * (len(IDS) - 1)
+    assert fleet.keyrings[1].rekeys == [(1, RekeyReason.FIRST)]
+
+
+def test_a_client_that_drops_before_dealing_shares_keeps_its_epoch():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    assert_exact(fleet.round(1))
+    run = fleet.round(2, drop_before={4: Stage.SHARE_KEYS})
+    assert_exact(run)
+    assert run.ended == [] and not fleet.keyrings[4].exposed
+    assert_exact(fleet.round(3))
+    assert fleet.keyrings[4].rekeys == [(1, RekeyReason.FIRST)]
+
+
+def test_an_aborted_round_after_share_keys_ends_the_epoch_of_those_who_dealt():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    assert_exact(fleet.round(1))
+    # 3 of 5 stop after ShareKeys: too few masked inputs, the server aborts.
+    run = fleet.round(2, drop_before={c: Stage.MASKED_INPUT_COLLECTION for c in (3, 4, 5)})
+    assert run.result is None and run.ended == []
+    assert all(fleet.keyrings[c].exposed for c in IDS)
+    assert_exact(fleet.round(3))
+    assert all(fleet.keyrings[c].rekeys[-1] == (3, RekeyReason.EXPOSED) for c in IDS)
+
+
+def test_a_client_returning_with_its_revealed_key_is_refused_even_in_a_later_epoch():
+    fleet = Fleet(EpochPolicy(max_rounds=10), gateway_policy=EpochPolicy(max_rounds=2))
+    assert_exact(fleet.round(1))
+    assert_exact(fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION}))
+    revealed = fleet.keyrings[5].keys
+    fleet.keyrings[5].exposed = False          # a faulty client that ignores the rule
+    revealed.epoch = 2                          # ... and relabels its old keys for the new epoch
+    with pytest.raises(ConsistencyViolation, match="revealed"):
+        fleet.round(3)
+    assert fleet.schedule.epoch == 2
+
+
+def test_peers_remember_revealed_keys_across_their_own_rekeying():
+    fleet = Fleet(EpochPolicy(max_rounds=2), gateway_policy=EpochPolicy(max_rounds=100))
+    assert_exact(fleet.round(1))
+    assert_exact(fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION}))
+    gone = fleet.keyrings[5].keys.s_pk
+    assert_exact(fleet.round(3))                # everyone's 2-round lifetime is over: new keys
+    assert fleet.keyrings[1].rekeys[-1] == (3, RekeyReason.ROUNDS)
+    assert gone in fleet.keyrings[1].keys.revealed_peer_keys
+
+
+def test_lifetime_by_rounds_and_by_seconds():
+    fleet = Fleet(EpochPolicy(max_rounds=2, max_seconds=3600.0))
+    for round_id, now in ((1, 0.0), (2, 10.0), (3, 20.0), (4, 30.0), (5, 4000.0)):
+        assert_exact(fleet.round(round_id, now=now))
+    assert fleet.keyrings[2].rekeys == [(1, RekeyReason.FIRST), (3, RekeyReason.NEW_EPOCH),
+                                        (5, RekeyReason.NEW_EPOCH)]
+    assert fleet.schedule.epoch == 3
+    # A client's own, shorter lifetime applies even when the gateway keeps the epoch.
+    ring = ClientKeyring(EpochPolicy(max_rounds=100, max_seconds=60.0))
+    first = ring.keys_for(9, 1, now=0.0)
+    assert ring.keys_for(9, 2, now=59.0) is first
+    assert ring.keys_for(9, 3, now=60.0) is not first
+    assert ring.rekeys[-1] == (3, RekeyReason.SECONDS)
+
+
+def test_a_round_id_that_does_not_increase_never_reuses_keys():
+    ring = ClientKeyring(EpochPolicy(max_rounds=100))
+    first = ring.keys_for(1, 5, now=0.0)
+    again = ring.keys_for(1, 5, now=1.0)
+    assert again is not first and ring.rekeys[-1] == (5, RekeyReason.ROUND_NOT_INCREASING)
+    schedule = EpochSchedule(EpochPolicy(max_rounds=100))
+    schedule.epoch_for(5, 0.0)
+    with pytest.raises(ValueError, match="does not increase"):
+        schedule.epoch_for(5, 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_rounds": 0}, {"max_rounds": True}, {"max_seconds": 0},
+                                    {"max_seconds": float("nan")}])
+def test_bad_policies_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        EpochPolicy(**kwargs)
+
+
+def test_keyring_refuses_a_session_with_other_keys_and_bad_ids():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    run = fleet.round(1)
+    with pytest.raises(ValueError):
+        fleet.keyrings[1].finish(run.clients[2])
+    with pytest.raises(ValueError):
+        fleet.keyrings[1].keys_for(-1, 2, 0.0)
+    with pytest.raises(ValueError):
+        fleet.keyrings[1].keys_for(1, 1 << 32, 0.0)
