@@ -10,7 +10,8 @@ CORE = [
     "rich>=13",
 ]
 AGENT = ["paho-mqtt>=2.1,<3", "onnxruntime>=1.20", "ai-edge-litert>=2.0"]
-GATEWAY = ["paho-mqtt>=2.1,<3", "prometheus-client>=0.20", "onnxruntime>=1.20", "matplotlib>=3.8"]
+GATEWAY = ["paho-mqtt>=2.1,<3", "prometheus-client>=0.20", "onnxruntime>=1.20", "matplotlib>=3.8",
+           "dp-accounting>=0.4"]
 MODELS = ["torch==2.13.0", "pandas>=2.2", "scikit-learn>=1.5", "shap>=0.46"]
 TPM = ["tpm2-pytss>=2.3"]
 EXPORT = ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2", "ai-edge-litert>=2.0"]
