@@ -98,6 +98,9 @@ class Agent:
         self.next_heartbeat = 0.0
         self.next_record = 0.0
         self.rejected = 0
+        self.detector: tuple[int, object] | None = None     # (model version, int8 runtime)
+        self._warned_runtime = False
+        self._saved_seq = self.store.state.alert_seq
         self.stopping = threading.Event()
         config.broker.client_id = config.broker.client_id or f"agent-{config.agent_id}"
         offline = Heartbeat(config.agent_id, "offline", 0, -1, 0, 0).encode()
@@ -182,6 +185,32 @@ class Agent:
         self.store.state.model_version = blob.version
         self.store.save()
         log.info("global model v%d loaded", blob.version)
+        snapshot = self.spec.build()
+        set_flat(snapshot, flat)
+        threading.Thread(target=self._export_detector, args=(snapshot, blob.version), daemon=True).start()
+
+    def _export_detector(self, model: torch.nn.Module, version: int) -> None:
+        """Detection runs the global model int8: export it (ONNX, dynamic int8) for onnxruntime.
+        The tflite runtime needs the separate LiteRT converter environment; where that is absent
+        the agent runs the same int8 ONNX model and says so once."""
+        from models.export.onnx_export import export_int8
+        from models.export.runtime import IDSRuntime
+        if self.profile.runtime != "onnxruntime" and not self._warned_runtime:
+            self._warned_runtime = True
+            log.warning("profile runtime %s: no converter here, detection uses int8 ONNX on onnxruntime",
+                        self.profile.runtime)
+        path = Path(self.config.state_dir) / f"detector-v{version}.int8.onnx"
+        try:
+            export_int8(model, self.pipeline, path)
+            runtime = IDSRuntime.open(path)
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.warning("int8 export of model v%d failed: %s", version, exc)
+            return
+        if self.detector is None or self.detector[0] < version:
+            self.detector = (version, runtime)
+            for old in Path(self.config.state_dir).glob("detector-v*.onnx"):
+                if old != path:
+                    old.unlink(missing_ok=True)
 
     def _on_round(self, payload: bytes) -> None:
         doc_kind = json.loads(payload).get("outcome") if payload[:1] == b"{" else None
@@ -276,6 +305,10 @@ class Agent:
         hb = Heartbeat(self.config.agent_id, self.state, self.store.state.last_round, self.model_version,
                        self.alerts, self.records)
         self.transport.publish(self.topics.agent(self.config.agent_id, "heartbeat"), hb.encode())
+        if self.store.state.alert_seq != self._saved_seq:
+            # Persist the alert sequence so alerts after a restart are not taken for duplicates.
+            self._saved_seq = self.store.state.alert_seq
+            self.store.save()
 
     def _tick(self, now: float) -> None:
         if now >= self.next_heartbeat:
@@ -286,7 +319,7 @@ class Agent:
                 and self.trained[0] == (ann.round, ann.attempt, ann.cohort):
             _, delta, weight = self.trained
             self._send(self.session.provide_input(delta, weight))
-        if self.session is None and self.model_version >= 0 and self.encoded is not None and now >= self.next_record:
+        if self.session is None and self.detector is not None and self.encoded is not None and now >= self.next_record:
             self.next_record = now + 1.0 / self.config.stream_rate_hz
             self._detect_one()
 
@@ -295,13 +328,15 @@ class Agent:
         self.state = "detecting"
         i = self.records % len(self.encoded)
         self.records += 1
-        with torch.no_grad():
-            probs = torch.softmax(self.model(torch.from_numpy(self.encoded.x[i:i + 1])), dim=1)[0]
+        version, runtime = self.detector
+        logits = runtime.logits(self.encoded.x[i:i + 1])[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
         cls = int(probs.argmax())
         label = self.pipeline.classes[cls]
         if label != "normal":
             self.store.state.alert_seq += 1
             self.alerts += 1
             alert = Alert(self.config.agent_id, self.store.state.alert_seq, label, round(float(probs[cls]), 4),
-                          self.model_version)
+                          version)
             self.transport.publish(self.topics.agent(self.config.agent_id, "alerts"), alert.encode())
