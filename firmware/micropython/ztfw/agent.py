@@ -17,6 +17,7 @@ from binascii import a2b_base64, hexlify, unhexlify
 
 from ztfw import agent_wire, ed25519
 from ztfw.agent_wire import WireError
+from ztfw.attest import AttestError, software_evidence
 from ztfw.micro_model import FloatMLP, MicroModelError
 from ztfw.mqtt import MQTTClient, MQTTError
 from ztfw.local_update import delta_source, training_steps
@@ -267,6 +268,17 @@ class Agent:
         self.stats["keys_ms"] += _since(t0)
         self.session = ClientSession(sid, self.seed, directory, keys, msg.round)
         self.announce = msg
+        if self.cfg.get("attest"):
+            # Device-key evidence over the round's nonce and the keys this client advertises.
+            # Off unless configured: a gateway that does not check evidence must not get any.
+            try:
+                evidence = software_evidence(self.seed, self.public, unhexlify(msg.nonce), msg.round,
+                                             keys.c_pk + keys.s_pk)
+            except (ValueError, AttestError) as e:
+                self._reject("cannot attest: %s" % e)
+            else:
+                # Raw evidence bytes, as the gateway's attest handler reads them.
+                self._publish("attest", evidence, qos=1)
         self.trained = False
         self.held_relay = None
         self.state = "training"
