@@ -68,6 +68,14 @@ def test_int8_tflite_round_trip_with_litert(trained, tmp_path, capsys):
                       "--calibration", str(f), "--calibration-rows", "64", "--out", str(out), "--json"]) == 0
     rt = IDSRuntime.open(out)
     assert rt.backend == "tflite" and rt._in["dtype"] == np.int8
+    # every weight matrix is int8, the LSTM's included (no float32 constant bigger than a bias)
+    from ai_edge_litert import schema_py_generated as schema
+    m = schema.Model.GetRootAsModel(out.read_bytes(), 0)
+    g = m.Subgraphs(0)
+    float_consts = [int(np.prod(g.Tensors(i).ShapeAsNumpy())) for i in range(g.TensorsLength())
+                    if g.Tensors(i).Type() == schema.TensorType.FLOAT32
+                    and m.Buffers(g.Tensors(i).Buffer()).DataLength() > 0]
+    assert max(float_consts, default=0) <= 64
     assert rt.pipeline.to_dict() == prep.pipeline.to_dict()  # pipeline beside the file
     model, _ = bundle.load(dirs["cnn-lstm"])
     agree = np.mean(rt.predict(prep.val.x) == predict(model, prep.val.x))
@@ -134,3 +142,14 @@ def test_micro_reference_runs_bit_exact_under_micropython(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     got = np.array(json.loads(res.stdout))
     assert np.array_equal(got, int8_logits(q, quantise_input(rows)))
+
+
+def test_unrolled_twin_computes_the_same_function(trained):
+    from models.export.unrolled import UnrolledCNNLSTM
+    _, prep, dirs = trained
+    model, _ = bundle.load(dirs["cnn-lstm"])
+    twin = UnrolledCNNLSTM(model)
+    x = torch.from_numpy(prep.val.x[:32])
+    with torch.no_grad():
+        assert torch.allclose(model(x), twin(x), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.LSTM) for m in twin.modules())

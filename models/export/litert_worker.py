@@ -3,7 +3,8 @@
 litert-torch pins packages that conflict with the runtime stack, so the exporter runs this
 file as a subprocess:  .venv-litert/bin/python -m models.export.litert_worker MODEL_DIR CALIB.npy OUT.tflite
 It imports only torch, numpy and the model classes (no pandas, no pipeline), rebuilds the
-fp32 model from model.json + weights.npz, quantises it with litert-torch's PT2E static int8
+fp32 model from model.json + weights.npz (the CNN-LSTM as its unrolled twin, see
+models.export.unrolled, so the LSTM weights are quantised too), quantises it with litert-torch's PT2E static int8
 quantiser calibrated on the encoded rows in CALIB.npy, and writes the .tflite file.
 """
 from __future__ import annotations
@@ -28,6 +29,10 @@ def build_model(model_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
+def meta_kind(model_dir: Path) -> str:
+    return json.loads((model_dir / "model.json").read_text())["kind"]
+
+
 def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1) -> None:
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
@@ -36,6 +41,9 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
 
     torch.set_num_threads(2)
     model = build_model(model_dir)
+    if meta_kind(model_dir) == "cnn-lstm":
+        from models.export.unrolled import UnrolledCNNLSTM
+        model = UnrolledCNNLSTM(model)
     example = (torch.from_numpy(calibration[:batch].astype(np.float32)),)
     exported = torch.export.export(model, example).module()
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
@@ -46,11 +54,33 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
     quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     edge = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     edge.export(str(out))
+    strip_tensor_names(out)
+
+
+def strip_tensor_names(path: Path) -> None:
+    """Shorten the tensor names torch.export leaves in the flatbuffer (about 40 KB of traced
+    module paths for the default CNN-LSTM). Input and output tensors keep their names; the
+    signature that callers use refers to tensors by index and is untouched."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs.tolist() if hasattr(subgraph.inputs, "tolist") else subgraph.inputs or [])
+        keep |= set(subgraph.outputs.tolist() if hasattr(subgraph.outputs, "tolist") else subgraph.outputs or [])
+        for i, tensor in enumerate(subgraph.tensors):
+            if i not in keep:
+                tensor.name = f"t{i}".encode()
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--strip":
+        strip_tensor_names(Path(argv[1]))
+        return 0
     if len(argv) not in (3, 4):
-        print("usage: litert_worker MODEL_DIR CALIB.npy OUT.tflite [BATCH]", file=sys.stderr)
+        print("usage: litert_worker MODEL_DIR CALIB.npy OUT.tflite [BATCH] | --strip FILE.tflite", file=sys.stderr)
         return 2
     calibration = np.load(argv[1], allow_pickle=False)
     convert(Path(argv[0]), calibration, Path(argv[2]), int(argv[3]) if len(argv) == 4 else 1)
