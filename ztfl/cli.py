@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # `ztfl bench NAME`: benchmark name -> (module, help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "secagg": ("protocol.bench", "secure aggregation, all clients in one process"),
+    "epochs": ("protocol.bench_epochs", "per-round client cost with and without key reuse"),
     "model": ("models.bench", "IDS model size, latency and int8 agreement"),
     "attest": ("attestation.bench", "TPM quote and verification latency"),
     "gateway": ("gateway.bench", "gateway rounds through the broker"),
