@@ -150,6 +150,61 @@ def masking_vectors() -> dict:
     return out
 
 
+def epochs_vectors() -> dict:
+    """Key reuse over one epoch (docs/protocol.md 1.2, 2.7): three clients, rounds 7, 8 and 10 of
+    epoch 3 with the same X25519 keys and a fresh self-mask seed each round. In round 8 client 3
+    drops after ShareKeys (it is in everyone's N2, its masked input never arrives): the server
+    removes the pairwise masks with 3 from the reconstructed s_sk_3, 3's epoch ends, and in round
+    10 it comes back with new keys (`s_sk_rekeyed`) while 1 and 2 keep theirs."""
+    config, ids, _, _, _, s_sk, _ = _round_fixture()
+    epoch = 3
+    inputs = {1: [0.5, -0.25, 1.0, 2.0], 2: [-1.5, 0.75, 0.0, 0.125], 3: [4.0, -4.0, 0.5, -0.5]}
+    keys = {u: dict(s_sk) for u in (7, 8)}
+    keys[10] = {**s_sk, 3: fixed("s-sk-3-rekeyed")}
+    plan = {7: ([1, 2, 3], [1, 2, 3]), 8: ([1, 2, 3], [1, 2]), 10: ([1, 2, 3], [1, 2, 3])}
+    out = {"config": hx(config.encode()), "epoch": epoch, "rounds": []}
+    for round_id, (n2, survivors) in plan.items():
+        sk = keys[round_id]
+        seeds = {u: fixed(f"b-{u}-round-{round_id}") for u in n2}
+        pairs = []
+        for u in n2:
+            for v in n2:
+                if u < v:
+                    shared = kdf.x25519(sk[u], kdf.x25519_public(sk[v]))
+                    ekey = kdf.pairwise_epoch_key(shared, u, v, epoch)
+                    pairs.append({"u": u, "v": v, "epoch_key": hx(ekey),
+                                  "round_key": hx(kdf.pairwise_round_key(ekey, round_id))})
+        clients, total = [], np.zeros(config.words, dtype=np.uint32)
+        for u in survivors:
+            encoded = fixedpoint.encode(np.array(inputs[u]), 1, config.frac_bits, config.clip_q, 32)
+            masked = encoded.copy()
+            gen = prg.MaskGenerator(config.words, 32)
+            skey = kdf.self_mask_key(seeds[u], u, epoch, round_id)
+            gen.add(masked, skey)
+            for v in n2:
+                if v != u:
+                    key = kdf.pairwise_mask_key(sk[u], kdf.x25519_public(sk[v]), u, v, epoch, round_id)
+                    (gen.add if u < v else gen.subtract)(masked, key)
+            total += masked
+            clients.append({"id": u, "s_sk": hx(sk[u]), "s_pk": hx(kdf.x25519_public(sk[u])),
+                            "self_mask_seed": hx(seeds[u]), "self_mask_key": hx(skey),
+                            "input": inputs[u], "encoded": [int(w) for w in encoded],
+                            "masked": [int(w) for w in masked]})
+        gen = prg.MaskGenerator(config.words, 32)
+        for u in survivors:
+            gen.subtract(total, kdf.self_mask_key(seeds[u], u, epoch, round_id))
+        dropped = [d for d in n2 if d not in survivors]
+        for d in dropped:
+            for v in survivors:
+                key = kdf.pairwise_mask_key(sk[d], kdf.x25519_public(sk[v]), d, v, epoch, round_id)
+                (gen.subtract if v < d else gen.add)(total, key)
+        out["rounds"].append({"round": round_id, "n2": n2, "survivors": survivors, "dropped": dropped,
+                              "s_sk_rekeyed": {str(u): hx(sk[u]) for u in n2 if sk[u] != s_sk[u]},
+                              "pairs": pairs, "clients": clients,
+                              "sum_unmasked": [int(w) for w in total]})
+    return out
+
+
 def graph_vectors() -> dict:
     cases = []
     for n, k in ((10, 4), (16, 6), (7, 0)):
@@ -233,7 +288,7 @@ def wire_vectors() -> dict:
 
 GENERATORS = {"kdf": kdf_vectors, "prg": prg_vectors, "shamir": shamir_vectors,
               "fixedpoint": fixedpoint_vectors, "masking": masking_vectors, "graph": graph_vectors,
-              "wire": wire_vectors}
+              "wire": wire_vectors, "epochs": epochs_vectors}
 
 
 def build() -> dict[str, str]:
