@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "secagg": ("protocol.bench", "secure aggregation, all clients in one process"),
     "epochs": ("protocol.bench_epochs", "per-round client cost with and without key reuse"),
+    "dp": ("privacy.experiment", "accuracy against epsilon: distributed DP federated training on real data"),
     "model": ("models.bench", "IDS model size, latency and int8 agreement"),
     "attest": ("attestation.bench", "TPM quote and verification latency"),
     "gateway": ("gateway.bench", "gateway rounds through the broker"),
