@@ -57,6 +57,7 @@ class AgentConfig:
     lr: float = 3e-3                       # local Adam step; a fresh optimiser each round
     seed: int = 0
     record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
+    tpm: dict | None = None                # {"tcti": "swtpm:host=...,port=..."}: quote with this TPM
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentConfig":
@@ -102,6 +103,8 @@ class Agent:
         self._warned_runtime = False
         self._saved_seq = self.store.state.alert_seq
         self.stopping = threading.Event()
+        self.attestor = None
+        self.next_enrol = 0.0
         config.broker.client_id = config.broker.client_id or f"agent-{config.agent_id}"
         offline = Heartbeat(config.agent_id, "offline", 0, -1, 0, 0).encode()
         self.transport = MqttTransport(config.broker, self.topics.agent_subscriptions(config.agent_id),
@@ -110,8 +113,52 @@ class Agent:
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.tpm:
+            self._open_tpm()
         self.transport.start()
         self._hello()
+
+    def _open_tpm(self) -> None:
+        from attestation.measure import measure_agent
+        from attestation.tpm_agent import TpmAttestor
+        tcti = self.config.tpm.get("tcti") if isinstance(self.config.tpm, dict) else None
+        if not isinstance(tcti, str):
+            raise AgentConfigError("agent config: key 'tpm.tcti' must be a TCTI string")
+        self.attestor = TpmAttestor(tcti, Path(self.config.state_dir) / "tpm")
+        # PCR 23 holds the measurement of the code this agent runs; quotes report it.
+        self.attestor.extend_measurement(measure_agent(Path(__file__).resolve().parents[1]))
+
+    def _enrolled(self) -> bool:
+        return (Path(self.config.state_dir) / "tpm" / "enrolled").exists()
+
+    def _maybe_enrol(self, now: float) -> None:
+        if self.attestor is None or self._enrolled() or now < self.next_enrol:
+            return
+        self.next_enrol = now + 5.0   # resent until a challenge is answered (the gateway may start later)
+        request = self.attestor.enrolment_request(self.config.agent_id, self.profile.name)
+        self.transport.publish(self.topics.agent(self.config.agent_id, "enrol"), request.to_bytes())
+
+    def _on_challenge(self, payload: bytes) -> None:
+        from attestation.errors import AttestationError
+        from attestation.messages import EnrolmentChallenge
+        if self.attestor is None:
+            return self._reject("enrolment challenge without a TPM")
+        try:
+            response = self.attestor.activate(self.config.agent_id, EnrolmentChallenge.from_bytes(payload))
+        except (AttestationError, RuntimeError, ValueError) as exc:
+            return self._reject(f"enrolment challenge refused: {exc}")
+        self.transport.publish(self.topics.agent(self.config.agent_id, "enrol"), response.to_bytes())
+        log.info("enrolment challenge answered (TPM credential activated)")
+
+    def _send_quote(self, ann: RoundAnnounce) -> None:
+        from attestation.errors import AttestationError
+        from gateway.attest import attestation_round
+        try:
+            evidence = self.attestor.quote(bytes.fromhex(ann.nonce), attestation_round(ann.round, ann.attempt),
+                                           bytes(self.identity.verify_key))
+        except (AttestationError, RuntimeError, ValueError) as exc:
+            return self._reject(f"cannot quote: {exc}")
+        self.transport.publish(self.topics.agent(self.config.agent_id, "attest"), evidence.to_bytes())
 
     def _hello(self) -> None:
         msg = Hello(self.config.agent_id, self.profile.name, self.profile.model_variant, self.profile.mask_bits,
@@ -155,6 +202,8 @@ class Agent:
                 self._on_round(payload)
             elif kind == "protocol":
                 self._on_frame(Envelope.decode(payload, self.profile.payload_limit_bytes))
+            elif kind == "attest" and topic == self.topics.to_agent(self.config.agent_id, "attest"):
+                self._on_challenge(payload)
         except WireError as exc:
             self._reject(f"{topic}: {exc}")
 
@@ -249,6 +298,8 @@ class Agent:
         self.trained = None
         self.state = "training"
         self._heartbeat()
+        if self.attestor is not None:
+            self._send_quote(ann)      # no quote, no seat
         self.training = threading.Thread(target=self._train, args=(ann,), daemon=True)
         self.training.start()
         log.info("round %d.%d: seated in %s as %d", ann.round, ann.attempt, ann.cohort, me[0][1])
@@ -311,6 +362,7 @@ class Agent:
             self.store.save()
 
     def _tick(self, now: float) -> None:
+        self._maybe_enrol(now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.config.heartbeat_s
             self._heartbeat()

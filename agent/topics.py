@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 # What an agent publishes about itself.
-AGENT_KINDS = ("hello", "heartbeat", "alerts", "attest", "protocol", "masked")
+AGENT_KINDS = ("hello", "heartbeat", "alerts", "enrol", "attest", "protocol", "masked")
 # What the gateway publishes to all agents or to one.
 BROADCAST_KINDS = ("round", "model-cnn-lstm", "model-micro", "pipeline", "protocol", "attest", "status")
 

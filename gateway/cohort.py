@@ -130,8 +130,9 @@ class CohortRun:
         self.stage_deadline = now + self.deadlines_s[self.aggregation.stage_key]
         return self.aggregation.start()
 
-    def tick(self, now: float) -> list[Outgoing]:
-        """Advance on completion or deadline; returns frames to send."""
+    def tick(self, now: float, offline: set[str] = frozenset()) -> list[Outgoing]:
+        """Advance on completion or deadline; returns frames to send. Participants in `offline`
+        are not waited for."""
         if self.state is CohortState.ANNOUNCED:
             everyone = all(p.evidence_ok or p.outcome == "refused" for p in self.participants.values())
             if everyone or now >= self.stage_deadline:
@@ -140,7 +141,8 @@ class CohortRun:
         if self.state is not CohortState.AGGREGATING:
             return []
         agg = self.aggregation
-        if not (agg.stage_complete() or now >= self.stage_deadline):
+        gone = {p.sid for a, p in self.participants.items() if a in offline}
+        if not (agg.stage_complete(gone) or now >= self.stage_deadline):
             return []
         out = agg.close_stage()
         if agg.failed:

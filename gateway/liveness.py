@@ -22,6 +22,7 @@ class AgentInfo:
     alerts: Counter = field(default_factory=Counter)
     last_alert_seq: int = -1
     records_total: int = 0
+    disconnected: bool = False    # its MQTT will arrived: the broker saw the connection die
 
     @property
     def alerts_total(self) -> int:
@@ -39,6 +40,7 @@ class AgentTable:
         if info is None:
             info = self.agents[msg.agent_id] = AgentInfo(msg, identity_pk, now)
         info.hello, info.identity_pk, info.last_seen, info.state = msg, identity_pk, now, "online"
+        info.disconnected = False
         return info
 
     def heartbeat(self, msg: Heartbeat, now: float | None = None) -> AgentInfo | None:
@@ -47,6 +49,7 @@ class AgentTable:
             return None
         info.last_seen = time.monotonic() if now is None else now
         info.state = msg.state if msg.state in STATES else "online"
+        info.disconnected = msg.state == "offline"
         info.round, info.model_version, info.records_total = msg.round, msg.model_version, msg.records_total
         return info
 

@@ -71,15 +71,17 @@ class CohortAggregation:
             Stage.UNMASKING: (set(s.unmask), set(s.consistency)),
         }.get(s.stage, (set(), set()))
 
-    def stage_complete(self) -> bool:
+    def stage_complete(self, gone: set[int] = frozenset()) -> bool:
+        """Everyone still expected has answered; `gone` are clients known to be offline (their
+        MQTT will arrived), who are not waited for until the deadline."""
         got, expected = self._collected_and_expected()
-        return expected <= got
+        return (expected - set(gone)) <= got
 
     def close_stage(self) -> list[Outgoing]:
         got, expected = self._collected_and_expected()
         stage = self.stage_key
         for sid in expected - got:
-            self.fell_out.setdefault(sid, f"missed the {stage} deadline")
+            self.fell_out.setdefault(sid, f"dropped out in stage {stage}")
         out = self.server.close_stage()
         frames = []
         if out.broadcast is not None:

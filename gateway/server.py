@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.agents = AgentTable(offline_after_s=3 * config.heartbeat_s + 2)
         self.identity = self._load_identity()
+        self.attestation = None
+        if config.require_attestation:
+            from gateway.attest import GatewayAttestation
+            self.attestation = GatewayAttestation(self.state_dir)
         self._prepare_data()
         self.models: dict[str, np.ndarray] = {}
         self.versions: dict[str, ModelVersion] = {}
@@ -161,6 +166,8 @@ class Gateway:
                 self._on_frame(agent_id, payload)
             elif kind == "attest":
                 self._on_attest(agent_id, payload)
+            elif kind == "enrol":
+                self._on_enrol(agent_id, payload)
         except WireError as exc:
             self._reject("malformed", f"{topic}: {exc}")
 
@@ -199,13 +206,23 @@ class Gateway:
         except (ProtocolError, RuntimeError, KeyError) as exc:
             self._reject(type(exc).__name__, f"{agent_id} in {run.name}: {exc}")
 
+    def _on_enrol(self, agent_id: str, payload: bytes) -> None:
+        if self.attestation is None:
+            return self._reject("attestation", f"{agent_id}: enrolment sent to a gateway without attestation")
+        from attestation.errors import AttestationError
+        try:
+            challenge = self.attestation.on_enrol(agent_id, payload)
+        except (AttestationError, ValueError) as exc:
+            return self._reject("enrolment", f"{agent_id}: {exc}")
+        if challenge is not None:
+            self._send(self.topics.to_agent(agent_id, "attest"), challenge)
+
     def _on_attest(self, agent_id: str, payload: bytes) -> None:
         run = self._cohort_of(agent_id)
-        if run is None:
+        if run is None or self.attestation is None:
             return self._reject("out-of-round", f"{agent_id}: attestation outside a round")
-        from gateway.attest import verify_evidence
-        ok, reason = verify_evidence(agent_id, payload, run.nonce, run.participants[agent_id].identity_pk,
-                                     self.state_dir)
+        ok, reason = self.attestation.verify(agent_id, run.round, run.attempt,
+                                             run.participants[agent_id].identity_pk, payload)
         if not ok:
             self._reject("attestation", f"{agent_id}: {reason}")
         run.attested(agent_id, ok, reason)
@@ -218,7 +235,7 @@ class Gateway:
 
     def _start_round(self, now: float) -> None:
         groups: dict[tuple[str, int], list] = {}
-        for info in self.agents.online():
+        for info in self._eligible():
             groups.setdefault((info.hello.model_variant, info.hello.mask_bits), []).append(info)
         self.cohorts = {}
         self.registry.begin_round(self.round, self.attempt)
@@ -232,10 +249,13 @@ class Gateway:
             members.sort(key=lambda a: a.hello.agent_id)
             participants = {a.hello.agent_id: Participant(a.hello.agent_id, self._sid(a.hello.agent_id),
                                                           a.identity_pk, a.hello.samples) for a in members}
+            quoted = any(self._needs_quote(a) for a in members)
             run = CohortRun(self.round, self.attempt, variant, bits, participants,
                             threshold_for(len(participants), self.config.threshold_fraction),
-                            self.config.deadlines_s, self.config.require_attestation,
-                            dim=self.models[variant].size, server_identity=self.identity)
+                            self.config.deadlines_s, quoted,
+                            dim=self.models[variant].size, server_identity=self.identity,
+                            nonce=(self.attestation.issue_nonce(self.round, self.attempt) if quoted
+                                   else os.urandom(32)))
             run.start(now)
             self.cohorts[run.name] = run
             announce = RoundAnnounce(self.round, self.attempt, run.name, variant, bits,
@@ -249,6 +269,17 @@ class Gateway:
                      run.name, len(participants), run.threshold)
         if not self.cohorts:
             self._close_round(now)
+
+    def _eligible(self) -> list:
+        """Online agents that can take a seat: enrolled, when they must quote (an agent that is
+        not enrolled yet cannot produce a quote we would accept)."""
+        return [i for i in self.agents.online()
+                if not (self._needs_quote(i) and not self.attestation.enrolled(i.hello.agent_id))]
+
+    def _needs_quote(self, info) -> bool:
+        """TPM-rooted agents must quote; device-key boards (ESP32) are seated on their signed
+        protocol identity, their device-key evidence is not checked by this gateway."""
+        return self.attestation is not None and info.hello.attestation == "tpm-required"
 
     def _send(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("down").inc(len(payload))
@@ -325,7 +356,7 @@ class Gateway:
         self.cohorts = {}
         self.round += 1
         self.attempt = 0
-        self.next_start = now + 0.5
+        self.next_start = now + self.config.round_interval_s
         if self.round > self.config.rounds:
             self.done = True
 
@@ -356,13 +387,15 @@ class Gateway:
             return
         if not self.cohorts:
             # min_agents gates only the first round: later rounds go on with whoever is online.
-            fleet_ready = self.round > 1 or len(self.agents.online()) >= self.config.min_agents
-            if now >= self.next_start and fleet_ready and self.agents.online():
+            eligible = self._eligible()
+            fleet_ready = self.round > 1 or len(eligible) >= self.config.min_agents
+            if now >= self.next_start and fleet_ready and eligible:
                 self._start_round(now)
         else:
+            offline = {a for a, i in self.agents.agents.items() if i.disconnected}
             for run in list(self.cohorts.values()):
                 if not run.closed:
-                    self._dispatch(run, run.tick(now))
+                    self._dispatch(run, run.tick(now, offline))
             if all(r.closed for r in self.cohorts.values()):
                 self._close_round(now)
         self._refresh_status()

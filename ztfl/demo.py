@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--firmware-agents", type=int, default=3,
                         help="ESP32 agents run in the MicroPython unix port when `micropython` is installed "
                              "(their own micro-32 cohort; 0: none)")
+    parser.add_argument("--no-attestation", action="store_true",
+                        help="run without swtpm quotes (by default each Linux agent has its own swtpm)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -59,8 +61,11 @@ def _status(port: int) -> dict | None:
         return None
 
 
-def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
-    """Write configs and start the gateway and agent processes."""
+def launch(args, work: Path, broker_url: str, tpms: list | None = None
+           ) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
+    """Write configs and start the gateway and agent processes. With `tpms` (a list to fill),
+    every Linux agent gets its own swtpm and the gateway requires attestation."""
+    from ztfl.services import start_swtpm
     exe = [sys.executable, "-m", "ztfl.cli"]
     profiles = [p for p in args.agents.split(",") if p]
     from ztfl.micropython_host import micropython_binary
@@ -70,8 +75,12 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
     gw_cfg = {"federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
               "state_dir": str(gw_state), "data": data, "model_size": args.model_size, "rounds": args.rounds,
               "min_agents": len(profiles) + n_fw, "min_cohort": 3, "heartbeat_s": 1.0,
-              "deadlines_s": {"attest": 2, "advertise": 15, "share": 15, "masked": 60,
-                              "consistency": 10, "unmask": 10}}
+              "round_interval_s": 3.0,
+              # Generous: a stage closes as soon as every live participant answered, so these
+              # bind only for an agent that hangs without disconnecting.
+              "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 180,
+                              "consistency": 30, "unmask": 30}}
+    gw_cfg["require_attestation"] = tpms is not None
     gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
     logs = work / "logs"
@@ -86,6 +95,11 @@ def launch(args, work: Path, broker_url: str) -> tuple[subprocess.Popen, list[su
                "model_size": args.model_size, "heartbeat_s": 1.0, "stream_rate_hz": 20.0,
                "train_epochs": 1, "max_batches": args.max_batches, "seed": i,
                "record_updates_dir": getattr(args, "record_updates_dir", None)}
+        if tpms is not None:
+            # One software TPM per Linux agent: it enrols, then quotes in every round.
+            tpm = start_swtpm(work / "tpm" / agent_id)
+            tpms.append(tpm)
+            cfg["tpm"] = {"tcti": tpm.tcti}
         path = work / f"{agent_id}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         agents.append(subprocess.Popen(exe + ["agent", "--config", str(path)],
@@ -189,6 +203,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
+    from hw_profiles import load_profile
     from ztfl.services import start_mosquitto
     console = Console(quiet=args.quiet)
     out = Path(args.out)
@@ -202,7 +217,8 @@ def run(args) -> int:
         broker = start_mosquitto(workdir=work / "mosquitto")
         broker_url = broker.url
     console.print(f"broker {broker_url}; agents: {args.agents}")
-    gateway, agents, gw_state = launch(args, work, broker_url)
+    tpms: list | None = None if args.no_attestation else []
+    gateway, agents, gw_state = launch(args, work, broker_url, tpms)
     killed = None
     code = 1
     try:
@@ -216,7 +232,10 @@ def run(args) -> int:
                     progress.update(task, completed=min(args.rounds, status["round"] - 1),
                                     description=f"round {status['round']}.{status['attempt']} "
                                                 f"{ {n: c['stage'] for n, c in status['cohorts'].items()} }")
-                    masked = any(c["stage"] == "masked" for c in status["cohorts"].values())
+                    # Kill the first agent while its own cohort waits for masked inputs: it has
+                    # shared its keys, so the others must reconstruct its masks.
+                    victim_cohort = "{}-{}".format(*load_profile(args.agents.split(",")[0]).cohort)
+                    masked = status["cohorts"].get(victim_cohort, {}).get("stage") == "masked"
                     if (killed is None and args.kill_round and status["round"] == args.kill_round and masked):
                         killed = agents[0]
                         killed.kill()
@@ -244,6 +263,8 @@ def run(args) -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for tpm in tpms or []:
+            tpm.stop()
         if broker:
             broker.stop()
     return code
