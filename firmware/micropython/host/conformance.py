@@ -1,7 +1,6 @@
 # Checks the firmware against the protocol's tests/vectors/*.json, inside MicroPython.
 # Reads {"<name>.json": <parsed content>, ...} on stdin; prints one JSON line:
 # {"checks": {"<file>": count}, "failures": ["<file>: <what>", ...]}. Not part of the bundle.
-import hashlib
 import json
 import struct
 import sys

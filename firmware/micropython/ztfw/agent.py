@@ -9,7 +9,6 @@ ready, then the masked input is streamed to the broker.
 Everything runs in one loop (`step`), with no threads: the same code runs on the board
 and in the unix port.
 """
-import array
 import gc
 import os
 import time

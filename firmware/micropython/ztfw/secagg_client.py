@@ -10,7 +10,6 @@ subclass and the session stays where it was (RoundAborted is final). Random byte
 drawn in the same order as the CPython client, so a fixed random source reproduces
 its frames byte for byte.
 """
-import array
 import hashlib
 import os
 
