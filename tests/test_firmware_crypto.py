@@ -233,3 +233,32 @@ def test_xchacha20_poly1305_matches_libsodium_and_rejects_tampering():
     assert out[1] == pt.hex()
     assert out[2:5] == ["AeadError"] * 3
     assert out[5] == nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(long_pt, b"", nonce, key).hex()
+
+
+_PURE_AES = r"""
+import sys, json
+from binascii import hexlify, unhexlify
+from ztfw import aes_ctr
+from ztfw.aes_pure import AesEcb
+d = json.loads(sys.stdin.read())
+out = {"fips": [], "ctr": []}
+for key, pt in d["fips"]:
+    buf = bytearray(16)
+    AesEcb(unhexlify(key)).encrypt(unhexlify(pt), buf)
+    out["fips"].append(hexlify(buf).decode())
+aes_ctr.use_cryptolib(False)
+for key, start, n in d["ctr"]:
+    out["ctr"].append(hexlify(aes_ctr.AesCtr(unhexlify(key), unhexlify(start)).read(n)).decode())
+print(json.dumps(out))
+"""
+
+
+def test_pure_aes_fallback_matches_fips197_and_cryptography():
+    pt = "00112233445566778899aabbccddeeff"
+    fips = [["000102030405060708090a0b0c0d0e0f", pt],                                   # FIPS-197 C.1
+            ["000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", pt]]   # C.3
+    cases = [(os.urandom(16), bytes(16), 1000), (os.urandom(32), bytes(12) + b"\xff\xff\xff\xfe", 100)]
+    out = run_json(_PURE_AES, {"fips": fips, "ctr": [[k.hex(), s.hex(), n] for k, s, n in cases]})
+    assert out["fips"] == ["69c4e0d86a7b0430d8cdb78070b4c55a", "8ea2b7ca516745bfeafc49904b496089"]
+    for (key, start, n), got in zip(cases, out["ctr"]):
+        assert got == Cipher(algorithms.AES(key), modes.CTR(start)).encryptor().update(bytes(n)).hex()

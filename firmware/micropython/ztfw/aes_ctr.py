@@ -10,6 +10,13 @@ except ImportError:
     _aes = None
 
 _ECB = 1
+_use_cryptolib = _aes is not None
+
+
+def use_cryptolib(flag):
+    """Select the port's cryptolib (True) or the pure fallback (False); tests compare both."""
+    global _use_cryptolib
+    _use_cryptolib = bool(flag) and _aes is not None
 _CHUNK_BLOCKS = 32
 _M128 = (1 << 128) - 1
 
@@ -20,7 +27,7 @@ class AesCtr:
             raise ValueError("AES key must be 16 or 32 bytes")
         if len(initial_block) != 16:
             raise ValueError("CTR initial block must be 16 bytes")
-        if _aes is not None:
+        if _use_cryptolib:
             self._encrypt = _aes(key, _ECB).encrypt
         else:
             from ztfw.aes_pure import AesEcb
