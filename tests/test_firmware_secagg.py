@@ -234,3 +234,74 @@ def test_masked_stream_matches_the_reference_encoder_in_both_word_paths():
         for k in minus:
             e = e - prg.mask(k, values.size + 1, bits)
         assert out["out"][i] == e.tobytes().hex(), (i, bits)
+
+
+def test_firmware_stage_transition_matrix():
+    """Walk a full round; at every stage every message type except the expected one (and ABORT,
+    which ends any unfinished stage) is refused with InvalidTransition, leaving the stage as is."""
+    config = RoundConfig(dim=8, threshold=2, max_clients=3, mask_bits=32, security=0)
+    ids = [1, 2, 3]
+    cohort = Cohort.create(ids, epoch=EPOCH)
+    server = ServerSession(config, cohort.server_identity, cohort.directory, EPOCH, ROUND)
+    peers = {c: ClientSession(c, cohort.identities[c], cohort.directory, cohort.epoch_keys[c], ROUND) for c in (1, 2)}
+    for c, s in peers.items():
+        s.set_input(np.zeros(8, dtype=np.float32), 1)
+    import hashlib
+
+    def server_frame(mtype: int) -> bytes:
+        body = bytes(4)
+        head = struct.pack("<2sBBHHIII", b"ZS", 1, mtype, 0, 0, EPOCH, ROUND, len(body))
+        return head + body + cohort.server_identity.sign(head + hashlib.sha256(body).digest()).signature
+
+    expected = {"AdvertiseKeys": wire.ROUND_CONFIG, "ShareKeys": wire.ROSTER,
+                "MaskedInputCollection": wire.SHARES_RELAY, "ConsistencyCheck": wire.CONSISTENCY_REQUEST,
+                "Unmasking": wire.UNMASK_REQUEST}
+    all_types = range(wire.ROUND_CONFIG, wire.ABORT + 1)
+    refused = 0
+    with FirmwareClient() as fw:
+        keys = cohort.epoch_keys[3]
+        fw.open_session(3, cohort.identities[3].encode(), {k: bytes(v) for k, v in cohort.directory.items()},
+                        EPOCH, keys.c_sk, keys.s_sk, ROUND)
+        fw.set_input([0.5] * 8, 1)
+        out = server.round_config()
+        for stage in Stage.order()[:-1]:
+            assert fw.stage is None or fw.stage == stage.value
+            for mtype in all_types:
+                if mtype in (expected[stage.value], wire.ABORT):
+                    continue
+                assert fw.receive(server_frame(mtype)) == (None, "InvalidTransition"), (stage, mtype)
+                assert fw.stage == stage.value
+                refused += 1
+            for c in ids:
+                frame = out if isinstance(out, bytes) else out.frame_for(c)
+                if frame is None:
+                    continue
+                if c == 3:
+                    reply, error = fw.receive(frame)
+                    assert error is None
+                else:
+                    reply = peers[c].receive(frame)
+                if reply:
+                    server.receive(reply)
+            out = server.close_stage()
+        assert fw.stage == "Done"
+        for mtype in all_types:   # nothing moves a finished session, not even ABORT
+            assert fw.receive(server_frame(mtype)) == (None, "InvalidTransition")
+            refused += 1
+    assert refused == 5 * 9 + 11
+    assert server.result is not None
+
+
+def test_firmware_abort_is_final(lone_firmware_client):
+    fw, server_key, _ = lone_firmware_client
+    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))[1] is None
+    bad_reserved = wire.Abort(0, EPOCH, ROUND, wire.ABORT_TIMEOUT).encode(server_key)
+    head, body = bad_reserved[:20], b"\x04\x00\x01\x00"
+    import hashlib
+    bad_reserved = head + body + server_key.sign(head + hashlib.sha256(body).digest()).signature
+    assert fw.receive(bad_reserved) == (None, "MalformedMessage") and fw.stage == "ShareKeys"
+    assert fw.receive(wire.Abort(0, EPOCH, ROUND, wire.ABORT_TIMEOUT).encode(server_key)) == (None, None)
+    assert fw.stage == "Aborted"
+    assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key)) == \
+        (None, "InvalidTransition")
