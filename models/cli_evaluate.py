@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", choices=("fgsm", "pgd"), default=None)
     p.add_argument("--eps", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--attack-rows", type=int, default=None, help="attack at most this many rows")
     p.add_argument("--max-rows", type=int, default=None, help="stratified subsample (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -31,7 +32,8 @@ def run(args) -> int:
     except (DataFormatError, FileNotFoundError) as e:
         print(f"ztfl evaluate: {e}", file=sys.stderr)
         return 2
-    metrics = evaluate(model, data, attack_kind=args.attack, eps=args.eps, steps=args.steps, seed=args.seed)
+    metrics = evaluate(model, data, attack_kind=args.attack, eps=args.eps, steps=args.steps, seed=args.seed,
+                       attack_rows=args.attack_rows)
     metrics.update({"model": str(args.model), "data": str(args.data), "format": args.format,
                     "target": pipeline.target})
     if args.json:

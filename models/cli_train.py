@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-attack", choices=("fgsm", "pgd"), default=None,
                    help="also report robust accuracy on the validation split")
     p.add_argument("--eval-steps", type=int, default=10)
+    p.add_argument("--eval-rows", type=int, default=None, help="attack at most this many validation rows")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -48,7 +49,7 @@ def run(args) -> int:
                       class_weighting=not args.no_class_weights, seed=args.seed)
     result = train_local(model, prep.train, cfg)
     metrics = evaluate(model, prep.val, attack_kind=args.eval_attack, eps=args.eps, steps=args.eval_steps,
-                       seed=args.seed)
+                       seed=args.seed, attack_rows=args.eval_rows)
     report = {"format": args.format, "target": args.target, "model": args.kind, "size": args.size,
               "parameters": num_trainable(model), "rows_read": prep.n_rows_read,
               "rows_unique": prep.n_rows_unique, "train_rows": len(prep.train), "val_rows": len(prep.val),

@@ -123,6 +123,8 @@ def test_adversarial_training_runs_and_evaluate_reports_robust_accuracy(kdd):
     assert 0.0 <= res["robust_accuracy"] <= 1.0
     assert set(res["per_class_recall"]) <= set(prep.pipeline.classes)
     assert 0.0 <= res["macro_f1"] <= 1.0
+    capped = evaluate(m, prep.val, attack_kind="fgsm", eps=0.05, attack_rows=10)
+    assert capped["attacked_rows"] == 10 and 0.0 <= capped["clean_accuracy_attacked_rows"] <= 1.0
 
 
 def test_train_and_evaluate_commands_on_a_file_with_an_unseen_category(kdd, tmp_path, capsys):
