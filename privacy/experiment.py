@@ -80,7 +80,8 @@ def train_run(args, prep, parts, epsilon: float) -> dict:
     clip = args.clip if private else 1e6
     # Fixed point: 16 fractional bits; per-coordinate range large enough for clipped updates plus noise.
     config = RoundConfig.for_range(dim=dim, max_clients=n, threshold=max(min_surv, n // 2 + 1),
-                                   clip=min(clip, 64.0), frac_bits=16, mask_bits=32, security=SEMI_HONEST)
+                                   clip=min(clip, 64.0), frac_bits=16, mask_bits=32, security=SEMI_HONEST,
+                                   key_reuse=True)
     if private and not params.headroom_ok(n, config.clip_q, 32):
         raise ValueError("noise too large for 32-bit words: lower frac_bits or use 64-bit masks")
     cohort = Cohort.create(ids)
@@ -103,7 +104,7 @@ def train_run(args, prep, parts, epsilon: float) -> dict:
                 words = fixedpoint.encode(updates[c], 1, config.frac_bits, config.clip_q, config.mask_bits)
                 encoded[c] = add_noise(words, params, rng)
         epoch = schedule.epoch_for(r, float(r))
-        keys = {c: keyrings[c].keys_for(epoch, r, float(r)) for c in ids}
+        keys = {c: keyrings[c].keys_for(epoch, r, float(r), config.key_reuse) for c in ids}
         run = run_round(config, cohort, updates, round_id=r, epoch_keys=keys,
                         revealed_keys=schedule.revealed_keys, encoded=encoded)
         for c in ids:

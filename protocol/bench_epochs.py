@@ -1,8 +1,9 @@
 """`ztfl bench epochs`: per-round client cost with and without key reuse (CPython client).
 
 The same cohort runs `--rounds` rounds twice, all clients in this process: once with one key
-setup for the whole run (EpochPolicy(max_rounds=rounds)) and once with per-round key agreement
-(EpochPolicy.per_round(), the Bonawitz / SecAgg+ baseline). Per-round figures are means over
+setup for the whole run (key-reuse rounds, EpochPolicy(max_rounds=rounds)) and once with
+per-round key agreement (EpochPolicy.per_round() and the classic rounds, the Bonawitz / SecAgg+
+baseline). Per-round figures are means over
 clients of the rounds after the first (the first round pays the setup either way). X25519
 operations are counted; times are wall-clock and process CPU seconds of the client code only.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -39,7 +41,7 @@ def run_policy(policy: EpochPolicy, config: RoundConfig, ids: list[int], rounds:
     for round_id in range(1, rounds + 1):
         epoch = schedule.epoch_for(round_id, float(round_id))
         t0, c0 = time.perf_counter(), time.process_time()
-        keys = {c: keyrings[c].keys_for(epoch, round_id, float(round_id)) for c in ids}
+        keys = {c: keyrings[c].keys_for(epoch, round_id, float(round_id), config.key_reuse) for c in ids}
         # Key generation is client work too (X25519 base multiplications happen on first use).
         setup_wall, setup_cpu = time.perf_counter() - t0, time.process_time() - c0
         before = {c: keys[c].agreements for c in ids}
@@ -72,7 +74,10 @@ def run(args) -> int:
     config = RoundConfig.for_range(dim=args.dim, max_clients=args.clients,
                                    threshold=minimum_threshold(group, SEMI_HONEST), clip=4.0,
                                    neighbors=args.neighbors, security=SEMI_HONEST)
-    reuse = run_policy(EpochPolicy(max_rounds=args.rounds), config, ids, args.rounds, args.seed)
+    # Key reuse (flag set: dropped clients are unmasked with round keys) against the classic
+    # per-round protocol (flag clear: fresh keys every round, epoch secrets Shamir-shared).
+    reuse = run_policy(EpochPolicy(max_rounds=args.rounds), replace(config, key_reuse=True), ids,
+                       args.rounds, args.seed)
     fresh = run_policy(EpochPolicy.per_round(), config, ids, args.rounds, args.seed)
     a = reuse["later_rounds_mean"]["client_cpu_seconds"]
     b = fresh["later_rounds_mean"]["client_cpu_seconds"]

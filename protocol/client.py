@@ -154,6 +154,9 @@ class ClientSession:
         if config.threshold_override and not self.accept_threshold_override:
             raise ConfigurationError("the server set the threshold override flag; this client refuses "
                                      "thresholds below the safe rule")
+        if not config.key_reuse and self.keys.uses > 1:
+            raise ConfigurationError("these epoch keys served earlier rounds: a round without key reuse "
+                                     "would share their secret (docs/protocol.md 2.7); use new keys")
         state = _RoundState(config=config, config_digest=config.digest())
         reply = self._reply(wire.AdvertiseKeys, config_digest=state.config_digest,
                             c_pk=self.keys.c_pk, s_pk=self.keys.s_pk)
@@ -199,7 +202,10 @@ class ClientSession:
         # fresh every round even when the epoch's mask key is reused.
         state.seed = self.randbytes(32)
         b_shares = shamir.split(state.seed, t, group, self.randbytes)
-        s_shares = shamir.split(self.keys.s_sk, t, group, self.randbytes)
+        # In a key-reuse round the epoch secret never leaves the client (docs 2.7): the second
+        # share slot carries shares of zero, so the frame layout stays the same.
+        secret = bytes(32) if config.key_reuse else self.keys.s_sk
+        s_shares = shamir.split(secret, t, group, self.randbytes)
         out = []
         for b_share, s_share in zip(b_shares, s_shares):
             peer = b_share.x
@@ -211,7 +217,7 @@ class ClientSession:
             plaintext = shamir.encode_y(b_share.y) + shamir.encode_y(s_share.y)
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             out.append(wire.EncryptedShare(peer, encrypt_share(key, self.randbytes(24), plaintext, aad)))
-        self.dealt_shares = True
+        self.dealt_shares = not config.key_reuse
         return self._reply(wire.ShareKeys, shares=tuple(out)), state
 
     def _on_relay(self, msg: wire.SharesRelay):
@@ -295,6 +301,16 @@ class ClientSession:
                                            "its self-mask share is withheld")
             y_b = old.own_share[0] if owner == self.client_id else old.held[owner][0]
             self_mask.append((owner, shamir.encode_y(y_b)))
+        if old.config.key_reuse:
+            # Only this round's key with each dropped neighbour: one-way from the epoch key, it
+            # unmasks nothing in any other round.
+            round_keys = tuple((d, self.keys.pairwise_mask_key(self.client_id, d, old.roster[d].s_pk,
+                                                                self.round_id))
+                               for d in sorted(dropped & set(old.held)))
+            self.released = {"self_mask": frozenset(o for o, _ in self_mask), "secret_key": frozenset(),
+                             "round_key": frozenset(d for d, _ in round_keys)}
+            return self._reply(wire.UnmaskRoundKeys, self_mask_shares=tuple(self_mask),
+                               round_keys=round_keys), old
         for owner in sorted(dropped & set(old.held)):
             secret_key.append((owner, shamir.encode_y(old.held[owner][1])))
         # Committed: from here the peers' keys count as revealed for the rest of the epoch.

@@ -16,6 +16,7 @@ from protocol.errors import ConfigurationError, MalformedMessage
 SEMI_HONEST = 0
 ACTIVE = 1
 FLAG_THRESHOLD_OVERRIDE = 0x01
+FLAG_KEY_REUSE = 0x02          # docs/protocol.md 2.7: epoch secrets are never shared
 
 CONFIG_STRUCT = struct.Struct("<IBBBBHHHHQI")  # 28 bytes
 MAX_DIM = 1 << 27   # 128 Mi words: a bound the decoders use before allocating
@@ -60,6 +61,7 @@ class RoundConfig:
     neighbors: int = 0             # 0: complete graph; else even degree (SecAgg+)
     security: int = ACTIVE
     threshold_override: bool = False
+    key_reuse: bool = False
 
     def __post_init__(self):
         _int("dim", self.dim, 1, MAX_DIM)
@@ -76,6 +78,8 @@ class RoundConfig:
             raise ConfigurationError(f"security must be 0 (semi-honest) or 1 (active), got {self.security!r}")
         if not isinstance(self.threshold_override, bool):
             raise ConfigurationError("threshold_override must be a bool")
+        if not isinstance(self.key_reuse, bool):
+            raise ConfigurationError("key_reuse must be a bool")
         _int("threshold", self.threshold, 1, 0xFFFF)
         group = group_size(self.max_clients, self.neighbors)
         if self.threshold_override:
@@ -108,7 +112,8 @@ class RoundConfig:
         return self.mask_bits // 8
 
     def encode(self) -> bytes:
-        flags = FLAG_THRESHOLD_OVERRIDE if self.threshold_override else 0
+        flags = (FLAG_THRESHOLD_OVERRIDE if self.threshold_override else 0) | \
+            (FLAG_KEY_REUSE if self.key_reuse else 0)
         return CONFIG_STRUCT.pack(self.dim, self.mask_bits, self.frac_bits, self.security, flags,
                                   self.threshold, self.neighbors, self.max_clients, 0,
                                   self.clip_q, self.max_weight)
@@ -119,11 +124,12 @@ class RoundConfig:
             raise MalformedMessage(f"ROUND_CONFIG body is {CONFIG_STRUCT.size} bytes, got {len(body)}")
         (dim, mask_bits, frac_bits, security, flags, threshold, neighbors, max_clients, reserved,
          clip_q, max_weight) = CONFIG_STRUCT.unpack(body)
-        if reserved or flags & ~FLAG_THRESHOLD_OVERRIDE:
+        if reserved or flags & ~(FLAG_THRESHOLD_OVERRIDE | FLAG_KEY_REUSE):
             raise MalformedMessage("reserved bits set in ROUND_CONFIG")
         return cls(dim=dim, threshold=threshold, max_clients=max_clients, mask_bits=mask_bits,
                    frac_bits=frac_bits, clip_q=clip_q, max_weight=max_weight, neighbors=neighbors,
-                   security=security, threshold_override=bool(flags & FLAG_THRESHOLD_OVERRIDE))
+                   security=security, threshold_override=bool(flags & FLAG_THRESHOLD_OVERRIDE),
+                   key_reuse=bool(flags & FLAG_KEY_REUSE))
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.encode()).digest()

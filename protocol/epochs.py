@@ -54,6 +54,7 @@ class RekeyReason(Enum):
     SECONDS = "the key lifetime in seconds is over"
     EXPOSED = "the last round may have revealed the mask secret"
     ROUND_NOT_INCREASING = "the round id did not increase"
+    NO_REUSE = "a round without key reuse gets keys of its own"
 
 
 class ClientKeyring:
@@ -76,13 +77,16 @@ class ClientKeyring:
         self.started_at = 0.0
         self.last_round: int | None = None
         self.exposed = False
+        self.single_use = False
         self.rekeys: list[tuple[int, RekeyReason]] = []
 
-    def _reason(self, epoch: int, round_id: int, now: float) -> RekeyReason | None:
+    def _reason(self, epoch: int, round_id: int, now: float, key_reuse: bool) -> RekeyReason | None:
         if self.keys is None:
             return RekeyReason.FIRST
         if self.exposed:
             return RekeyReason.EXPOSED
+        if not key_reuse or self.single_use:
+            return RekeyReason.NO_REUSE
         if epoch != self.keys.epoch:
             return RekeyReason.NEW_EPOCH
         if self.last_round is not None and round_id <= self.last_round:
@@ -93,20 +97,23 @@ class ClientKeyring:
             return RekeyReason.SECONDS
         return None
 
-    def keys_for(self, epoch: int, round_id: int, now: float) -> EpochKeys:
-        """The keys to use in round `round_id` of gateway epoch `epoch` (from the ROUND_CONFIG
-        header, `wire.peek(frame)`); new keys when the current ones may not serve it."""
+    def keys_for(self, epoch: int, round_id: int, now: float, key_reuse: bool = True) -> EpochKeys:
+        """The keys to use in round `round_id` of gateway epoch `epoch` (both from the ROUND_CONFIG
+        frame's header; `key_reuse` from its configuration); new keys when the current ones may
+        not serve it. Keys of a round without key reuse serve that round only."""
         for name, value in (("epoch", epoch), ("round_id", round_id)):
             if not isinstance(value, int) or not 0 <= value <= MAX_U32:
                 raise ValueError(f"{name} must be a u32, got {value!r}")
-        reason = self._reason(epoch, round_id, now)
+        reason = self._reason(epoch, round_id, now, key_reuse)
         if reason is not None:
             self.keys = EpochKeys.generate(epoch, self.randbytes, self.revealed_peer_keys)
             self.rounds_used = 0
             self.started_at = now
             self.exposed = False
             self.rekeys.append((round_id, reason))
+        self.single_use = not key_reuse
         self.rounds_used += 1
+        self.keys.uses += 1
         self.last_round = round_id
         return self.keys
 
@@ -160,8 +167,10 @@ class EpochSchedule:
         return self.epoch
 
     def finish(self, server) -> list[int]:
-        """The clients whose mask secret the round reconstructed (their epoch is over)."""
-        ended = sorted(server.dropped) if server.result is not None else []
+        """The clients whose mask secret the round reconstructed (their epoch is over); none in a
+        key-reuse round, where only round keys are given."""
+        reconstructed = server.result is not None and not server.config.key_reuse
+        ended = sorted(server.dropped) if reconstructed else []
         self.revealed_keys.update(server.adverts[d].s_pk for d in ended)
         self.ended[server.round_id] = ended
         return ended

@@ -32,6 +32,7 @@ class EpochKeys:
     s_sk: bytes
     revealed_peer_keys: set[bytes] = field(default_factory=set)
     agreements: int = 0
+    uses: int = 0          # rounds these keys were handed out for (set by the keyring)
     _c_pk: bytes = field(default=b"", repr=False)
     _s_pk: bytes = field(default=b"", repr=False)
     # (peer id, peer public key) -> derived 32-byte key; bound to the peer's key so a peer that

@@ -233,14 +233,18 @@ class ServerSession:
         return StageOutput(broadcast=request, recipients=signers)
 
     # ------------------------------------------------------------------ Unmasking
-    def _collect_unmask(self, msg: wire.UnmaskShares, frame) -> None:
+    def _collect_unmask(self, msg, frame) -> None:
         u = msg.sender
         if u not in self.consistency:
             raise UnknownSender(f"client {u} did not sign the survivor set")
         if u in self.unmask:
-            raise DuplicateMessage(f"second UNMASK_SHARES from {u}")
+            raise DuplicateMessage(f"second unmasking message from {u}")
+        reuse_message = isinstance(msg, wire.UnmaskRoundKeys)
+        if reuse_message != self.config.key_reuse:
+            raise ConsistencyViolation(
+                "a key-reuse round takes UNMASK_ROUND_KEYS, other rounds UNMASK_SHARES")
         b_owners = {o for o, _ in msg.self_mask_shares}
-        s_owners = {o for o, _ in msg.secret_key_shares}
+        s_owners = {o for o, _ in (msg.round_keys if reuse_message else msg.secret_key_shares)}
         if b_owners & s_owners:
             raise ConsistencyViolation(f"client {u} sent both share kinds for {sorted(b_owners & s_owners)}")
         holds = (self.neighbours[u] & self.u2) | {u}
@@ -254,12 +258,15 @@ class ServerSession:
         t = self.config.threshold
         b_shares: dict[int, list[shamir.Share]] = {o: [] for o in self.survivors}
         s_shares: dict[int, list[shamir.Share]] = {o: [] for o in self.dropped}
+        reuse = self.config.key_reuse
         for u in sorted(self.unmask):
             msg = self.unmask[u]
             for owner, y in msg.self_mask_shares:
                 b_shares[owner].append(shamir.Share(u, shamir.decode_y(y)))
-            for owner, y in msg.secret_key_shares:
+            for owner, y in () if reuse else msg.secret_key_shares:
                 s_shares[owner].append(shamir.Share(u, shamir.decode_y(y)))
+        if reuse:
+            s_shares = {}
         for owner, shares in (*b_shares.items(), *s_shares.items()):
             if len(shares) < t:
                 raise RoundAborted(f"{len(shares)} shares for client {owner}, threshold {t}",
@@ -270,7 +277,16 @@ class ServerSession:
             for owner in self.survivors:
                 seed = shamir.reconstruct_checked(b_shares[owner], t)
                 subtracts.append(kdf.self_mask_key(seed, owner, self.epoch, self.round_id))
-            for d in self.dropped:
+            for d in self.dropped if reuse else ():
+                # Every surviving neighbour of d that masked with d must give its round key with d:
+                # without one, that mask cannot be removed, and d's epoch secret is never asked for.
+                for v in sorted(self.neighbours[d] & set(self.survivors)):
+                    given = dict(self.unmask[v].round_keys) if v in self.unmask else {}
+                    if d not in given:
+                        raise RoundAborted(f"survivor {v} did not give its round key with dropped {d}",
+                                           wire.ABORT_RECONSTRUCTION_FAILED)
+                    (subtracts if v < d else adds).append(given[d])
+            for d in () if reuse else self.dropped:
                 s_sk = shamir.reconstruct_checked(s_shares[d], t)
                 if kdf.x25519_public(s_sk) != self.adverts[d].s_pk:
                     raise RoundAborted(f"reconstructed key of {d} does not match its advertised key",
@@ -282,7 +298,8 @@ class ServerSession:
         except ShamirError as exc:
             raise RoundAborted(f"reconstruction failed: {exc}", wire.ABORT_RECONSTRUCTION_FAILED) from exc
         apply_masks(total, adds, subtracts, self.config.mask_bits, self.workers)
-        self.revealed_keys.update(self.adverts[d].s_pk for d in self.dropped)
+        if not reuse:
+            self.revealed_keys.update(self.adverts[d].s_pk for d in self.dropped)
         self.result = AggregateResult(total=total, mask_bits=self.config.mask_bits,
                                       frac_bits=self.config.frac_bits, survivors=self.survivors,
                                       dropped=self.dropped)
@@ -294,6 +311,7 @@ class ServerSession:
         wire.MASKED_INPUT: _collect_masked,
         wire.CONSISTENCY_SIGNATURE: _collect_consistency,
         wire.UNMASK_SHARES: _collect_unmask,
+        wire.UNMASK_ROUND_KEYS: _collect_unmask,
     }
     _CLOSE = {
         Stage.ADVERTISE_KEYS: _close_advertise,

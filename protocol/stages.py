@@ -55,6 +55,8 @@ SERVER_COLLECTS: dict[Stage, int] = {
 SERVER_TRANSITIONS: dict[tuple[Stage, object], Stage] = {}
 for _stage, _mtype in SERVER_COLLECTS.items():
     SERVER_TRANSITIONS[(_stage, _mtype)] = _stage
+# A key-reuse round collects UNMASK_ROUND_KEYS in Unmasking instead (the session checks which).
+SERVER_TRANSITIONS[(Stage.UNMASKING, wire.UNMASK_ROUND_KEYS)] = Stage.UNMASKING
 _order = Stage.order()
 for _i, _stage in enumerate(_order[:-1]):
     SERVER_TRANSITIONS[(_stage, CLOSE)] = _order[_i + 1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,18 +152,23 @@ def masking_vectors() -> dict:
 
 
 def epochs_vectors() -> dict:
-    """Key reuse over one epoch (docs/protocol.md 1.2, 2.7): three clients, rounds 7, 8 and 10 of
-    epoch 3 with the same X25519 keys and a fresh self-mask seed each round. In round 8 client 3
-    drops after ShareKeys (it is in everyone's N2, its masked input never arrives): the server
-    removes the pairwise masks with 3 from the reconstructed s_sk_3, 3's epoch ends, and in round
-    10 it comes back with new keys (`s_sk_rekeyed`) while 1 and 2 keep theirs."""
-    config, ids, _, _, _, s_sk, _ = _round_fixture()
+    """Key reuse over one epoch (docs/protocol.md 1.2, 2.7): a key-reuse configuration (flags bit
+    1), three clients, rounds 7, 8 and 10 of epoch 3 with the same X25519 keys and a fresh
+    self-mask seed each round. In round 8 client 3 drops after ShareKeys (it is in everyone's N2,
+    its masked input never arrives): the survivors give their round-8 keys with 3
+    (UNMASK_ROUND_KEYS, client 1's frame is included) and the server removes those masks. In
+    round 10 client 3 takes part with new keys (`s_sk_rekeyed`, e.g. after its own lifetime
+    ended) while 1 and 2 keep theirs."""
+    config, ids, identities, server_identity, _, s_sk, _ = _round_fixture()
+    config = replace(config, key_reuse=True)
     epoch = 3
     inputs = {1: [0.5, -0.25, 1.0, 2.0], 2: [-1.5, 0.75, 0.0, 0.125], 3: [4.0, -4.0, 0.5, -0.5]}
     keys = {u: dict(s_sk) for u in (7, 8)}
     keys[10] = {**s_sk, 3: fixed("s-sk-3-rekeyed")}
     plan = {7: ([1, 2, 3], [1, 2, 3]), 8: ([1, 2, 3], [1, 2]), 10: ([1, 2, 3], [1, 2, 3])}
-    out = {"config": hx(config.encode()), "epoch": epoch, "rounds": []}
+    config_frame = wire.RoundConfigMessage(0, epoch, 7, config).encode(server_identity)
+    out = {"config": hx(config.encode()), "epoch": epoch, "rounds": [],
+           "round_config_frame": hx(config_frame), "server_identity_seed": hx(fixed("identity-server"))}
     for round_id, (n2, survivors) in plan.items():
         sk = keys[round_id]
         seeds = {u: fixed(f"b-{u}-round-{round_id}") for u in n2}
@@ -198,6 +204,17 @@ def epochs_vectors() -> dict:
             for v in survivors:
                 key = kdf.pairwise_mask_key(sk[d], kdf.x25519_public(sk[v]), d, v, epoch, round_id)
                 (gen.subtract if v < d else gen.add)(total, key)
+        if dropped:
+            # Client 1's unmasking message of this round: self-mask shares (fixed values here)
+            # and its round key with each dropped client.
+            shares = tuple((u, shamir.encode_y(int.from_bytes(fixed(f"share-{u}-{round_id}"), "little")))
+                           for u in survivors)
+            keys_given = tuple((d, kdf.pairwise_mask_key(sk[1], kdf.x25519_public(sk[d]), 1, d, epoch, round_id))
+                               for d in dropped)
+            msg = wire.UnmaskRoundKeys(1, epoch, round_id, shares, keys_given)
+            frame = msg.encode(identities[1])
+            out["unmask_round_keys"] = {"round": round_id, "sender": 1, "type": msg.TYPE, "body": hx(msg.body()),
+                                        "frame": hx(frame), "identity_seed": hx(fixed("identity-1"))}
         out["rounds"].append({"round": round_id, "n2": n2, "survivors": survivors, "dropped": dropped,
                               "s_sk_rekeyed": {str(u): hx(sk[u]) for u in n2 if sk[u] != s_sk[u]},
                               "pairs": pairs, "clients": clients,

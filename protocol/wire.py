@@ -46,6 +46,7 @@ CONSISTENCY_SIGNATURE = 0x08
 UNMASK_REQUEST = 0x09
 UNMASK_SHARES = 0x0A
 ABORT = 0x0B
+UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
 
 ABORT_TOO_FEW_CLIENTS = 1
 ABORT_RECONSTRUCTION_FAILED = 2
@@ -406,6 +407,50 @@ class UnmaskShares(Message):
         return cls(sender, epoch, round_id, lists[0], lists[1])
 
 
+ROUND_KEY_BYTES = 16
+ROUND_KEY_ENTRY = 2 + ROUND_KEY_BYTES   # 18
+
+
+@dataclass(frozen=True)
+class UnmaskRoundKeys(Message):
+    """Unmasking in a key-reuse round: self-mask shares as in UNMASK_SHARES, and instead of shares
+    of a dropped client's epoch secret, the sender's own round key with each dropped neighbour."""
+    self_mask_shares: tuple[tuple[int, bytes], ...] = ()    # (owner, y 33 bytes), ascending
+    round_keys: tuple[tuple[int, bytes], ...] = ()          # (dropped peer, mkey 16 bytes), ascending
+    TYPE: ClassVar[int] = UNMASK_ROUND_KEYS
+
+    def body(self) -> bytes:
+        _ascending([owner for owner, _ in self.self_mask_shares], "UNMASK_ROUND_KEYS self-mask")
+        _ascending([peer for peer, _ in self.round_keys], "UNMASK_ROUND_KEYS round keys")
+        parts = [struct.pack("<HH", len(self.self_mask_shares), len(self.round_keys))]
+        parts.extend(struct.pack("<H", o) + _sized(y, SHARE_BYTES, "share") for o, y in self.self_mask_shares)
+        parts.extend(struct.pack("<H", d) + _sized(k, ROUND_KEY_BYTES, "round key") for d, k in self.round_keys)
+        return b"".join(parts)
+
+    @classmethod
+    def parse(cls, sender, epoch, round_id, body):
+        r = _Reader(body, "UNMASK_ROUND_KEYS")
+        n_b, n_k = r.unpack("<HH")
+        if n_b * UNMASK_ENTRY + n_k * ROUND_KEY_ENTRY != len(body) - 4:
+            raise MalformedMessage(f"UNMASK_ROUND_KEYS: {n_b} shares and {n_k} keys do not match "
+                                   f"the {len(body) - 4} bytes left")
+        shares = []
+        for _ in range(n_b):
+            (owner,) = r.unpack("<H")
+            y = r.take(SHARE_BYTES)
+            if int.from_bytes(y, "little") >= PRIME:
+                raise MalformedMessage("UNMASK_ROUND_KEYS: share value outside the field")
+            shares.append((owner, y))
+        keys = []
+        for _ in range(n_k):
+            (peer,) = r.unpack("<H")
+            keys.append((peer, r.take(ROUND_KEY_BYTES)))
+        r.done()
+        _ascending([o for o, _ in shares], "UNMASK_ROUND_KEYS self-mask")
+        _ascending([d for d, _ in keys], "UNMASK_ROUND_KEYS round keys")
+        return cls(sender, epoch, round_id, tuple(shares), tuple(keys))
+
+
 @dataclass(frozen=True)
 class Abort(Message):
     reason: int = ABORT_PROTOCOL_VIOLATION
@@ -426,7 +471,7 @@ class Abort(Message):
 
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
     RoundConfigMessage, AdvertiseKeys, Roster, ShareKeys, SharesRelay, MaskedInput,
-    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares, Abort)}
+    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares, Abort, UnmaskRoundKeys)}
 
 
 # ---------------------------------------------------------------------------------- frames

@@ -1,4 +1,6 @@
-"""Key epochs: one key setup for many rounds, exact aggregates, dropouts end an epoch, rekeying."""
+"""Key epochs: one key setup for many rounds (key-reuse rounds), exact aggregates, dropouts unmasked
+with round keys (the epoch secret never leaves a client), rekeying; and classic rounds, where a
+reconstructed mask secret ends its owner's epoch."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,34 +9,41 @@ import pytest
 from protocol import kdf
 from protocol.config import SEMI_HONEST, RoundConfig
 from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
-from protocol.errors import ConsistencyViolation
+from dataclasses import replace
+
+from protocol.errors import ConfigurationError, ConsistencyViolation
 from protocol.simulate import Cohort, expected_sums, run_round
 from protocol.stages import Stage
 
 IDS = [1, 2, 3, 4, 5]
 DIM = 40
-CONFIG = RoundConfig.for_range(dim=DIM, max_clients=len(IDS), threshold=3, clip=4.0,
-                               security=SEMI_HONEST)
+CLASSIC = RoundConfig.for_range(dim=DIM, max_clients=len(IDS), threshold=3, clip=4.0,
+                                security=SEMI_HONEST)
+CONFIG = replace(CLASSIC, key_reuse=True)
 
 
 class Fleet:
     """Clients with keyrings and a gateway with an epoch schedule, all in one process."""
 
-    def __init__(self, client_policy: EpochPolicy, gateway_policy: EpochPolicy | None = None):
+    def __init__(self, client_policy: EpochPolicy, gateway_policy: EpochPolicy | None = None,
+                 config: RoundConfig = CONFIG):
+        self.config = config
         self.cohort = Cohort.create(IDS)
         self.keyrings = {c: ClientKeyring(client_policy) for c in IDS}
         self.schedule = EpochSchedule(gateway_policy or client_policy)
         self.rng = np.random.default_rng(7)
 
-    def round(self, round_id: int, now: float = 0.0, drop_before=None, present=IDS):
+    def round(self, round_id: int, now: float = 0.0, drop_before=None, present=IDS, keys=None):
         epoch = self.schedule.epoch_for(round_id, now)
-        keys = {c: self.keyrings[c].keys_for(epoch, round_id, now) for c in present}
+        keys = keys or {c: self.keyrings[c].keys_for(epoch, round_id, now, self.config.key_reuse)
+                        for c in present}
         before = {c: keys[c].agreements for c in present}
         inputs = {c: self.rng.normal(0, 0.3, DIM) for c in present}
-        run = run_round(CONFIG, self.cohort, inputs, drop_before=drop_before, round_id=round_id,
+        run = run_round(self.config, self.cohort, inputs, drop_before=drop_before, round_id=round_id,
                         epoch_keys=keys, revealed_keys=self.schedule.revealed_keys)
         for c in present:
-            self.keyrings[c].finish(run.clients[c])
+            if keys[c] is self.keyrings[c].keys:
+                self.keyrings[c].finish(run.clients[c])
         ended = self.schedule.finish(run.server)
         run.x25519 = {c: keys[c].agreements - before[c] for c in present}
         run.inputs = inputs
@@ -89,68 +98,122 @@ def test_self_mask_seeds_are_fresh_each_round_and_pairwise_keys_change_with_the_
     assert round_keys == {kdf.pairwise_round_key(epoch_key, r) for r in (1, 2, 3)}
 
 
-def test_a_dropout_after_share_keys_ends_that_clients_epoch_and_it_rekeys_on_return():
+def test_a_dropout_in_a_key_reuse_round_is_unmasked_with_round_keys_and_keeps_every_epoch():
     fleet = Fleet(EpochPolicy(max_rounds=10))
     assert_exact(fleet.round(1))
-    old_keys = fleet.keyrings[5].keys
+    keys5 = fleet.keyrings[5].keys
     dropped = fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION})
     assert_exact(dropped)
-    assert dropped.result.dropped == (5,) and dropped.ended == [5]
-    assert old_keys.s_pk in fleet.schedule.revealed_keys
-    assert fleet.keyrings[5].exposed and not fleet.keyrings[1].exposed
-    # Peers that released shares of 5's key remember it.
-    assert old_keys.s_pk in fleet.keyrings[1].revealed_peer_keys
-
+    assert dropped.result.dropped == (5,) and dropped.ended == []
+    # Survivors gave their round-2 key with 5, never a share of 5's epoch secret.
+    for c in (1, 2, 3, 4):
+        released = dropped.clients[c].released
+        assert released["secret_key"] == frozenset() and released["round_key"] == frozenset({5})
+    assert fleet.schedule.revealed_keys == set() and not fleet.keyrings[5].exposed
+    # The shares 5 dealt in the secret-key slot are shares of zero, not of s_sk.
     back = fleet.round(3)
     assert_exact(back)
-    assert fleet.keyrings[5].rekeys[-1] == (3, RekeyReason.EXPOSED)
-    assert fleet.keyrings[5].keys is not old_keys
-    # Only the agreements with the returning client's new keys are redone by its peers.
-    assert back.x25519[1] == 2 and back.x25519[5] == 2 + 2 * (len(IDS) - 1)
-    assert fleet.keyrings[1].rekeys == [(1, RekeyReason.FIRST)]
+    assert fleet.keyrings[5].keys is keys5 and back.x25519 == {c: 0 for c in IDS}
 
 
-def test_a_client_that_drops_before_dealing_shares_keeps_its_epoch():
+def test_the_round_keys_given_for_a_dropout_open_no_other_round():
     fleet = Fleet(EpochPolicy(max_rounds=10))
     assert_exact(fleet.round(1))
-    run = fleet.round(2, drop_before={4: Stage.SHARE_KEYS})
+    run = fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION})
+    given = {v: dict(run.server.unmask[v].round_keys)[5] for v in (1, 2, 3, 4)}
+    keys = {v: fleet.keyrings[v].keys for v in (1, 2, 3, 4)}
+    pk5 = fleet.keyrings[5].keys.s_pk
+    for v in given:
+        assert given[v] == keys[v].pairwise_mask_key(v, 5, pk5, 2)
+        assert given[v] != keys[v].pairwise_mask_key(v, 5, pk5, 1)
+        assert given[v] != keys[v].pairwise_mask_key(v, 5, pk5, 3)
+
+
+def test_a_survivor_that_withholds_its_round_key_aborts_the_round_without_exposing_anyone():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    assert_exact(fleet.round(1))
+    run = fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION, 2: Stage.UNMASKING})
+    assert run.result is None and "round key" in run.server.abort_reason
+    assert not any(fleet.keyrings[c].exposed for c in IDS)
+    assert_exact(fleet.round(3))
+    assert all(fleet.keyrings[c].rekeys == [(1, RekeyReason.FIRST)] for c in IDS)
+
+
+def test_server_refuses_the_wrong_unmasking_message_for_the_round_kind():
+    from protocol import wire
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    run = fleet.round(1)
+    server = run.server
+    server.unmask.clear()
+    wrong = wire.UnmaskShares(1, server.epoch, server.round_id, (), ()).encode(fleet.cohort.identities[1])
+    server.stage = Stage.UNMASKING
+    with pytest.raises(ConsistencyViolation, match="key-reuse"):
+        server.receive(wrong)
+
+
+def test_keys_that_served_several_rounds_are_refused_in_a_classic_round():
+    fleet = Fleet(EpochPolicy(max_rounds=10))
+    assert_exact(fleet.round(1))
+    assert_exact(fleet.round(2))
+    reused = {c: fleet.keyrings[c].keys for c in IDS}
+    classic = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    classic.cohort = fleet.cohort
+    with pytest.raises(ConfigurationError, match="served earlier rounds"):
+        classic.round(3, keys=reused)
+
+
+def test_classic_rounds_get_fresh_keys_every_round():
+    fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    for round_id in (1, 2, 3):
+        run = fleet.round(round_id)
+        assert_exact(run)
+        assert all(n == 2 + 2 * (len(IDS) - 1) for n in run.x25519.values())
+    assert [reason for _, reason in fleet.keyrings[1].rekeys] == [RekeyReason.FIRST, RekeyReason.NO_REUSE,
+                                                                  RekeyReason.NO_REUSE]
+
+
+def test_a_classic_round_that_reconstructs_a_mask_secret_ends_that_clients_epoch():
+    fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    assert_exact(fleet.round(1))
+    dropped = fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION})
+    assert_exact(dropped)
+    revealed = fleet.keyrings[5].keys
+    assert dropped.ended == [5] and revealed.s_pk in fleet.schedule.revealed_keys
+    assert fleet.keyrings[5].exposed and not fleet.keyrings[1].exposed
+    assert revealed.s_pk in fleet.keyrings[1].revealed_peer_keys
+    assert_exact(fleet.round(3))
+    assert fleet.keyrings[5].rekeys[-1] == (3, RekeyReason.EXPOSED)
+    # Peers remember the revealed key across their own (per-round) rekeying.
+    assert revealed.s_pk in fleet.keyrings[1].keys.revealed_peer_keys
+
+
+def test_a_client_that_drops_before_dealing_shares_is_not_exposed():
+    fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    run = fleet.round(1, drop_before={4: Stage.SHARE_KEYS})
     assert_exact(run)
     assert run.ended == [] and not fleet.keyrings[4].exposed
-    assert_exact(fleet.round(3))
-    assert fleet.keyrings[4].rekeys == [(1, RekeyReason.FIRST)]
 
 
-def test_an_aborted_round_after_share_keys_ends_the_epoch_of_those_who_dealt():
-    fleet = Fleet(EpochPolicy(max_rounds=10))
-    assert_exact(fleet.round(1))
-    # 3 of 5 stop after ShareKeys: too few masked inputs, the server aborts.
-    run = fleet.round(2, drop_before={c: Stage.MASKED_INPUT_COLLECTION for c in (3, 4, 5)})
+def test_an_aborted_classic_round_after_share_keys_ends_the_epoch_of_those_who_dealt():
+    fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    run = fleet.round(1, drop_before={c: Stage.MASKED_INPUT_COLLECTION for c in (3, 4, 5)})
     assert run.result is None and run.ended == []
     assert all(fleet.keyrings[c].exposed for c in IDS)
-    assert_exact(fleet.round(3))
-    assert all(fleet.keyrings[c].rekeys[-1] == (3, RekeyReason.EXPOSED) for c in IDS)
+    assert_exact(fleet.round(2))
+    assert all(fleet.keyrings[c].rekeys[-1] == (2, RekeyReason.EXPOSED) for c in IDS)
 
 
 def test_a_client_returning_with_its_revealed_key_is_refused_even_in_a_later_epoch():
-    fleet = Fleet(EpochPolicy(max_rounds=10), gateway_policy=EpochPolicy(max_rounds=2))
+    fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
     assert_exact(fleet.round(1))
     assert_exact(fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION}))
     revealed = fleet.keyrings[5].keys
-    fleet.keyrings[5].exposed = False          # a faulty client that ignores the rule
-    revealed.epoch = 2                          # ... and relabels its old keys for the new epoch
+    # A faulty client that ignores the rule and relabels its old keys for the next round.
+    keys = {c: fleet.keyrings[c].keys_for(fleet.schedule.epoch, 3, 0.0, False) for c in IDS}
+    revealed.uses = 0
+    keys[5] = revealed
     with pytest.raises(ConsistencyViolation, match="revealed"):
-        fleet.round(3)
-    assert fleet.schedule.epoch == 2
-
-
-def test_peers_remember_revealed_keys_across_their_own_rekeying():
-    fleet = Fleet(EpochPolicy(max_rounds=2), gateway_policy=EpochPolicy(max_rounds=100))
-    assert_exact(fleet.round(1))
-    assert_exact(fleet.round(2, drop_before={5: Stage.MASKED_INPUT_COLLECTION}))
-    gone = fleet.keyrings[5].keys.s_pk
-    assert_exact(fleet.round(3))                # everyone's 2-round lifetime is over: new keys
-    assert fleet.keyrings[1].rekeys[-1] == (3, RekeyReason.ROUNDS)
-    assert gone in fleet.keyrings[1].keys.revealed_peer_keys
+        fleet.round(3, keys=keys)
 
 
 def test_lifetime_by_rounds_and_by_seconds():

@@ -82,3 +82,29 @@ def test_masked_words_and_the_unmasked_sum_follow_from_the_keys():
             total += np.array(c["encoded"], dtype=np.int64)
         assert [int(w) for w in total % M] == rnd["sum_unmasked"]
         assert rnd["sum_unmasked"][-1] == len(rnd["survivors"])
+
+
+def test_key_reuse_frames_decode_verify_and_reencode():
+    from nacl.signing import SigningKey
+
+    from protocol import wire
+    from protocol.config import FLAG_KEY_REUSE, RoundConfig
+
+    config = RoundConfig.decode(bytes.fromhex(VECTORS["config"]))
+    assert config.key_reuse and bytes.fromhex(VECTORS["config"])[7] & FLAG_KEY_REUSE
+    server = SigningKey(bytes.fromhex(VECTORS["server_identity_seed"]))
+    frame = bytes.fromhex(VECTORS["round_config_frame"])
+    msg = wire.decode_frame(frame).verify(server.verify_key)
+    assert msg.config == config and msg.epoch == VECTORS["epoch"]
+    entry = VECTORS["unmask_round_keys"]
+    client = SigningKey(bytes.fromhex(entry["identity_seed"]))
+    frame = bytes.fromhex(entry["frame"])
+    msg = wire.decode_frame(frame).verify(client.verify_key)
+    assert msg.TYPE == entry["type"] == wire.UNMASK_ROUND_KEYS == 0x0C
+    assert msg.body() == bytes.fromhex(entry["body"]) and msg.encode(client) == frame
+    body = bytes.fromhex(entry["body"])
+    n_b, n_k = struct.unpack("<HH", body[:4])
+    assert len(body) == 4 + 35 * n_b + 18 * n_k
+    rnd = {r["round"]: r for r in VECTORS["rounds"]}[entry["round"]]
+    pairs = {(p["u"], p["v"]): p["round_key"] for p in rnd["pairs"]}
+    assert [(d, k.hex()) for d, k in msg.round_keys] == [(d, pairs[(1, d)]) for d in rnd["dropped"]]

@@ -28,6 +28,7 @@ def server_frames(rnd: Round) -> dict[int, bytes]:
         wire.ConsistencySignature(0, EPOCH, ROUND, bytes(64)),
         wire.UnmaskRequest(0, EPOCH, ROUND, (), ()),
         wire.UnmaskShares(0, EPOCH, ROUND, (), ()),
+        wire.UnmaskRoundKeys(0, EPOCH, ROUND, (), ()),
         wire.Abort(0, EPOCH, ROUND, 1),
     ]
     return {m.TYPE: m.encode(key) for m in msgs}
@@ -46,6 +47,7 @@ def client_frames(rnd: Round, sender: int = 1) -> dict[int, bytes]:
         wire.ConsistencySignature(sender, EPOCH, ROUND, bytes(64)),
         wire.UnmaskRequest(sender, EPOCH, ROUND, (), ()),
         wire.UnmaskShares(sender, EPOCH, ROUND, (), ()),
+        wire.UnmaskRoundKeys(sender, EPOCH, ROUND, (), ()),
         wire.Abort(sender, EPOCH, ROUND, 1),
     ]
     return {m.TYPE: m.encode(key) for m in msgs}

@@ -165,7 +165,8 @@ def test_wire_frames_decode_verify_and_reencode_byte_for_byte():
         seed = h(data["identity_seeds"][str(entry["sender"])])
         assert msg.encode(SigningKey(seed)) == frame
         seen.add(msg.TYPE)
-    assert seen == set(wire.MESSAGE_TYPES)
+    # UNMASK_ROUND_KEYS (key-reuse rounds) has its frame in epochs.json.
+    assert seen == set(wire.MESSAGE_TYPES) - {wire.UNMASK_ROUND_KEYS}
 
 
 def test_share_encryption_vectors():
