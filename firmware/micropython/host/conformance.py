@@ -225,9 +225,108 @@ def wire_file(d):
     check(wire.parse_abort(u(frames["abort"]["body"])) == 1, "abort reason")
 
 
+def epochs_file(d):
+    """One key epoch over several rounds (docs/protocol.md 2.7): cached agreements, per-round
+    keys, masking, dropouts unmasked with round keys, and the UNMASK_ROUND_KEYS frame."""
+    from ztfw.secagg_keys import EpochKeys
+    server_seed = u(d["server_identity_seed"])
+    frame = u(d["round_config_frame"])
+    fr = wire.decode_frame(frame, 1 << 16)
+    try:
+        fr.verify(ed25519.public_key(server_seed))
+        check(True, "")
+    except BadSignature:
+        check(False, "round_config_frame signature")
+    cfg = wire.RoundConfig(fr.body)
+    check(h(cfg.body) == d["config"] and cfg.key_reuse, "key-reuse configuration")
+    ep = d["epoch"]
+    keyring = {}    # client -> EpochKeys, kept across rounds while its secret is unchanged
+    round_pks = {}
+    for rnd in d["rounds"]:
+        rd = rnd["round"]
+        clients = {c["id"]: c for c in rnd["clients"]}
+        sk = {}
+        for c in rnd["clients"]:
+            sk[c["id"]] = u(c["s_sk"])
+        pks = {}
+        for cid in rnd["n2"]:
+            # A dropped client is not listed: its keys are still those of the earlier round.
+            if cid in sk and (cid not in keyring or keyring[cid].s_sk != sk[cid]):
+                keyring[cid] = EpochKeys(ep, bytes(32), sk[cid])
+            pks[cid] = keyring[cid].s_pk
+        round_pks[rd] = pks
+        for p in rnd["pairs"]:
+            a, b = p["u"], p["v"]
+            if a in keyring and b in pks:
+                before = keyring[a].agreements
+                ek = keyring[a].pairwise_epoch_key(a, b, pks[b])
+                check(h(ek) == p["epoch_key"], "round %d epoch key %d-%d" % (rd, a, b))
+                check(h(keyring[a].pairwise_mask_key(a, b, pks[b], rd)) == p["round_key"],
+                      "round %d round key %d-%d" % (rd, a, b))
+                if rd != d["rounds"][0]["round"] and str(b) not in rnd["s_sk_rekeyed"] \
+                        and str(a) not in rnd["s_sk_rekeyed"]:
+                    check(keyring[a].agreements == before, "round %d reused the %d-%d agreement" % (rd, a, b))
+        total = [0] * (cfg.dim + 1)
+        for cid in rnd["survivors"]:
+            c = clients[cid]
+            check(h(x25519.public_key(sk[cid])) == c["s_pk"], "round %d s_pk %d" % (rd, cid))
+            skey = kdf.self_mask_key(u(c["self_mask_seed"]), cid, ep, rd)
+            check(h(skey) == c["self_mask_key"], "round %d self-mask key %d" % (rd, cid))
+            plus, minus = [skey], []
+            for v in rnd["n2"]:
+                if v != cid:
+                    key = keyring[cid].pairwise_mask_key(cid, v, pks[v], rd)
+                    (plus if cid < v else minus).append(key)
+            got = words_of(c["input"], 1, cfg.frac_bits, cfg.clip_q, 32)
+            check(got == c["encoded"], "round %d encoded %d" % (rd, cid))
+            masked = words_of(c["input"], 1, cfg.frac_bits, cfg.clip_q, 32, plus, minus)
+            check(masked == c["masked"], "round %d masked %d" % (rd, cid))
+            for i in range(len(total)):
+                total[i] = (total[i] + masked[i]) & 0xFFFFFFFF
+        # The server's side: self masks off, and each dropped client's pairwise masks removed
+        # with the round keys the survivors gave (never the dropped client's epoch secret).
+        for cid in rnd["survivors"]:
+            skey = kdf.self_mask_key(u(clients[cid]["self_mask_seed"]), cid, ep, rd)
+            m = words_of([0.0] * cfg.dim, 1, 0, 1, 32, plus=[skey])
+            for i in range(len(total)):
+                total[i] = (total[i] - m[i] + (1 if i == cfg.dim else 0)) & 0xFFFFFFFF
+        for dropped in rnd["dropped"]:
+            for v in rnd["survivors"]:
+                key = keyring[v].pairwise_mask_key(v, dropped, pks[dropped], rd)
+                m = words_of([0.0] * cfg.dim, 1, 0, 1, 32, plus=[key])
+                # v used +mask if v < dropped, -mask otherwise: take that back out.
+                sign = -1 if v < dropped else 1
+                for i in range(len(total)):
+                    w = m[i] - (1 if i == cfg.dim else 0)
+                    total[i] = (total[i] + sign * w) & 0xFFFFFFFF
+        check(total == rnd["sum_unmasked"], "round %d unmasked sum" % rd)
+    urk = d["unmask_round_keys"]
+    rnd = [r for r in d["rounds"] if r["round"] == urk["round"]][0]
+    sender = urk["sender"]
+    rd = urk["round"]
+    shares = []
+    for cid in rnd["survivors"]:
+        label = ("share-%d-%d" % (cid, rd)).encode()
+        # fixed(label): SHA-256 chained from the label (protocol/vectors.py).
+        y = int.from_bytes(_sha256(label), "little")
+        shares.append((cid, shamir.encode_y(y)))
+    keys = [(dd, keyring[sender].pairwise_mask_key(sender, dd, round_pks[rd][dd], rd)) for dd in rnd["dropped"]]
+    body = wire.unmask_round_keys_body(shares, keys)
+    check(h(body) == urk["body"], "UNMASK_ROUND_KEYS body")
+    seed = u(urk["identity_seed"])
+    out = wire.encode_frame(urk["type"], sender, ep, rd, body, seed, ed25519.public_key(seed))
+    check(h(out) == urk["frame"], "UNMASK_ROUND_KEYS frame")
+    check(urk["type"] == wire.UNMASK_ROUND_KEYS, "UNMASK_ROUND_KEYS type")
+
+
+def _sha256(data):
+    import hashlib
+    return hashlib.sha256(data).digest()
+
+
 FILES = {"kdf.json": kdf_file, "prg.json": prg_file, "shamir.json": shamir_file,
          "fixedpoint.json": fixedpoint_file, "masking.json": masking_file, "graph.json": graph_file,
-         "wire.json": wire_file}
+         "wire.json": wire_file, "epochs.json": epochs_file}
 
 vectors = json.loads(sys.stdin.read())
 for name in sorted(vectors):

@@ -16,9 +16,9 @@ import os
 from ztfw import ed25519, graph, secagg_keys as kdf, shamir, xchacha
 from ztfw import secagg_wire as wire
 from ztfw.masking import MaskedStream
-from ztfw.secagg_errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
-                                InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
-                                WrongRound)
+from ztfw.secagg_errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed,
+                                DuplicateMessage, InvalidTransition, MalformedMessage, RoundAborted,
+                                UnknownSender, WrongRound)
 
 ADVERTISE_KEYS = "AdvertiseKeys"
 SHARE_KEYS = "ShareKeys"
@@ -193,6 +193,9 @@ class ClientSession:
             config = wire.RoundConfig(body)
         except wire.ConfigurationError as e:
             raise MalformedMessage("ROUND_CONFIG: %s" % e)
+        if not config.key_reuse and self.keys.uses > 1:
+            raise ConfigurationError("these epoch keys served earlier rounds: a round without key reuse "
+                                     "would share their secret (docs/protocol.md 2.7); use new keys")
         state = _State()
         state.config = config
         reply = self._frame(wire.ADVERTISE_KEYS,
@@ -241,13 +244,16 @@ class ClientSession:
         # Validation done: this round's secrets, dealt in the reference client's order.
         state.seed = self.randbytes(32)
         b_shares = shamir.split(state.seed, t, group, self.randbytes)
-        s_shares = shamir.split(self.keys.s_sk, t, group, self.randbytes)
+        # In a key-reuse round the epoch secret never leaves the client (docs/protocol.md 2.7):
+        # the second share slot carries shares of zero, so the frame layout stays the same.
+        secret = bytes(32) if config.key_reuse else self.keys.s_sk
+        s_shares = shamir.split(secret, t, group, self.randbytes)
         out = []
         for (peer, y_b), (_, y_s) in zip(b_shares, s_shares):
             if peer == self.client_id:
                 state.own_share = (y_b, y_s)
                 continue
-            key = kdf.share_encryption_key(self.keys.c_sk, roster[peer][0], self.client_id, peer, self.epoch)
+            key = self.keys.share_encryption_key(self.client_id, peer, roster[peer][0])
             plaintext = shamir.encode_y(y_b) + shamir.encode_y(y_s)
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             nonce = self.randbytes(24)
@@ -267,7 +273,7 @@ class ClientSession:
         for peer, ct in wire.parse_shares(body, "SHARES_RELAY"):
             if peer not in old.neighbours:
                 raise ConsistencyViolation("relayed share from %d, not a neighbour" % peer)
-            key = kdf.share_encryption_key(self.keys.c_sk, old.roster[peer][0], self.client_id, peer, self.epoch)
+            key = self.keys.share_encryption_key(self.client_id, peer, old.roster[peer][0])
             aad = wire.share_aad(self.epoch, self.round_id, peer, self.client_id)
             try:
                 plaintext = xchacha.decrypt(key, ct[:24], ct[24:], aad)
@@ -284,8 +290,7 @@ class ClientSession:
         plus = [kdf.self_mask_key(old.seed, self.client_id, self.epoch, self.round_id)]
         minus = []
         for peer in sorted(held):
-            key = kdf.pairwise_mask_key(self.keys.s_sk, old.roster[peer][1], self.client_id, peer,
-                                        self.epoch, self.round_id)
+            key = self.keys.pairwise_mask_key(self.client_id, peer, old.roster[peer][1], self.round_id)
             # The smaller id adds the pairwise mask, the larger subtracts it.
             (plus if self.client_id < peer else minus).append(key)
         stream = MaskedStream(config.dim, config.mask_bits, config.frac_bits, config.clip_q, self._weight,
@@ -350,6 +355,14 @@ class ClientSession:
                                            "its self-mask share is withheld" % owner)
             y_b = old.own_share[0] if owner == self.client_id else old.held[owner][0]
             self_mask.append((owner, shamir.encode_y(y_b)))
+        if old.config.key_reuse:
+            # Only this round's key with each dropped neighbour: one-way from the epoch key, it
+            # unmasks nothing in any other round.
+            round_keys = [(d, self.keys.pairwise_mask_key(self.client_id, d, old.roster[d][1], self.round_id))
+                          for d in sorted(dropped & set(old.held))]
+            self.released = {"self_mask": tuple(o for o, _ in self_mask), "secret_key": (),
+                             "round_key": tuple(d for d, _ in round_keys)}
+            return self._frame(wire.UNMASK_ROUND_KEYS, wire.unmask_round_keys_body(self_mask, round_keys)), old
         for owner in sorted(dropped & set(old.held)):
             secret_key.append((owner, shamir.encode_y(old.held[owner][1])))
         reply = self._frame(wire.UNMASK_SHARES, wire.unmask_shares_body(self_mask, secret_key))

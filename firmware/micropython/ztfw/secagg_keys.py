@@ -30,21 +30,51 @@ def agree(secret_key, public_key):
 
 
 class EpochKeys:
-    """The two X25519 key pairs of one key epoch, and the peers' s public keys whose secret
-    this client helped reveal (it never releases a self-mask share for those)."""
+    """The two X25519 key pairs of one key epoch (docs/protocol.md 1.2, 2.7).
 
-    def __init__(self, epoch, c_sk, s_sk):
+    Within an epoch the peers' public keys do not change, so each agreement runs once and its
+    HKDF output is kept (per peer id and peer key: a peer that re-keyed gets a fresh one);
+    a later round of the epoch costs no X25519 at all. `revealed_peer_keys`: s public keys of
+    peers whose secret this client helped reveal (it never releases a self-mask share for
+    those). `uses`: rounds these keys were handed out for. `agreements`: X25519 operations run.
+    """
+
+    def __init__(self, epoch, c_sk, s_sk, revealed_peer_keys=None):
         self.epoch = epoch
         self.c_sk = bytes(c_sk)
         self.s_sk = bytes(s_sk)
         self.c_pk = x25519.public_key(self.c_sk)
         self.s_pk = x25519.public_key(self.s_sk)
-        self.revealed_peer_keys = set()
+        self.agreements = 2
+        self.uses = 0
+        self.revealed_peer_keys = revealed_peer_keys if revealed_peer_keys is not None else set()
+        self._pairwise = {}
+        self._share_enc = {}
 
     @classmethod
-    def generate(cls, epoch, randbytes):
+    def generate(cls, epoch, randbytes, revealed_peer_keys=None):
         c_sk = randbytes(32)
-        return cls(epoch, c_sk, randbytes(32))
+        return cls(epoch, c_sk, randbytes(32), revealed_peer_keys)
+
+    def pairwise_epoch_key(self, me, peer, peer_s_pk):
+        slot = (peer, bytes(peer_s_pk))
+        key = self._pairwise.get(slot)
+        if key is None:
+            shared = agree(self.s_sk, peer_s_pk)
+            self.agreements += 1
+            key = self._pairwise[slot] = pairwise_epoch_key(shared, me, peer, self.epoch)
+        return key
+
+    def pairwise_mask_key(self, me, peer, peer_s_pk, round_id):
+        return pairwise_round_key(self.pairwise_epoch_key(me, peer, peer_s_pk), round_id)
+
+    def share_encryption_key(self, me, peer, peer_c_pk):
+        slot = (peer, bytes(peer_c_pk))
+        key = self._share_enc.get(slot)
+        if key is None:
+            key = self._share_enc[slot] = share_encryption_key(self.c_sk, peer_c_pk, me, peer, self.epoch)
+            self.agreements += 1
+        return key
 
 
 def pairwise_epoch_key(shared, u, v, epoch):

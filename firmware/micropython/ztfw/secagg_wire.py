@@ -32,8 +32,10 @@ CONSISTENCY_SIGNATURE = 0x08
 UNMASK_REQUEST = 0x09
 UNMASK_SHARES = 0x0A
 ABORT = 0x0B
+UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
 KNOWN_TYPES = (ROUND_CONFIG, ADVERTISE_KEYS, ROSTER, SHARE_KEYS, SHARES_RELAY, MASKED_INPUT,
-               CONSISTENCY_REQUEST, CONSISTENCY_SIGNATURE, UNMASK_REQUEST, UNMASK_SHARES, ABORT)
+               CONSISTENCY_REQUEST, CONSISTENCY_SIGNATURE, UNMASK_REQUEST, UNMASK_SHARES, ABORT,
+               UNMASK_ROUND_KEYS)
 
 SURVIVORS_CONTEXT = b"ztfl/secagg/v1/survivors"
 SHARE_AAD_CONTEXT = b"ztfl/secagg/v1/share"
@@ -48,6 +50,8 @@ MASKED_PREFIX_BYTES = 8
 SEMI_HONEST = 0
 ACTIVE = 1
 FLAG_THRESHOLD_OVERRIDE = 0x01
+FLAG_KEY_REUSE = 0x02          # epoch secrets are never shared (docs/protocol.md 2.7)
+ROUND_KEY_BYTES = 16
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -146,9 +150,10 @@ class RoundConfig:
         (self.dim, self.mask_bits, self.frac_bits, self.security, flags, self.threshold,
          self.neighbors, self.max_clients, reserved, self.clip_q,
          self.max_weight) = struct.unpack(CONFIG_FMT, body)
-        if reserved or flags & ~FLAG_THRESHOLD_OVERRIDE:
+        if reserved or flags & ~(FLAG_THRESHOLD_OVERRIDE | FLAG_KEY_REUSE):
             raise MalformedMessage("reserved bits set in ROUND_CONFIG")
         self.threshold_override = bool(flags & FLAG_THRESHOLD_OVERRIDE)
+        self.key_reuse = bool(flags & FLAG_KEY_REUSE)
         self.body = bytes(body)
         self.digest = hashlib.sha256(self.body).digest()
         self._validate()
@@ -184,9 +189,9 @@ class RoundConfig:
 
 
 def encode_round_config(dim, threshold, max_clients, mask_bits=32, frac_bits=16, clip_q=8 << 16,
-                        max_weight=1, neighbors=0, security=ACTIVE, threshold_override=False):
-    return struct.pack(CONFIG_FMT, dim, mask_bits, frac_bits, security,
-                       FLAG_THRESHOLD_OVERRIDE if threshold_override else 0, threshold, neighbors,
+                        max_weight=1, neighbors=0, security=ACTIVE, threshold_override=False, key_reuse=False):
+    flags = (FLAG_THRESHOLD_OVERRIDE if threshold_override else 0) | (FLAG_KEY_REUSE if key_reuse else 0)
+    return struct.pack(CONFIG_FMT, dim, mask_bits, frac_bits, security, flags, threshold, neighbors,
                        max_clients, 0, clip_q, max_weight)
 
 
@@ -221,6 +226,25 @@ def unmask_shares_body(self_mask_shares, secret_key_shares):
                 raise MalformedMessage("share must be 33 bytes")
             out.extend(struct.pack("<H", owner))
             out.extend(y)
+    return bytes(out)
+
+
+def unmask_round_keys_body(self_mask_shares, round_keys):
+    """Key-reuse unmasking: self-mask shares [(owner, y 33)] and this client's round key with
+    each dropped neighbour [(peer, key 16)], both ascending."""
+    out = bytearray(struct.pack("<HH", len(self_mask_shares), len(round_keys)))
+    _ascending([o for o, _ in self_mask_shares], "UNMASK_ROUND_KEYS self-mask")
+    _ascending([d for d, _ in round_keys], "UNMASK_ROUND_KEYS round keys")
+    for owner, y in self_mask_shares:
+        if len(y) != SHARE_BYTES:
+            raise MalformedMessage("share must be 33 bytes")
+        out.extend(struct.pack("<H", owner))
+        out.extend(y)
+    for peer, key in round_keys:
+        if len(key) != ROUND_KEY_BYTES:
+            raise MalformedMessage("round key must be 16 bytes")
+        out.extend(struct.pack("<H", peer))
+        out.extend(key)
     return bytes(out)
 
 
