@@ -102,3 +102,43 @@ def test_agent_loads_the_global_model_and_publishes_alerts(mosquitto, tmp_path):
     assert all(a.agent_id == "esp-09" and a.label == "dos" and a.model_version == 3 and 0.5 < a.score <= 1.0
                for a in decoded)
     assert [a.seq for a in decoded] == list(range(1, len(decoded) + 1))
+
+
+
+def test_alert_numbers_keep_growing_across_a_restart(mosquitto, tmp_path):
+    x, y = _records()
+    model = _model(x, y)
+    blob = ModelBlob(1, "micro", "cd" * 32, flat_to_tensors(get_flat(model), layout(model))).encode()
+    seed, public = new_device_key()
+    cfg = firmware_device_config("esp-10", "plant", "fog1", "127.0.0.1", mosquitto.port, CLASSES, seed, public)
+    cfg["stream_rate_hz"] = 40
+    device = write_device_dir(tmp_path / "esp-10", cfg, encode_records(x, y))
+    alerts, ready = [], threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gateway-sim")
+    c.on_connect = lambda cl, u, f, rc, p=None: (cl.subscribe("ztfl/plant/fog1/agents/esp-10/alerts", 1), ready.set())
+    c.on_message = lambda cl, u, m: alerts.append(Alert.decode(m.payload).seq)
+    c.connect("127.0.0.1", mosquitto.port)
+    c.loop_start()
+    assert ready.wait(5)
+    c.publish("ztfl/plant/fog1/broadcast/model-micro", blob, qos=1, retain=True).wait_for_publish(5)
+    try:
+        for run in (1, 2):
+            before = len(alerts)
+            agent = start_firmware_agent(device, tmp_path / f"agent{run}.log")
+            try:
+                deadline = time.monotonic() + 20
+                while len(alerts) < before + 3 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                agent.kill()          # no clean shutdown: the state file is all that survives
+                agent.wait(timeout=10)
+            assert len(alerts) >= before + 3, (tmp_path / f"agent{run}.log").read_text()
+            if run == 1:
+                first_run = list(alerts)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    second_run = alerts[len(first_run):]
+    assert first_run[:3] == [1, 2, 3]
+    assert min(second_run) > max(first_run)    # the gateway would drop repeated numbers
+    assert second_run == sorted(second_run)

@@ -28,6 +28,7 @@ from ztfw.store import Store
 
 SHARES_RELAY = 0x05
 NORMAL = "normal"
+ALERT_SEQ_BLOCK = 64
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,7 @@ class Agent:
         self.slice_ms = train.get("slice_ms", 40)
         self.records = Records(_path(base_dir, cfg.get("records", "records.bin")))
         self.store = Store(_path(base_dir, cfg.get("state", "state.json")))
+        self.alert_seq = self.store.state["alert_seq"]   # every number used so far is at or below it
         self.client = None
         self.blob = None
         self.mlp = None
@@ -370,9 +372,14 @@ class Agent:
             cls, score = self.qmodel.classify(q)
             name = self.classes[cls]
             if name != NORMAL:
-                self.store.state["alert_seq"] += 1
+                self.alert_seq += 1
+                if self.alert_seq > self.store.state["alert_seq"]:
+                    # The gateway drops a sequence number it has seen (QoS 1 redelivery), so
+                    # numbers must grow across reboots; flash is written once per block of 64.
+                    self.store.state["alert_seq"] = self.alert_seq + ALERT_SEQ_BLOCK - 1
+                    self.store.save()
                 self.alerts += 1
-                self._publish("alerts", agent_wire.alert(self.agent_id, self.store.state["alert_seq"], name,
+                self._publish("alerts", agent_wire.alert(self.agent_id, self.alert_seq, name,
                                                          round(score, 4), self.model_version))
 
     # -- loop ---------------------------------------------------------------------------------
