@@ -179,7 +179,8 @@ class ClientSession:
                 if key in seen_keys:
                     raise DuplicateMessage(f"public key of client {entry.client_id} appears twice in the roster")
                 seen_keys.add(key)
-        neighbours = graph.neighbours(list(roster), config.neighbors, msg.digest())[self.client_id]
+        neighbours = graph.neighbours(list(roster), config.neighbors,
+                                      graph.graph_digest(msg, config.key_reuse))[self.client_id]
         # Only neighbours' keys are ever used by this client, so only their signatures matter to
         # it (all of them with the complete graph); this keeps SecAgg+ at O(log n) verifications.
         for peer in sorted(neighbours):

@@ -10,7 +10,11 @@ import math
 import struct
 from typing import Sequence
 
+import hashlib
+
 from protocol.kdf import graph_key
+
+EPOCH_GRAPH_CONTEXT = b"ztfl/secagg/v1/epoch-graph"
 from protocol.prg import keystream
 
 
@@ -47,3 +51,19 @@ def neighbours(ids: Sequence[int], neighbors: int, roster_digest: bytes) -> dict
     for i, u in enumerate(order):
         result[u] = frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
     return result
+
+
+def epoch_graph_digest(epoch: int, entries) -> bytes:
+    """The graph seed of a key-reuse round (docs/protocol.md 1.7): it depends on the epoch, the
+    ids and their public keys only, not on the round's signatures, so the same roster gives the
+    same neighbours in every round of the epoch and the agreements made once are reused."""
+    h = hashlib.sha256(EPOCH_GRAPH_CONTEXT + struct.pack("<I", epoch))
+    for e in sorted(entries, key=lambda e: e.client_id):
+        h.update(struct.pack("<H", e.client_id) + e.c_pk + e.s_pk)
+    return h.digest()
+
+
+def graph_digest(roster, key_reuse: bool) -> bytes:
+    """The digest that seeds the neighbour graph of a round: the roster digest in a classic round,
+    the epoch graph digest in a key-reuse round."""
+    return epoch_graph_digest(roster.epoch, roster.entries) if key_reuse else roster.digest()

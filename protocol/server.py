@@ -165,7 +165,8 @@ class ServerSession:
         self._require(len(self.adverts), "clients advertised keys")
         roster = wire.Roster(wire.SERVER_ID, self.epoch, self.round_id,
                              tuple(self.adverts[c] for c in sorted(self.adverts)))
-        self.neighbours = graph.neighbours(sorted(self.adverts), self.config.neighbors, roster.digest())
+        self.neighbours = graph.neighbours(sorted(self.adverts), self.config.neighbors,
+                                           graph.graph_digest(roster, self.config.key_reuse))
         group = min(len(n) + 1 for n in self.neighbours.values())
         self._require(group, "members in the smallest sharing group")
         return StageOutput(broadcast=roster.encode(self.identity), recipients=tuple(sorted(self.adverts)))

@@ -169,6 +169,15 @@ def epochs_vectors() -> dict:
     config_frame = wire.RoundConfigMessage(0, epoch, 7, config).encode(server_identity)
     out = {"config": hx(config.encode()), "epoch": epoch, "rounds": [],
            "round_config_frame": hx(config_frame), "server_identity_seed": hx(fixed("identity-server"))}
+    # The neighbour graph of a key-reuse round is seeded by the epoch graph digest (1.7).
+    g_ids = list(range(2, 22, 2))
+    g_entries = [wire.RosterEntry(c, kdf.x25519_public(fixed(f"g-c-{c}")), kdf.x25519_public(fixed(f"g-s-{c}")),
+                                  bytes(64)) for c in g_ids]
+    g_digest = graph.epoch_graph_digest(epoch, g_entries)
+    out["epoch_graph"] = {"epoch": epoch, "neighbors": 4,
+                          "entries": [{"id": e.client_id, "c_pk": hx(e.c_pk), "s_pk": hx(e.s_pk)} for e in g_entries],
+                          "digest": hx(g_digest),
+                          "neighbours": {str(c): sorted(n) for c, n in graph.neighbours(g_ids, 4, g_digest).items()}}
     for round_id, (n2, survivors) in plan.items():
         sk = keys[round_id]
         seeds = {u: fixed(f"b-{u}-round-{round_id}") for u in n2}

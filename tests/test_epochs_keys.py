@@ -258,3 +258,28 @@ def test_keyring_refuses_a_session_with_other_keys_and_bad_ids():
         fleet.keyrings[1].keys_for(-1, 2, 0.0)
     with pytest.raises(ValueError):
         fleet.keyrings[1].keys_for(1, 1 << 32, 0.0)
+
+
+def test_secagg_plus_neighbours_stay_the_same_within_an_epoch_so_no_agreement_is_redone():
+    ids = list(range(1, 13))
+    config = RoundConfig.for_range(dim=DIM, max_clients=12, threshold=3, clip=4.0, neighbors=4,
+                                   security=SEMI_HONEST, key_reuse=True)
+    cohort = Cohort.create(ids)
+    rings = {c: ClientKeyring(EpochPolicy(max_rounds=10)) for c in ids}
+    schedule = EpochSchedule(EpochPolicy(max_rounds=10))
+    rng = np.random.default_rng(3)
+    graphs, x25519 = [], []
+    for r in (1, 2, 3):
+        epoch = schedule.epoch_for(r, 0.0)
+        keys = {c: rings[c].keys_for(epoch, r, 0.0, True) for c in ids}
+        before = {c: keys[c].agreements for c in ids}
+        inputs = {c: rng.normal(0, 0.3, DIM) for c in ids}
+        run = run_round(config, cohort, inputs, round_id=r, epoch_keys=keys,
+                        drop_before={7: Stage.MASKED_INPUT_COLLECTION} if r == 2 else None)
+        expected, _ = expected_sums(config, inputs, {}, run.result.survivors)
+        assert np.array_equal(run.result.sums, expected)
+        graphs.append(run.server.neighbours)
+        x25519.append(sum(keys[c].agreements - before[c] for c in ids))
+    assert graphs[0] == graphs[1] == graphs[2]
+    assert all(len(n) == 4 for n in graphs[0].values())
+    assert x25519[0] == 12 * (2 + 2 * 4) and x25519[1:] == [0, 0]

@@ -108,3 +108,18 @@ def test_key_reuse_frames_decode_verify_and_reencode():
     rnd = {r["round"]: r for r in VECTORS["rounds"]}[entry["round"]]
     pairs = {(p["u"], p["v"]): p["round_key"] for p in rnd["pairs"]}
     assert [(d, k.hex()) for d, k in msg.round_keys] == [(d, pairs[(1, d)]) for d in rnd["dropped"]]
+
+
+def test_epoch_graph_digest_is_sha256_of_epoch_ids_and_keys():
+    import hashlib
+
+    from protocol import graph
+
+    g = VECTORS["epoch_graph"]
+    h = hashlib.sha256(b"ztfl/secagg/v1/epoch-graph" + struct.pack("<I", g["epoch"]))
+    for e in g["entries"]:
+        h.update(struct.pack("<H", e["id"]) + bytes.fromhex(e["c_pk"]) + bytes.fromhex(e["s_pk"]))
+    assert h.hexdigest() == g["digest"]
+    ids = [e["id"] for e in g["entries"]]
+    got = graph.neighbours(ids, g["neighbors"], bytes.fromhex(g["digest"]))
+    assert {str(c): sorted(n) for c, n in got.items()} == g["neighbours"]
