@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
+    # Our loggers at the chosen level; libraries (onnxruntime's quantiser...) only warnings.
+    logging.getLogger("ztfl").setLevel(args.log_level.upper())
+    logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
     from agent.daemon import Agent, AgentConfig
     config = AgentConfig.load(args.config)

@@ -264,3 +264,51 @@ def weights_sha256(tensors: dict) -> str:
         arr = np.ascontiguousarray(tensors[name], dtype=np.float32)
         h.update(name.encode() + b"\0" + repr(arr.shape).encode() + b"\0" + arr.tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Float vectors between tiers (fog aggregate up, cloud model down): a JSON header and float32s.
+VECTOR_MAGIC = b"ZTV1"
+_VECTOR_HEAD = struct.Struct(">4sII")  # magic, header length, element count
+
+
+@dataclass
+class VectorMessage:
+    header: dict
+    vector: np.ndarray
+
+    def encode(self) -> bytes:
+        head = json.dumps(self.header, separators=(",", ":"), sort_keys=True).encode()
+        data = np.ascontiguousarray(self.vector, dtype="<f4").tobytes()
+        return _VECTOR_HEAD.pack(VECTOR_MAGIC, len(head), self.vector.size) + head + data
+
+    @classmethod
+    def decode(cls, payload: bytes, limit: int, required: dict) -> "VectorMessage":
+        """`required` maps header fields to their types; all must be present and typed."""
+        if len(payload) > limit:
+            raise WireError(f"vector message of {len(payload)} bytes above limit {limit}")
+        if len(payload) < _VECTOR_HEAD.size:
+            raise WireError("vector message shorter than its header")
+        magic, hlen, count = _VECTOR_HEAD.unpack_from(payload, 0)
+        if magic != VECTOR_MAGIC:
+            raise WireError("bad vector magic")
+        if _VECTOR_HEAD.size + hlen + 4 * count != len(payload):
+            raise WireError("vector message sizes do not add up to its length")
+        try:
+            header = json.loads(payload[_VECTOR_HEAD.size:_VECTOR_HEAD.size + hlen].decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WireError(f"bad vector header: {exc}") from exc
+        if not isinstance(header, dict):
+            raise WireError("vector header is not an object")
+        for name, typ in required.items():
+            if name not in header:
+                raise WireError(f"vector header lacks '{name}'")
+            _check_type(name, header[name], typ)
+        vector = np.frombuffer(payload, dtype="<f4", count=count, offset=_VECTOR_HEAD.size + hlen).astype(np.float32)
+        if not np.all(np.isfinite(vector)):
+            raise WireError("vector holds NaN or infinity")
+        return cls(header, vector)
+
+
+AGGREGATE_FIELDS = {"gateway": str, "round": int, "variant": str, "base_version": int, "samples": int}
+CLOUD_MODEL_FIELDS = {"variant": str, "version": int, "round": int, "sha256": str}

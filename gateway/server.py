@@ -23,9 +23,10 @@ from nacl.signing import SigningKey
 
 from agent.data import PartitionSpec, train_validation
 from agent.model import ModelSpec, flat_to_tensors, layout
-from agent.topics import Topics, TopicError
+from agent.topics import CloudTopics, Topics, TopicError
 from agent.transport import MqttTransport
-from agent.wire import Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd, WireError
+from agent.wire import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
+                        RoundEnd, VectorMessage, WireError)
 from gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
 from gateway.config import GatewayConfig
 from gateway.liveness import AgentTable
@@ -59,6 +60,9 @@ class Gateway:
         self.round = self.registry.last_committed_round() + 1
         self.attempt = self.registry.next_attempt(self.round)
         self.cohorts: dict[str, CohortRun] = {}
+        self.cloud = CloudTopics(config.federation) if config.parent else None
+        self.cloud_models: dict[str, tuple[int, np.ndarray]] = {}
+        self.awaiting: dict | None = None          # parent mode: round waiting for the cloud's model
         self.round_started = 0.0
         self.next_start = 0.0
         self.history: list[dict] = []
@@ -69,7 +73,10 @@ class Gateway:
         self.bytes_up = self.bytes_down = 0          # payload bytes through this gateway
         self._round_bytes = (0, 0)
         config.broker.client_id = config.broker.client_id or f"gateway-{config.federation}-{config.gateway}"
-        self.transport = MqttTransport(config.broker, [self.topics.agents_wildcard()], config.max_payload)
+        subscriptions = [self.topics.agents_wildcard()]
+        if self.cloud is not None:
+            subscriptions.append(self.cloud.broadcast("+"))
+        self.transport = MqttTransport(config.broker, subscriptions, config.max_payload)
         self.http = StatusServer(config.http_host, config.http_port, self.metrics, lambda: self._status)
 
     # setup -------------------------------------------------------------------------------------
@@ -144,6 +151,11 @@ class Gateway:
     def handle(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("up").inc(len(payload))
         self.bytes_up += len(payload)
+        if self.cloud is not None and topic.startswith(self.cloud.base + "/broadcast/model-"):
+            try:
+                return self._on_cloud_model(payload)
+            except WireError as exc:
+                return self._reject("malformed", f"{topic}: {exc}")
         try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
         except TopicError as exc:
@@ -326,13 +338,59 @@ class Gateway:
                 self.failed = self.done = True
             self.next_start = now + self.config.retry_delay_s
             return
-        new_versions = []
+        updates = {}
         for variant in sorted({r.variant for r in done}):
             runs = [r for r in done if r.variant == variant]
-            total_w = sum(r.result_weight for r in runs)
-            # Cohorts of one variant combine by weight: each decoded a weighted mean of its own.
-            delta = sum(r.result_mean.astype(np.float64) * r.result_weight for r in runs) / total_w
-            new = (self.models[variant].astype(np.float64) + delta).astype(np.float32)
+            # Cohorts of one variant combine by samples (each cohort's weight unit may differ).
+            samples = [r.result_weight * r.weight_unit for r in runs]
+            delta = sum(r.result_mean.astype(np.float64) * n for r, n in zip(runs, samples)) / sum(samples)
+            updates[variant] = (delta, int(sum(samples)))
+        if self.cloud is not None:
+            self._report_up(updates, detail, now)
+            return
+        self._commit({v: (self.models[v].astype(np.float64) + d).astype(np.float32)
+                      for v, (d, _) in updates.items()}, detail, now)
+
+    def _report_up(self, updates: dict, detail: dict, now: float) -> None:
+        """Parent mode: send each variant's fog aggregate to the cloud, then wait for its model."""
+        for variant, (delta, samples) in updates.items():
+            msg = VectorMessage({"gateway": self.config.gateway, "round": self.round, "variant": variant,
+                                 "base_version": self.versions[variant].version, "samples": samples},
+                                delta.astype(np.float32))
+            self.transport.publish(self.cloud.from_gateway(self.config.gateway, "aggregate"), msg.encode())
+        self.awaiting = {"variants": set(updates), "detail": detail,
+                         "deadline": now + float(self.config.parent.get("wait_s", 120))}
+        log.info("round %d.%d: aggregates of %s sent to the cloud", self.round, self.attempt, sorted(updates))
+
+    def _on_cloud_model(self, payload: bytes) -> None:
+        msg = VectorMessage.decode(payload, self.config.max_payload, CLOUD_MODEL_FIELDS)
+        variant, version = msg.header["variant"], msg.header["version"]
+        if variant not in self.models or msg.vector.size != self.models[variant].size:
+            return self._reject("cloud-model", f"cloud model for {variant} does not fit")
+        self.cloud_models[variant] = (version, msg.vector)
+
+    def _check_cloud(self, now: float) -> None:
+        wanted = self.awaiting
+        ready = {v: self.cloud_models.get(v) for v in wanted["variants"]}
+        if all(r is not None and r[0] == self.versions[v].version + 1 for v, r in ready.items()):
+            self.awaiting = None
+            wanted["detail"]["cloud"] = True
+            self._commit({v: r[1] for v, r in ready.items()}, wanted["detail"], now)
+        elif now >= wanted["deadline"]:
+            self.awaiting = None
+            for run in self.cohorts.values():
+                self._send(self.topics.broadcast("round"),
+                           RoundEnd(self.round, self.attempt, run.name, "aborted",
+                                    self.versions[run.variant].version, "no model from the cloud").encode())
+            self.cohorts = {}
+            self.registry.abort_round(self.round, self.attempt, "no model from the cloud", wanted["detail"])
+            self.metrics.rounds.labels("aborted").inc()
+            self.attempt += 1
+            self.next_start = now + self.config.retry_delay_s
+
+    def _commit(self, new_models: dict[str, np.ndarray], detail: dict, now: float) -> None:
+        new_versions = []
+        for variant, new in sorted(new_models.items()):
             metrics = self._evaluate(variant, new)
             version = self.versions[variant].version + 1
             path, digest = self.registry.write_model_file(variant, version, new)
@@ -385,7 +443,9 @@ class Gateway:
         if self.done:
             self._refresh_status()
             return
-        if not self.cohorts:
+        if self.awaiting is not None:
+            self._check_cloud(now)
+        elif not self.cohorts:
             # min_agents gates only the first round: later rounds go on with whoever is online.
             eligible = self._eligible()
             fleet_ready = self.round > 1 or len(eligible) >= self.config.min_agents
