@@ -74,6 +74,7 @@ class MQTTClient:
         self._poller = None
         self.will = None
         self.oversized = 0
+        self.last_error = None
 
     def set_last_will(self, topic, message, retain=False):
         """Published by the broker if this client vanishes without DISCONNECT."""
@@ -128,10 +129,9 @@ class MQTTClient:
     def connect(self, clean_session=True):
         addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
         sock = socket.socket()
-        try:
+        if hasattr(sock, "settimeout"):
+            # Bounds connect and every later blocking read (a silent broker cannot hang us).
             sock.settimeout(self.connect_timeout)
-        except (AttributeError, OSError):
-            pass
         sock.connect(addr)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
@@ -162,21 +162,23 @@ class MQTTClient:
         return head[2] & 1
 
     def disconnect(self):
+        """Polite close: DISCONNECT (so the broker drops the will), then the socket."""
         if self.sock is not None:
             try:
                 self._write(bytes((DISCONNECT, 0)))
-            except OSError:
-                pass
+            except OSError as e:
+                # The link is already gone: the broker will publish the will, which is right.
+                self.last_error = e
             self.close()
 
     def close(self):
-        if self.sock is not None:
+        sock, self.sock, self._poller = self.sock, None, None
+        if sock is not None:
             try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self._poller = None
+                sock.close()
+            except OSError as e:
+                self.last_error = e     # closing a dead socket: nothing else to release
+
 
     def ping(self):
         self._write(bytes((PINGREQ, 0)))

@@ -5,51 +5,51 @@ A refused frame raises one of these and leaves the session unchanged; RoundAbort
 
 
 class ProtocolError(Exception):
-    pass
+    """Base class: a frame or a request was refused."""
 
 
 class ConfigurationError(ProtocolError):
-    pass
+    """A round configuration is unsafe, or these keys may not serve it."""
 
 
 class MalformedMessage(ProtocolError):
-    pass
+    """Bytes from the server do not parse (size, magic, type, layout)."""
 
 
 class UnsupportedVersion(MalformedMessage):
-    pass
+    """The frame announces a protocol version this client does not speak."""
 
 
 class BadSignature(ProtocolError):
-    pass
+    """An Ed25519 signature does not verify under the sender's identity key."""
 
 
 class UnknownSender(ProtocolError):
-    pass
+    """The sender is not the server, or a roster names an unenrolled client."""
 
 
 class WrongRound(ProtocolError):
-    pass
+    """The frame belongs to another epoch or round."""
 
 
 class DuplicateMessage(ProtocolError):
-    pass
+    """A key appears twice in the roster."""
 
 
 class DecryptionFailed(ProtocolError):
-    pass
+    """An encrypted share failed authentication."""
 
 
 class InvalidTransition(ProtocolError):
-    pass
+    """The message is not the one the current stage expects."""
 
 
 class ConsistencyViolation(ProtocolError):
-    pass
+    """The server's lists are inconsistent or hostile."""
 
 
 class KeyAgreementError(ProtocolError):
-    pass
+    """X25519 gave the all-zero secret (a low-order public key)."""
 
 
 class RoundAborted(ProtocolError):

@@ -9,18 +9,21 @@ class Store:
     def __init__(self, path):
         self.path = path
         self.state = dict(self.DEFAULTS)
+        self.fresh = False
         try:
             with open(path) as f:
                 doc = json.loads(f.read())
-            if isinstance(doc, dict):
-                for k in self.DEFAULTS:
-                    if k in doc and type(doc[k]) is type(self.DEFAULTS[k]):
-                        self.state[k] = doc[k]
         except OSError:
-            pass
+            doc = {}            # first boot: no state file yet
+            self.fresh = True
         except ValueError:
-            # A torn write cannot happen (rename below); a corrupt file starts fresh.
-            pass
+            # A torn write cannot happen (rename in save()); a corrupt file starts fresh.
+            doc = {}
+            self.fresh = True
+        if isinstance(doc, dict):
+            for k in self.DEFAULTS:
+                if k in doc and type(doc[k]) is type(self.DEFAULTS[k]):
+                    self.state[k] = doc[k]
 
     def save(self):
         # Only the last few uploads matter (redelivered announcements of recent rounds).
