@@ -1,9 +1,9 @@
 """End to end through a real mosquitto: two firmware agents (the ESP32 agent in the MicroPython
 unix port) and two CPython agents join one gateway round, each kind in its own cohort
-(micro model with 32-bit masks; CNN-LSTM with 64-bit masks). Both cohorts must aggregate, and
-the firmware cohort's decoded sum must equal, element for element, the sum of the firmware
-agents' encoded updates, which are recomputed here by replaying their deterministic local
-training in MicroPython. Radio and boards are what is simulated: the unix port runs on this host."""
+(micro model with 32-bit masks; CNN-LSTM with 64-bit masks). Both cohorts must aggregate
+exactly: the firmware cohort's decoded sum equals, word for word, the sum of the firmware agents'
+encoded updates, recomputed here by replaying their deterministic local training in
+MicroPython; the CPython cohort's equals the sum of the updates its agents recorded. Radio and boards are what is simulated: the unix port runs on this host."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,7 @@ from agent.wire import ModelBlob
 from attestation.software_identity import new_device_key
 from gateway.config import GatewayConfig
 from gateway.server import Gateway
+from protocol.fixedpoint import quantize
 from ztfl.firmware_records import partition_records, write_device_dir
 from ztfl.micropython_host import firmware_device_config, run_json, start_firmware_agent
 
@@ -80,7 +81,8 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
         for i in (0, 1):
             cfg = {"agent_id": f"pi-{i}", "federation": "plant", "gateway": "fog1", "broker": {"url": url},
                    "profile": "raspberry-pi-4", "state_dir": str(tmp_path / f"pi-{i}"), "data": {**data, "index": i},
-                   "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i}
+                   "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i,
+                   "record_updates_dir": str(tmp_path / "updates")}
             path = tmp_path / f"pi-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             procs.append(subprocess.Popen([sys.executable, "-m", "ztfl.cli", "agent", "--config", str(path)],
@@ -116,9 +118,20 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
     assert gateway.done and not gateway.failed, logs
     assert set(gateway.closed) == {"micro-32", "cnn-lstm-64"}, logs
 
-    # CPython cohort: both agents aggregated, weights summed exactly.
+    # CPython cohort: the decoded sum is exactly the sum of the two agents' weighted fixed-point
+    # updates (each agent keeps its plaintext update locally for this check).
     cpy = gateway.closed["cnn-lstm-64"]
     assert cpy["result"].survivors == tuple(sorted(cpy["sids"].values())) and cpy["result"].dropped == ()
+    cfg64 = cpy["config"]
+    recorded = sorted((tmp_path / "updates").glob("pi-*-r1.0.npy"))
+    assert len(recorded) == 2
+    sums64, weight64 = np.zeros(cfg64.dim, dtype=np.int64), 0
+    for path in recorded:
+        w = min(int(path.with_suffix(".weight").read_text()), cfg64.max_weight)
+        sums64 += w * quantize(np.load(path), cfg64.frac_bits, cfg64.clip_q)
+        weight64 += w
+    assert np.array_equal(cpy["result"].sums, sums64)
+    assert cpy["result"].total_weight == weight64
 
     # Firmware cohort: the decoded sum is exactly the sum of the two encoded updates.
     fw = gateway.closed["micro-32"]
