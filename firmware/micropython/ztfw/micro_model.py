@@ -172,6 +172,19 @@ def hidden_for(n_features, n_classes, max_params=MAX_PARAMS):
     raise MicroModelError("%d features x %d classes cannot fit %d parameters" % (n_features, n_classes, max_params))
 
 
+def zero_floats(n, step=64):
+    """array('f') of n zeros grown in small steps: array('f', bytes(4n)) would need the
+    zero bytes and the array at once (twice the model in one moment); growing lets the
+    allocator extend the block in place."""
+    zeros = array.array("f", bytes(4 * step))
+    out = array.array("f")
+    while len(out) + step <= n:
+        out.extend(zeros)
+    if len(out) < n:
+        out.extend(zeros[:n - len(out)])
+    return out
+
+
 def n_params(sizes):
     return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
@@ -187,7 +200,7 @@ class FloatMLP:
             raise MicroModelError("MLP of %d parameters exceeds %d" % (count, MAX_PARAMS))
         self.sizes = tuple(sizes)
         if params is None:
-            params = array.array("f", bytes(4 * count))
+            params = zero_floats(count)
         if len(params) != count:
             raise MicroModelError("expected %d parameters, got %d" % (count, len(params)))
         self.params = params
