@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -89,9 +90,15 @@ class FirmwareClient:
                                      env=environment(path), text=True)
         self.stage: str | None = None
 
-    def call(self, **cmd) -> dict:
+    def call(self, timeout: float = 120, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
+        # One command, one reply line: nothing is left buffered between calls, so waiting on the
+        # pipe itself is safe. A firmware that stops answering must not hang the caller.
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            raise MicroPythonError(f"firmware client gave no reply to {cmd.get('op')!r} within {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
