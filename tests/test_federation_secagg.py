@@ -1,11 +1,12 @@
-"""A federation of real agent processes through a real mosquitto: the model the gateway commits
-moves by exactly the weighted FedAvg of the agents' (locally recorded) plaintext updates, and a
-subscriber to ztfl/# sees only high-entropy masked words on /masked topics."""
+"""A federation of real agent processes through a real mosquitto, each with its own swtpm: every
+agent enrols and quotes before it is seated, the model the gateway commits moves by exactly the
+weighted FedAvg of the agents' (locally recorded) plaintext updates, and a subscriber to ztfl/#
+sees only high-entropy masked words on /masked topics."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import time
 from collections import Counter
 
 import numpy as np
@@ -31,7 +32,8 @@ def test_secure_aggregate_equals_plaintext_fedavg(mosquitto, datasets_dir, tmp_p
     args = argparse.Namespace(agents="raspberry-pi-4,raspberry-pi-4,jetson-orin-nano,jetson-orin-nano",
                               rounds=1, alpha=0.5, data=str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"),
                               model_size="small", max_batches=5, record_updates_dir=str(tmp_path / "updates"))
-    gateway, agents, gw_state = launch(args, tmp_path, mosquitto.url)
+    tpms: list = []     # one swtpm per agent: enrolment, then a quote before the seat
+    gateway, agents, gw_state = launch(args, tmp_path, mosquitto.url, tpms)
     try:
         wait_port(gw_state, gateway)
         assert gateway.wait(timeout=150) == 0
@@ -41,7 +43,15 @@ def test_secure_aggregate_equals_plaintext_fedavg(mosquitto, datasets_dir, tmp_p
         for p in agents:
             p.wait(timeout=10)
         spy.loop_stop()
+        for tpm in tpms:
+            tpm.stop()
+    identities = json.loads((gw_state / "identities.json").read_text())["identities"]
+    assert sorted(i["agent_id"] for i in identities if i["active"]) == sorted(
+        f"{p}-{i}" for i, p in enumerate(args.agents.split(",")))
+    assert sum(1 for t, _ in seen if t.endswith("/attest")) >= 4     # quotes up (and challenges down)
     reg = Registry(gw_state)
+    assert {a for _, _, a, outcome, _ in reg.participants(1) if outcome == "aggregated"} == {
+        f"{p}-{i}" for i, p in enumerate(args.agents.split(","))}
     versions = reg.model_versions("cnn-lstm")
     assert [v.version for v in versions] == [0, 1]
     applied = reg.load_model(versions[1]).astype(np.float64) - reg.load_model(versions[0])
