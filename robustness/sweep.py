@@ -40,7 +40,7 @@ def acceptance_grid(datasets, rounds: int = 15, agents: int = 20, seed: int = 0,
         runs += [replace(bd, privacy="grouped", defense=d) for d in ("fedavg", "median")]
         runs += [replace(bd, privacy="secagg"), replace(bd, privacy="secagg", clip_norm=1.0, guard_margin=0.02)]
         skew = replace(base, alpha=0.1)
-        runs += [replace(skew, privacy="none", defense=d) for d in ("multi-krum", "flame", "shap", "shap-mad")]
+        runs += [replace(skew, privacy="none", defense=d) for d in ("fedavg", "multi-krum", "flame", "shap", "shap-mad")]
         runs += [replace(skew, attack="label-flip", fraction=0.3, privacy="none", defense=d)
                  for d in ("fedavg", "multi-krum", "flame", "shap-mad")]
     return runs

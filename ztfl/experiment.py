@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(one)
     many = sub.add_parser("sweep", help="a grid of runs: results.jsonl, table.md, plot-*.png")
     many.add_argument("--preset", choices=("acceptance", "attacks", "all", "grid"), default="acceptance",
-                      help="acceptance: the issue's acceptance runs; attacks: the rest of the attack "
+                      help="acceptance: label flipping, backdoor and skew runs; attacks: the rest of the attack "
                            "suite; all: both (docs/robustness.md); grid: the lists below")
     many.add_argument("--datasets", nargs="+", default=["nsl-kdd", "unsw-nb15"])
     many.add_argument("--attacks", nargs="+", choices=ATTACKS, default=["none", "label-flip"])
