@@ -26,7 +26,8 @@ from agent.secagg import AgentAggregation
 from agent.state import StateStore
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd, WireError
+from agent.wire import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
+                        WireError)
 from hw_profiles import Profile, resolve_profile
 from models.params import set_flat
 from models.preprocess import Pipeline
@@ -58,6 +59,7 @@ class AgentConfig:
     seed: int = 0
     record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
     tpm: dict | None = None                # {"tcti": "swtpm:host=...,port=..."}: quote with this TPM
+    threads: int = 1                       # torch threads for local training (cores to give it)
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentConfig":
@@ -79,6 +81,8 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
+        # Oversubscribed OpenMP threads spin against each other: use exactly what we were given.
+        torch.set_num_threads(max(1, int(config.threads)))
         self.profile: Profile = resolve_profile(config.profile)
         self.topics = Topics(config.federation, config.gateway)
         self.store = StateStore(config.state_dir)
@@ -198,6 +202,8 @@ class Agent:
                 self._on_pipeline(payload)
             elif kind == f"model-{self.profile.model_variant}":
                 self._on_model(ModelBlob.decode(payload, self.profile.payload_limit_bytes))
+            elif kind == f"detector-{self.profile.model_variant}":
+                self._on_detector(DetectorBlob.decode(payload, self.profile.payload_limit_bytes))
             elif kind == "round":
                 self._on_round(payload)
             elif kind == "protocol":
@@ -234,29 +240,22 @@ class Agent:
         self.store.state.model_version = blob.version
         self.store.save()
         log.info("global model v%d loaded", blob.version)
-        snapshot = self.spec.build()
-        set_flat(snapshot, flat)
-        threading.Thread(target=self._export_detector, args=(snapshot, blob.version), daemon=True).start()
 
-    def _export_detector(self, model: torch.nn.Module, version: int) -> None:
-        """Detection runs the global model int8: export it (ONNX, dynamic int8) for onnxruntime.
-        The tflite runtime needs the separate LiteRT converter environment; where that is absent
-        the agent runs the same int8 ONNX model and says so once."""
-        from models.export.onnx_export import export_int8
-        from models.export.runtime import IDSRuntime
+    def _on_detector(self, blob: DetectorBlob) -> None:
+        """The int8 ONNX export of a global model version, which detection runs."""
+        from models.export.runtime import IDSRuntime, RuntimeLoadError
         if self.profile.runtime != "onnxruntime" and not self._warned_runtime:
             self._warned_runtime = True
-            log.warning("profile runtime %s: no converter here, detection uses int8 ONNX on onnxruntime",
+            log.warning("profile runtime %s: the federation ships int8 ONNX, detection runs it on onnxruntime",
                         self.profile.runtime)
-        path = Path(self.config.state_dir) / f"detector-v{version}.int8.onnx"
+        path = Path(self.config.state_dir) / f"detector-v{blob.version}.int8.onnx"
+        path.write_bytes(blob.onnx)
         try:
-            export_int8(model, self.pipeline, path)
             runtime = IDSRuntime.open(path)
-        except (RuntimeError, ValueError, OSError) as exc:
-            log.warning("int8 export of model v%d failed: %s", version, exc)
-            return
-        if self.detector is None or self.detector[0] < version:
-            self.detector = (version, runtime)
+        except (RuntimeLoadError, ValueError, OSError) as exc:
+            return self._reject(f"detector v{blob.version} does not load: {exc}")
+        if self.detector is None or self.detector[0] < blob.version:
+            self.detector = (blob.version, runtime)
             for old in Path(self.config.state_dir).glob("detector-v*.onnx"):
                 if old != path:
                     old.unlink(missing_ok=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 # What an agent publishes about itself.
 AGENT_KINDS = ("hello", "heartbeat", "alerts", "enrol", "attest", "protocol", "masked")
 # What the gateway publishes to all agents or to one.
-BROADCAST_KINDS = ("round", "model-cnn-lstm", "model-micro", "pipeline", "protocol", "attest", "status")
+BROADCAST_KINDS = ("round", "model-cnn-lstm", "model-micro", "detector-cnn-lstm", "pipeline", "protocol",
+                   "attest", "status")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

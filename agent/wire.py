@@ -312,3 +312,29 @@ class VectorMessage:
 
 AGGREGATE_FIELDS = {"gateway": str, "round": int, "variant": str, "base_version": int, "samples": int}
 CLOUD_MODEL_FIELDS = {"variant": str, "version": int, "round": int, "sha256": str}
+
+
+# ---------------------------------------------------------------------------------------------
+# The int8 detector (ONNX) of one global model version, exported once by the gateway.
+DETECTOR_MAGIC = b"ZTD1"
+_DETECTOR_HEAD = struct.Struct(">4sII")  # magic, model version, byte count
+
+
+@dataclass
+class DetectorBlob:
+    version: int
+    onnx: bytes
+
+    def encode(self) -> bytes:
+        return _DETECTOR_HEAD.pack(DETECTOR_MAGIC, self.version, len(self.onnx)) + self.onnx
+
+    @classmethod
+    def decode(cls, payload: bytes, limit: int) -> "DetectorBlob":
+        if len(payload) > limit:
+            raise WireError(f"detector of {len(payload)} bytes above limit {limit}")
+        if len(payload) < _DETECTOR_HEAD.size:
+            raise WireError("detector shorter than its header")
+        magic, version, n = _DETECTOR_HEAD.unpack_from(payload, 0)
+        if magic != DETECTOR_MAGIC or _DETECTOR_HEAD.size + n != len(payload):
+            raise WireError("bad detector magic or length")
+        return cls(version, payload[_DETECTOR_HEAD.size:])

@@ -26,7 +26,7 @@ from agent.model import ModelSpec, flat_to_tensors, layout
 from agent.topics import CloudTopics, Topics, TopicError
 from agent.transport import MqttTransport
 from agent.wire import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
-                        RoundEnd, VectorMessage, WireError)
+                        RoundEnd, VectorMessage, WireError, DetectorBlob)
 from gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
 from gateway.config import GatewayConfig
 from gateway.liveness import AgentTable
@@ -142,6 +142,20 @@ class Gateway:
         self.bytes_down += len(payload)
         # One retained topic per variant: a late-joining agent gets its model at once.
         self.transport.publish(self.topics.broadcast(f"model-{variant}"), payload, retain=True)
+        if variant == "cnn-lstm":
+            self._publish_detector(variant, mv.version)
+
+    def _publish_detector(self, variant: str, version: int) -> None:
+        """Export the int8 ONNX detector once here rather than on every agent."""
+        import tempfile
+        from models.export.onnx_export import export_int8
+        model = self.specs[variant].build()
+        set_flat(model, self.models[variant])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_int8(model, self.pipeline, Path(tmp) / "detector.int8.onnx")
+            payload = DetectorBlob(version, path.read_bytes()).encode()
+        self.bytes_down += len(payload)
+        self.transport.publish(self.topics.broadcast(f"detector-{variant}"), payload, retain=True)
 
     # message handling --------------------------------------------------------------------------
     def _reject(self, reason: str, detail: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from gateway.registry import Registry
 from ztfl.demo import launch, start_gateway, wait_port
 
-AGENTS = "raspberry-pi-4,raspberry-pi-4,jetson-orin-nano,jetson-orin-nano"
+AGENTS = "raspberry-pi-4,raspberry-pi-4,jetson-orin-nano"
 
 
 def _args(datasets_dir, tmp_path, rounds):

@@ -85,7 +85,8 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Many processes share two cores: one OpenMP thread each, or they spin against each other.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     gateway = start_gateway(work)
     agents = []
     for i, profile in enumerate(profiles):
@@ -114,7 +115,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
 
 def start_gateway(work: Path) -> subprocess.Popen:
     """(Re)start the gateway of a launched federation; its log is appended to."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "ztfl.cli", "gateway", "--config", str(work / "gateway.yaml")],
                             stdout=open(work / "logs" / "gateway.log", "ab"), stderr=subprocess.STDOUT, env=env)
 
