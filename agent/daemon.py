@@ -261,8 +261,7 @@ class Agent:
                     old.unlink(missing_ok=True)
 
     def _on_round(self, payload: bytes) -> None:
-        doc_kind = json.loads(payload).get("outcome") if payload[:1] == b"{" else None
-        if doc_kind is not None:
+        if b'"outcome"' in payload:
             end = RoundEnd.decode(payload)
             if self.announce and (end.round, end.attempt, end.cohort) == \
                     (self.announce.round, self.announce.attempt, self.announce.cohort):
@@ -304,8 +303,6 @@ class Agent:
         log.info("round %d.%d: seated in %s as %d", ann.round, ann.attempt, ann.cohort, me[0][1])
 
     def _train(self, ann: RoundAnnounce) -> None:
-        start = torch.nn.utils.parameters_to_vector  # keep torch import warm in this thread
-        del start
         from models.params import get_flat
         base = get_flat(self.model)
         local = self.spec.build()
@@ -333,7 +330,7 @@ class Agent:
             return  # someone else's cohort or a past round
         try:
             self._send(self.session.receive(env.body))
-        except ProtocolError as exc:
+        except (ProtocolError, ValueError) as exc:
             self._reject(f"protocol frame refused: {type(exc).__name__}: {exc}")
 
     def _send(self, frames) -> None:

@@ -8,7 +8,6 @@ down (retained), where each gateway adopts it as its next global model.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, fields

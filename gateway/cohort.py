@@ -14,7 +14,6 @@ import enum
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +185,3 @@ class CohortRun:
     def outcomes(self) -> dict[str, tuple[str, str]]:
         return {a: (p.outcome, p.reason) for a, p in self.participants.items()}
 
-
-def time_now() -> float:
-    return time.monotonic()
