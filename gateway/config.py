@@ -30,6 +30,7 @@ class GatewayConfig:
     threshold_fraction: float = 0.6                     # t = ceil(fraction * cohort), at least 2
     deadlines_s: dict = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
     retry_delay_s: float = 2.0
+    linger_s: float = 0.0                               # keep serving status this long after the last round
     round_interval_s: float = 0.5                       # pause between rounds (agents detect meanwhile)
     max_attempts: int = 3
     heartbeat_s: float = 2.0

@@ -500,6 +500,10 @@ class Gateway:
         try:
             while not (self.done and stop_when_done):
                 self.step()
+            # Agents report their final state (heartbeats) while the status stays readable.
+            end = time.monotonic() + self.config.linger_s
+            while time.monotonic() < end:
+                self.step()
         finally:
             self.stop()
         return 1 if self.failed else 0

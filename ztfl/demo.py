@@ -29,7 +29,7 @@ DEFAULT_AGENTS = ["raspberry-pi-4", "raspberry-pi-4", "jetson-orin-nano", "jetso
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--agents", default=",".join(DEFAULT_AGENTS),
                         help="comma-separated hardware profiles, one agent each")
     parser.add_argument("--broker", help="use this broker URL instead of a private mosquitto")
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kill-round", type=int, default=2, help="round in which one agent is killed (0: none)")
     parser.add_argument("--data", help="NSL-KDD training file (default: $ZTFL_DATASETS/nsl_kdd/...)")
     parser.add_argument("--model-size", default="small", choices=["small", "default"])
-    parser.add_argument("--max-batches", type=int, default=40, help="local training budget per round")
+    parser.add_argument("--max-batches", type=int, default=80, help="local training budget per round")
     parser.add_argument("--firmware-agents", type=int, default=3,
                         help="ESP32 agents run in the MicroPython unix port when `micropython` is installed "
                              "(their own micro-32 cohort; 0: none)")
@@ -75,7 +75,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
     gw_cfg = {"federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
               "state_dir": str(gw_state), "data": data, "model_size": args.model_size, "rounds": args.rounds,
               "min_agents": len(profiles) + n_fw, "min_cohort": 3, "heartbeat_s": 1.0,
-              "round_interval_s": 3.0,
+              "round_interval_s": 3.0, "linger_s": 4.0,
               # Generous: a stage closes as soon as every live participant answered, so these
               # bind only for an agent that hangs without disconnecting.
               "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 180,
@@ -243,6 +243,7 @@ def run(args) -> int:
                         console.print(f"[red]killed agent {args.agents.split(',')[0]}-0 in round "
                                       f"{status['round']} (stage masked)")
                     if status.get("done"):
+                        time.sleep(2.5)    # the gateway lingers: collect the agents' final heartbeats
                         break
                 time.sleep(0.3)
         status = _status(port) or status
