@@ -9,6 +9,8 @@ made on the way (the .tflite ones need `make export-venv`). Prints one JSON obje
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -76,7 +78,9 @@ def _ensure(model_dir: Path, name: str, argv: list[str]) -> Path:
     path = model_dir / name
     if not path.exists():
         from ztfl.cli import main as ztfl_main
-        code = ztfl_main(["export", "--model", str(model_dir), *argv, "--out", str(path)])
+        # The exporter's progress line must not mix into the one JSON object bench prints.
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = ztfl_main(["export", "--model", str(model_dir), *argv, "--out", str(path)])
         if code != 0:
             raise RuntimeError(f"export of {name} failed (exit {code})")
     return path

@@ -15,7 +15,9 @@ def test_bench_model_reports_sizes_latency_agreement_and_accuracy(datasets_dir, 
     capsys.readouterr()
     assert ztfl_main(["bench", "model", "--model", str(out), "--no-tflite", "--repeats", "2",
                       "--rows", "60", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1  # one JSON object, nothing else
+    report = json.loads(lines[0])
     assert report["held_out_rows"] == 60 and report["parameters"] > 0
     assert set(report["latency_us_per_sample"]) == {f"{r}_b{b}" for r in ("torch_fp32", "onnx_fp32", "onnx_int8")
                                                     for b in (1, 256)}
