@@ -1,0 +1,186 @@
+"""Lightweight simulated agents for scale benchmarks and fault tests: many agents in one process.
+
+Each simulated agent speaks the real client protocol (agent.secagg.AgentAggregation over
+protocol.client.ClientSession) and the real MQTT payloads (agent.wire) on its own agent topics;
+what is simulated is everything around it: no training (the update is a deterministic function
+of the seed and the agent id, so whoever checks the aggregate can recompute it), no model, no
+TPM, and one shared MQTT connection for the whole fleet instead of one per device.
+
+A dropping agent stops answering after ShareKeys (it never sends its masked input, the costliest
+dropout for the gateway) and publishes the offline heartbeat its MQTT will would carry.
+
+    python -m agent.sim --broker mqtt://127.0.0.1:1883 --agents 500 --first-id 1 --dim 100000 \
+        --seed 0 --drop 7,19 --timeout 300
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from agent.secagg import AgentAggregation, frame_type
+from agent.topics import Topics, TopicError
+from agent.transport import BrokerConfig, MqttTransport
+from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from protocol import wire
+from protocol.errors import ProtocolError
+
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+
+def agent_name(i: int) -> str:
+    return f"sim-{i:05d}"
+
+
+def sim_identity(seed: int, i: int) -> SigningKey:
+    """A stable identity per (seed, agent): the gateway side can recompute who is who."""
+    return SigningKey(np.random.default_rng([seed, i, 1]).bytes(32))
+
+
+def sim_update(seed: int, i: int, dim: int) -> np.ndarray:
+    """The update agent i contributes: small normal deltas, as a trained model's would be."""
+    return np.random.default_rng([seed, i, 2]).normal(0.0, 0.05, size=dim).astype(np.float32)
+
+
+@dataclass
+class SimAgent:
+    index: int
+    name: str
+    identity: SigningKey
+    drop: bool
+    session: AgentAggregation | None = None
+    announce: RoundAnnounce | None = None
+    sent_masked: bool = False
+
+
+class SimFleet:
+    def __init__(self, broker_url: str, indices: list[int], dim: int, seed: int = 0,
+                 drop: set[int] = frozenset(), federation: str = "bench", gateway: str = "fog1",
+                 client_id: str = ""):
+        self.topics = Topics(federation, gateway)
+        self.dim, self.seed = dim, seed
+        self.agents = {agent_name(i): SimAgent(i, agent_name(i), sim_identity(seed, i), i in drop)
+                       for i in indices}
+        base = self.topics.base
+        self.transport = MqttTransport(BrokerConfig(url=broker_url, client_id=client_id or f"simfleet-{indices[0]}",
+                                                    keepalive_s=60),
+                                       [f"{base}/broadcast/round", f"{base}/broadcast/protocol",
+                                        f"{base}/broadcast/to/+/protocol"], MAX_PAYLOAD)
+        self.rejected = 0
+        self.ended = False
+        self.cpu_seconds = 0.0
+
+    def start(self) -> None:
+        self.transport.start()
+        for a in self.agents.values():
+            hello = Hello(a.name, "x86-64-gateway", "cnn-lstm", 32, "onnxruntime", 100, "device-key",
+                          bytes(a.identity.verify_key).hex())
+            self.transport.publish(self.topics.agent(a.name, "hello"), hello.encode())
+
+    def _send(self, a: SimAgent, frames) -> None:
+        ann = a.announce
+        for kind, frame in frames:
+            if kind == "masked":
+                a.sent_masked = True
+            env = Envelope(ann.round, ann.attempt, ann.cohort, kind, frame).encode()
+            self.transport.publish(self.topics.agent(a.name, kind), env)
+
+    def _deliver(self, a: SimAgent, body: bytes) -> None:
+        if a.session is None:
+            return
+        if a.drop and frame_type(body) == wire.SHARES_RELAY:
+            # Drops out here: never masks; the broker would now deliver its MQTT will.
+            a.session = None
+            offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
+            self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
+            return
+        try:
+            frames = a.session.receive(body)
+            if a.session.wants_input and a.session.session.config is not None:
+                frames = frames + a.session.provide_input(sim_update(self.seed, a.index, self.dim), 1)
+            self._send(a, frames)
+        except ProtocolError as exc:
+            self.rejected += 1
+            print(f"{a.name}: frame refused: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _on_round(self, payload: bytes) -> None:
+        doc = json.loads(payload) if payload[:1] == b"{" else {}
+        if isinstance(doc, dict) and "outcome" in doc:
+            RoundEnd.decode(payload)
+            self.ended = True
+            return
+        ann = RoundAnnounce.decode(payload)
+        peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
+        for name, sid, _ in ann.participants:
+            a = self.agents.get(name)
+            if a is None:
+                continue
+            a.announce = ann
+            a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
+                                         peers=peers, round_id=ann.round, epoch=ann.round * 16 + ann.attempt)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            kind = self.topics.parse_broadcast_topic(topic)
+            if kind == "round":
+                return self._on_round(payload)
+            env = Envelope.decode(payload, MAX_PAYLOAD)
+        except (TopicError, WireError, ValueError) as exc:
+            self.rejected += 1
+            print(f"refused {topic}: {exc}", file=sys.stderr)
+            return
+        prefix = f"{self.topics.base}/broadcast/to/"
+        if topic.startswith(prefix):
+            a = self.agents.get(topic[len(prefix):].split("/")[0])
+            if a is not None and a.announce is not None and env.round == a.announce.round:
+                self._deliver(a, env.body)
+            return
+        for a in self.agents.values():
+            if a.announce is not None and env.round == a.announce.round:
+                self._deliver(a, env.body)
+
+    def run(self, timeout: float) -> dict:
+        c0 = time.process_time()
+        deadline = time.monotonic() + timeout
+        self.start()
+        try:
+            while not self.ended and time.monotonic() < deadline:
+                msg = self.transport.get(0.2)
+                if msg is not None:
+                    self.handle(msg.topic, msg.payload)
+        finally:
+            self.transport.stop()
+        self.cpu_seconds = time.process_time() - c0
+        return {"agents": len(self.agents), "ended": self.ended, "rejected": self.rejected,
+                "masked_sent": sum(a.sent_masked for a in self.agents.values()),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "bytes_out": self.transport.bytes_out, "bytes_in": self.transport.bytes_in,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="simulated agents (one MQTT connection for all)")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--agents", type=int, required=True)
+    p.add_argument("--first-id", type=int, default=1)
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop", default="", help="comma-separated agent indices that drop after ShareKeys")
+    p.add_argument("--federation", default="bench")
+    p.add_argument("--timeout", type=float, default=600)
+    args = p.parse_args(argv)
+    indices = list(range(args.first_id, args.first_id + args.agents))
+    drop = {int(x) for x in args.drop.split(",") if x}
+    fleet = SimFleet(args.broker, indices, args.dim, args.seed, drop, args.federation)
+    print(json.dumps(fleet.run(args.timeout)), flush=True)
+    return 0 if fleet.ended else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
