@@ -44,6 +44,9 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
     if meta_kind(model_dir) == "cnn-lstm":
         from models.export.unrolled import UnrolledCNNLSTM
         model = UnrolledCNNLSTM(model)
+    # The exported graph has a fixed batch: repeat the rows to fill at least one batch.
+    if len(calibration) < batch:
+        calibration = np.resize(calibration, (batch, calibration.shape[1]))
     example = (torch.from_numpy(calibration[:batch].astype(np.float32)),)
     exported = torch.export.export(model, example).module()
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
