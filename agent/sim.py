@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -27,11 +28,17 @@ from nacl.signing import SigningKey
 from agent.secagg import AgentAggregation, frame_type
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from agent.wire import MAX_JSON_BYTES, Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
 from protocol import wire
 from protocol.errors import ProtocolError
 
 MAX_PAYLOAD = 64 * 1024 * 1024
+# A round announcement lists every participant (id, client id, 64 hex key: under 128 bytes each);
+# the generic 64 KiB JSON limit would refuse announcements of more than about 750 agents.
+ANNOUNCE_LIMIT = MAX_JSON_BYTES + 128 * 0xFFFF
+# The gateway stage in which a frame of this type reaches an agent (gateway.secagg.STAGE_KEYS).
+STAGE_OF_FRAME = {wire.ROUND_CONFIG: "advertise", wire.ROSTER: "share", wire.SHARES_RELAY: "masked",
+                  wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask"}
 
 
 def agent_name(i: int) -> str:
@@ -62,9 +69,25 @@ class SimAgent:
 class SimFleet:
     def __init__(self, broker_url: str, indices: list[int], dim: int, seed: int = 0,
                  drop: set[int] = frozenset(), federation: str = "bench", gateway: str = "fog1",
-                 client_id: str = ""):
+                 client_id: str = "", heartbeat_s: float = 0.0, stall: tuple[str, ...] = (),
+                 stall_only: set[int] | None = None, resume_file: str | None = None,
+                 drop_plan: dict[int, tuple[int, str]] | None = None, duplicate: bool = False):
+        """Fault injection for tests, all off by default:
+        `heartbeat_s` > 0: heartbeat every agent (a production gateway marks silent agents offline);
+        `stall[i]`: in attempt i of a round, agents (those in `stall_only`, default all) hold the
+        frames of that stage unanswered, until `resume_file` exists (a gateway waits there: tests
+        kill it or restart the broker at a known point);
+        `drop_plan[agent index] = (round, stage)`: that agent dies when that stage's frame arrives;
+        `duplicate`: every frame is received twice and published twice (QoS 1 redelivery)."""
         self.topics = Topics(federation, gateway)
         self.dim, self.seed = dim, seed
+        self.heartbeat_s, self.stall = heartbeat_s, tuple(stall)
+        self.stall_only, self.resume_file = stall_only, resume_file
+        self.drop_plan, self.duplicate = dict(drop_plan or {}), duplicate
+        self.held: list[tuple[SimAgent, bytes]] = []
+        self.dead: set[str] = set()
+        self.next_heartbeat = 0.0
+        self.stalled = 0
         self.agents = {agent_name(i): SimAgent(i, agent_name(i), sim_identity(seed, i), i in drop)
                        for i in indices}
         base = self.topics.base
@@ -81,7 +104,16 @@ class SimFleet:
         for a in self.agents.values():
             hello = Hello(a.name, "x86-64-gateway", "cnn-lstm", 32, "onnxruntime", 100, "device-key",
                           bytes(a.identity.verify_key).hex())
-            self.transport.publish(self.topics.agent(a.name, "hello"), hello.encode())
+            # Retained, as a real agent's: a gateway that restarts still learns who we are.
+            self.transport.publish(self.topics.agent(a.name, "hello"), hello.encode(), retain=True)
+
+    def _heartbeats(self) -> None:
+        for a in self.agents.values():
+            if a.name in self.dead or (a.session is None and a.drop and a.announce is not None):
+                continue                       # dropped out: stays silent
+            state = "training" if a.session is not None else "online"
+            hb = Heartbeat(a.name, state, a.announce.round if a.announce else 0, -1, 0, 0)
+            self.transport.publish(self.topics.agent(a.name, "heartbeat"), hb.encode())
 
     def _send(self, a: SimAgent, frames) -> None:
         ann = a.announce
@@ -89,7 +121,8 @@ class SimFleet:
             if kind == "masked":
                 a.sent_masked = True
             env = Envelope(ann.round, ann.attempt, ann.cohort, kind, frame).encode()
-            self.transport.publish(self.topics.agent(a.name, kind), env)
+            for _ in range(2 if self.duplicate else 1):
+                self.transport.publish(self.topics.agent(a.name, kind), env)
 
     def _deliver(self, a: SimAgent, body: bytes) -> None:
         if a.session is None:
@@ -100,10 +133,39 @@ class SimFleet:
             offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
             self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
             return
+        stage = STAGE_OF_FRAME.get(frame_type(body))
+        if self.drop_plan.get(a.index) == (a.announce.round, stage):
+            self.dead.add(a.name)
+            a.session = None
+            offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
+            self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
+            return
+        attempt = a.announce.attempt
+        if attempt < len(self.stall) and stage == self.stall[attempt] and \
+                (self.stall_only is None or a.index in self.stall_only) and not self._resumed():
+            self.stalled += 1
+            self.held.append((a, body))
+            return
+        for _ in range(2 if self.duplicate else 1):
+            self._answer(a, body)
+
+    def _resumed(self) -> bool:
+        return self.resume_file is not None and os.path.exists(self.resume_file)
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, []
+        for a, body in held:
+            if a.session is not None:
+                self._answer(a, body)
+
+    def _answer(self, a: SimAgent, body: bytes) -> None:
+        if a.session is None:
+            return
         try:
             frames = a.session.receive(body)
-            if a.session.wants_input and a.session.session.config is not None:
-                frames = frames + a.session.provide_input(sim_update(self.seed, a.index, self.dim), 1)
+            config = a.session.session.config
+            if a.session.wants_input and config is not None:
+                frames = frames + a.session.provide_input(sim_update(self.seed, a.index, config.dim), 1)
             self._send(a, frames)
         except ProtocolError as exc:
             self.rejected += 1
@@ -115,11 +177,11 @@ class SimFleet:
             RoundEnd.decode(payload)
             self.ended = True
             return
-        ann = RoundAnnounce.decode(payload)
+        ann = RoundAnnounce.decode(payload, ANNOUNCE_LIMIT)
         peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
         for name, sid, _ in ann.participants:
             a = self.agents.get(name)
-            if a is None:
+            if a is None or name in self.dead:
                 continue
             a.announce = ann
             a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
@@ -145,15 +207,20 @@ class SimFleet:
             if a.announce is not None and env.round == a.announce.round:
                 self._deliver(a, env.body)
 
-    def run(self, timeout: float) -> dict:
+    def run(self, timeout: float, until_round_end: bool = True) -> dict:
         c0 = time.process_time()
         deadline = time.monotonic() + timeout
         self.start()
         try:
-            while not self.ended and time.monotonic() < deadline:
+            while not (self.ended and until_round_end) and time.monotonic() < deadline:
                 msg = self.transport.get(0.2)
                 if msg is not None:
                     self.handle(msg.topic, msg.payload)
+                if self.held and self._resumed():
+                    self._release_held()
+                if self.heartbeat_s and time.monotonic() >= self.next_heartbeat:
+                    self.next_heartbeat = time.monotonic() + self.heartbeat_s
+                    self._heartbeats()
         finally:
             self.transport.stop()
         self.cpu_seconds = time.process_time() - c0
@@ -174,11 +241,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drop", default="", help="comma-separated agent indices that drop after ShareKeys")
     p.add_argument("--federation", default="bench")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--gateway", default="fog1")
+    p.add_argument("--heartbeat-s", type=float, default=0.0)
+    p.add_argument("--stall", default="", help="comma-separated stage per attempt in which nobody answers")
+    p.add_argument("--stall-only", default="", help="comma-separated agent indices that stall (default all)")
+    p.add_argument("--resume-file", default=None, help="held frames are answered once this file exists")
+    p.add_argument("--drop-plan", default="", help="index:round:stage,... agents that die at that point")
+    p.add_argument("--duplicate", action="store_true", help="receive and publish every frame twice")
+    p.add_argument("--serve", action="store_true", help="keep going after a round ends (until --timeout)")
     args = p.parse_args(argv)
     indices = list(range(args.first_id, args.first_id + args.agents))
     drop = {int(x) for x in args.drop.split(",") if x}
-    fleet = SimFleet(args.broker, indices, args.dim, args.seed, drop, args.federation)
-    print(json.dumps(fleet.run(args.timeout)), flush=True)
+    fleet = SimFleet(args.broker, indices, args.dim, args.seed, drop, args.federation, args.gateway,
+                     heartbeat_s=args.heartbeat_s, stall=tuple(s for s in args.stall.split(",") if s),
+                     stall_only={int(x) for x in args.stall_only.split(",") if x} or None,
+                     resume_file=args.resume_file, duplicate=args.duplicate,
+                     drop_plan={int(i): (int(r), st) for i, r, st in
+                                (x.split(":") for x in args.drop_plan.split(",") if x)})
+    print(json.dumps(fleet.run(args.timeout, until_round_end=not args.serve)), flush=True)
     return 0 if fleet.ended else 1
 
 
