@@ -129,8 +129,8 @@ def _pct(x) -> str:
 
 def table(results: list[dict]) -> str:
     head = ("| dataset | attack | fraction | Dirichlet alpha | privacy | defense | accuracy % | last 3 rounds % | macro-F1 % | "
-            "backdoor success % | honest excluded % | attackers excluded % | rounds | seconds |\n"
-            "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            "backdoor success % | backdoor, last 5 rounds % | honest excluded % | attackers excluded % | rounds | seconds |\n"
+            "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for r in results:
         c = r["config"]
@@ -139,12 +139,15 @@ def table(results: list[dict]) -> str:
                                           " + drift" if c.get("drift") else ""])
         lead = f"| {c['dataset']} | {c['attack']} | {c['fraction']:g} | {c['alpha']:g} | {c['privacy']} | {defense} |"
         if "refused" in r:
-            rows.append(f"{lead} refused: {r['refused']} | | | | | | {c['rounds']} | |")
+            rows.append(f"{lead} refused: {r['refused']} | | | | | | | {c['rounds']} | |")
             continue
         f = r["final"]
         # One round's accuracy moves by a few tenths: the mean of the last three is steadier.
         last3 = sum(x["accuracy"] for x in r["rounds"][-3:]) / len(r["rounds"][-3:])
-        rows.append(f"{lead} {_pct(f['accuracy'])} | {_pct(last3)} | {_pct(f['macro_f1'])} | {_pct(f['attack_success'])} | "
+        # Backdoor success swings between rounds under FedAvg: the last five rounds' mean too.
+        asr5 = [x["attack_success"] for x in r["rounds"][-5:] if x["attack_success"] is not None]
+        asr5 = sum(asr5) / len(asr5) if asr5 else None
+        rows.append(f"{lead} {_pct(f['accuracy'])} | {_pct(last3)} | {_pct(f['macro_f1'])} | {_pct(f['attack_success'])} | {_pct(asr5)} | "
                     f"{_pct(f['honest_excluded_mean'])} | {_pct(f['malicious_excluded_mean'])} | "
                     f"{c['rounds']} | {r['seconds']:.0f} |")
     return head + "\n".join(rows) + "\n"
