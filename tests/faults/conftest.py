@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ import yaml
 
 from agent.sim import agent_name, sim_update
 from gateway.registry import Registry
+
+def _copy(stream, path: Path) -> None:
+    with open(path, "ab") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
+
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
@@ -69,11 +77,13 @@ class Federation:
             if max_file_bytes is not None:     # a full disk, for this process only
                 resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
-        log = open(self.work / "gateway.log", "ab")
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "ztfl.cli", "gateway", "--config", str(self.work / "gateway.yaml")],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limits,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        # The log is written by this process, through a pipe: a disk-full fault on the gateway
+        # must not stop its error from being recorded.
+        threading.Thread(target=_copy, args=(self.gateway.stdout, self.work / "gateway.log"), daemon=True).start()
         self.procs.append(self.gateway)
         return self.gateway
 
