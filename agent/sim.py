@@ -28,14 +28,11 @@ from nacl.signing import SigningKey
 from agent.secagg import AgentAggregation, frame_type
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import MAX_JSON_BYTES, Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
 from protocol import wire
 from protocol.errors import ProtocolError
 
 MAX_PAYLOAD = 64 * 1024 * 1024
-# A round announcement lists every participant (id, client id, 64 hex key: under 128 bytes each);
-# the generic 64 KiB JSON limit would refuse announcements of more than about 750 agents.
-ANNOUNCE_LIMIT = MAX_JSON_BYTES + 128 * 0xFFFF
 # The gateway stage in which a frame of this type reaches an agent (gateway.secagg.STAGE_KEYS).
 STAGE_OF_FRAME = {wire.ROUND_CONFIG: "advertise", wire.ROSTER: "share", wire.SHARES_RELAY: "masked",
                   wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask"}
@@ -177,7 +174,7 @@ class SimFleet:
             RoundEnd.decode(payload)
             self.ended = True
             return
-        ann = RoundAnnounce.decode(payload, ANNOUNCE_LIMIT)
+        ann = RoundAnnounce.decode(payload)
         peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
         for name, sid, _ in ann.participants:
             a = self.agents.get(name)

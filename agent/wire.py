@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -38,13 +39,16 @@ class JsonMessage:
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
+    _LIMIT = MAX_JSON_BYTES
+
     @classmethod
-    def decode(cls, payload: bytes, limit: int = MAX_JSON_BYTES):
+    def decode(cls, payload: bytes, limit: int | None = None):
+        limit = cls._LIMIT if limit is None else limit
         if len(payload) > limit:
             raise WireError(f"{cls.__name__}: {len(payload)} bytes, limit {limit}")
         try:
             doc = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise WireError(f"{cls.__name__}: not JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise WireError(f"{cls.__name__}: expected an object")
@@ -122,6 +126,9 @@ class RoundAnnounce(JsonMessage):
     deadlines_s: dict
     weight_unit: int = 1        # samples per unit of secure-aggregation weight
     server_pk: str = ""         # hex Ed25519 key of the gateway for this federation
+    # It lists every participant (under 128 bytes each, at most 65535 client ids): the generic
+    # 64 KiB limit would refuse the announcement of a cohort above about 750 agents.
+    _LIMIT = MAX_JSON_BYTES + 128 * 0xFFFF
     _TYPES = {"round": int, "attempt": int, "cohort": str, "model_variant": str, "mask_bits": int,
               "model_version": int, "model_sha256": str, "participants": list, "threshold": int,
               "nonce": str, "deadlines_s": dict, "weight_unit": int, "server_pk": str}
@@ -197,6 +204,7 @@ class Envelope:
 MODEL_MAGIC = b"ZTM1"
 _MODEL_HEAD = struct.Struct(">4sIII")  # magic, version, tensor count, header json length
 MAX_TENSORS = 256
+MAX_TENSOR_DIMS = 8
 
 
 @dataclass
@@ -234,7 +242,7 @@ class ModelBlob:
             head = json.loads(payload[_MODEL_HEAD.size:_MODEL_HEAD.size + hlen].decode())
             meta = head["tensors"]
             variant, digest = str(head["variant"]), str(head["sha256"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError) as exc:
             raise WireError(f"bad model header: {exc}") from exc
         if not isinstance(meta, list) or len(meta) != count:
             raise WireError("model tensor table does not match its count")
@@ -244,9 +252,13 @@ class ModelBlob:
             if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
                     or not isinstance(entry[1], list)
                     or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**24 for d in entry[1])
-                    or not isinstance(entry[2], (int, float))):
+                    or not isinstance(entry[2], (int, float)) or len(entry[1]) > MAX_TENSOR_DIMS):
                 raise WireError(f"bad tensor entry {entry!r:.80}")
-            n = int(np.prod(entry[1])) if entry[1] else 1
+            # Python ints (np.prod wraps at 2^63), and even a shape holding a 0 must have a
+            # product of its other dimensions numpy can represent: bounded by the payload.
+            if math.prod(d for d in entry[1] if d) > len(payload):
+                raise WireError(f"tensor {entry[0]} shape {entry[1]!r:.80} is larger than the model")
+            n = math.prod(entry[1])
             if pos + n > len(payload):
                 raise WireError(f"tensor {entry[0]} runs past the end of the model")
             q = np.frombuffer(payload, dtype=np.int8, count=n, offset=pos).reshape(entry[1])
@@ -296,7 +308,7 @@ class VectorMessage:
             raise WireError("vector message sizes do not add up to its length")
         try:
             header = json.loads(payload[_VECTOR_HEAD.size:_VECTOR_HEAD.size + hlen].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise WireError(f"bad vector header: {exc}") from exc
         if not isinstance(header, dict):
             raise WireError("vector header is not an object")
