@@ -26,12 +26,12 @@ from agent.secagg import AgentAggregation
 from agent.state import StateStore
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
+from agent.update import local_update
 from agent.wire import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
                         WireError)
 from hw_profiles import Profile, resolve_profile
 from models.params import set_flat
 from models.preprocess import Pipeline
-from models.training import TrainConfig, train_local
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.agent")
@@ -63,12 +63,15 @@ class AgentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentConfig":
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except RecursionError:
+            raise AgentConfigError(f"{path}: YAML nested too deeply") from None
         if not isinstance(doc, dict):
             raise AgentConfigError("agent config must be a mapping")
         unknown = set(doc) - set(cls.__dataclass_fields__)
         if unknown:
-            raise AgentConfigError(f"agent config: unknown key '{sorted(unknown)[0]}'")
+            raise AgentConfigError(f"agent config: unknown key '{sorted(map(str, unknown))[0]}'")
         if "agent_id" not in doc:
             raise AgentConfigError("agent config: missing key 'agent_id'")
         broker = doc.pop("broker", {}) or {}
@@ -305,16 +308,12 @@ class Agent:
     def _train(self, ann: RoundAnnounce) -> None:
         from models.params import get_flat
         base = get_flat(self.model)
-        local = self.spec.build()
-        set_flat(local, base)
         budget = self.profile.training
-        cfg = TrainConfig(epochs=self.config.train_epochs or budget.epochs, batch_size=budget.batch_size,
-                          adversarial="fgsm" if self.profile.adversarial_training else None,
-                          seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s, lr=self.config.lr,
-                          max_batches=self.config.max_batches)
-        result = train_local(local, self.encoded, cfg)
+        delta = local_update(self.spec, base, self.encoded, epochs=self.config.train_epochs or budget.epochs,
+                             batch_size=budget.batch_size, lr=self.config.lr, max_batches=self.config.max_batches,
+                             seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s,
+                             adversarial="fgsm" if self.profile.adversarial_training else None)
         weight = max(1, min(round(len(self.encoded) / max(1, ann.weight_unit)), 0xFFFFFFFF))
-        delta = result.weights - base
         if self.config.record_updates_dir:
             out = Path(self.config.record_updates_dir)
             out.mkdir(parents=True, exist_ok=True)

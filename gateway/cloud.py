@@ -50,7 +50,7 @@ class CloudConfig:
             raise ConfigError("cloud config must be a mapping")
         unknown = set(doc) - {f.name for f in fields(cls)}
         if unknown:
-            raise ConfigError(f"cloud config: unknown key '{sorted(unknown)[0]}'")
+            raise ConfigError(f"cloud config: unknown key '{sorted(map(str, unknown))[0]}'")
         broker = doc.pop("broker", {}) or {}
         cfg = cls(broker=BrokerConfig(**broker), **doc)
         if not cfg.gateways or not all(isinstance(g, str) for g in cfg.gateways):

@@ -35,6 +35,8 @@ class GatewayConfig:
     max_attempts: int = 3
     heartbeat_s: float = 2.0
     require_attestation: bool = False
+    software_devices: str = ""                          # devices.yaml from `ztfl provision` (device keys)
+    allow_software_rooted: bool = False                 # seat device-key boards (ESP32) that attest
     http_host: str = "127.0.0.1"
     http_port: int = 0                                  # 0: any free port (written to state_dir/http.port)
     max_payload: int = 16 * 1024 * 1024
@@ -48,7 +50,7 @@ class GatewayConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(doc) - names
         if unknown:
-            raise ConfigError(f"gateway config: unknown key '{sorted(unknown)[0]}'")
+            raise ConfigError(f"gateway config: unknown key '{sorted(map(str, unknown))[0]}'")
         doc = dict(doc)
         broker = doc.pop("broker", {}) or {}
         if not isinstance(broker, dict):
@@ -58,19 +60,31 @@ class GatewayConfig:
         except TypeError as exc:
             raise ConfigError(f"gateway config: key 'broker': {exc}") from exc
         deadlines = dict(DEFAULT_DEADLINES)
-        deadlines.update(doc.pop("deadlines_s", {}) or {})
+        given = doc.pop("deadlines_s", {}) or {}
+        if not isinstance(given, dict):
+            raise ConfigError("gateway config: key 'deadlines_s' must map stages to seconds")
+        deadlines.update(given)
         bad = set(deadlines) - set(DEFAULT_DEADLINES)
         if bad:
-            raise ConfigError(f"gateway config: unknown stage 'deadlines_s.{sorted(bad)[0]}'")
+            raise ConfigError(f"gateway config: unknown stage 'deadlines_s.{sorted(map(str, bad))[0]}'")
         cfg = cls(broker=broker_cfg, deadlines_s=deadlines, **doc)
         for key in ("rounds", "min_agents", "min_cohort", "max_attempts", "max_payload"):
             value = getattr(cfg, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"gateway config: key '{key}' must be a positive integer")
+        for key in ("require_attestation", "allow_software_rooted"):
+            if not isinstance(getattr(cfg, key), bool):
+                raise ConfigError(f"gateway config: key '{key}' must be true or false")
+        if not isinstance(cfg.software_devices, str):
+            raise ConfigError("gateway config: key 'software_devices' must be a path")
         if cfg.min_cohort < 2:
             raise ConfigError("gateway config: key 'min_cohort' must be at least 2")
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> "GatewayConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply") from None
+        return cls.from_dict(doc or {})

@@ -95,7 +95,7 @@ def parse_profile(doc: object, where: str = "profile") -> Profile:
         raise ProfileError(f"{where}: a profile is a mapping, got {type(doc).__name__}")
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise ProfileError(f"{where}: unknown key '{sorted(unknown)[0]}'")
+        raise ProfileError(f"{where}: unknown key '{sorted(map(str, unknown))[0]}'")
     missing = _TOP_KEYS - set(doc) - {"match"}
     if missing:
         raise ProfileError(f"{where}: missing key '{sorted(missing)[0]}'")
@@ -107,7 +107,7 @@ def parse_profile(doc: object, where: str = "profile") -> Profile:
         raise ProfileError(f"{where}: key 'training' must be a mapping")
     bad = (set(training) - _TRAINING_KEYS) or (_TRAINING_KEYS - set(training))
     if bad:
-        raise ProfileError(f"{where}: key 'training.{sorted(bad)[0]}' is unknown or missing")
+        raise ProfileError(f"{where}: key 'training.{sorted(map(str, bad))[0]}' is unknown or missing")
     match = doc.get("match", {}) or {}
     if not isinstance(match, dict) or set(match) - _MATCH_KEYS:
         raise ProfileError(f"{where}: key 'match' must map some of {sorted(_MATCH_KEYS)} to lists")
@@ -147,7 +147,7 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         raise ProfileError(f"no profile '{name_or_path}'; shipped profiles: {', '.join(available_profiles())}")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise ProfileError(f"{path.name}: not valid YAML: {exc}") from exc
     return parse_profile(doc, where=path.name)
 

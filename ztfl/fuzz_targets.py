@@ -254,10 +254,8 @@ def _pipeline_seeds() -> list[bytes]:
 
 # --- configuration files -----------------------------------------------------------------------
 def _gateway_config(data: bytes):
-    import yaml
-
     from gateway.config import GatewayConfig
-    return GatewayConfig.from_dict(yaml.safe_load(data.decode("utf-8", "replace")) or {})
+    return GatewayConfig.load(_scratch_file("gateway.yaml", data))
 
 
 def _gateway_config_seeds() -> list[bytes]:
@@ -265,19 +263,23 @@ def _gateway_config_seeds() -> list[bytes]:
             b"deadlines_s: {masked: 30, attest: 2}\nthreshold_fraction: 0.7\n"]
 
 
-_AGENT_CONFIG_DIR = None
+_SCRATCH_DIR = None
+
+
+def _scratch_file(name: str, data: bytes) -> Path:
+    """The loaders read paths: each input goes through one scratch file (tmpfs when there is one)."""
+    global _SCRATCH_DIR
+    if _SCRATCH_DIR is None:
+        _SCRATCH_DIR = Path(tempfile.mkdtemp(prefix="ztfl-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    path = _SCRATCH_DIR / name
+    # Files are read as UTF-8 text: the fuzzer varies the text, not the codec.
+    path.write_bytes(data.decode("utf-8", "replace").encode("utf-8"))
+    return path
 
 
 def _agent_config(data: bytes):
-    """AgentConfig.load reads a path: the bytes go through one scratch file."""
-    global _AGENT_CONFIG_DIR
     from agent.daemon import AgentConfig
-    if _AGENT_CONFIG_DIR is None:
-        # tmpfs when there is one: the file is rewritten for every input.
-        _AGENT_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ztfl-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    path = _AGENT_CONFIG_DIR / "agent.yaml"
-    path.write_bytes(data.decode("utf-8", "replace").encode("utf-8"))
-    return AgentConfig.load(path)
+    return AgentConfig.load(_scratch_file("agent.yaml", data))
 
 
 def _agent_config_seeds() -> list[bytes]:
@@ -286,10 +288,8 @@ def _agent_config_seeds() -> list[bytes]:
 
 
 def _profile(data: bytes):
-    import yaml
-
-    from hw_profiles import parse_profile
-    return parse_profile(yaml.safe_load(data.decode("utf-8", "replace")))
+    from hw_profiles import load_profile
+    return load_profile(_scratch_file("profile.yaml", data))
 
 
 def _profile_seeds() -> list[bytes]:
@@ -348,7 +348,7 @@ def catalogue() -> list[Target]:
                _gateway_config_seeds, "config"),
         Target("config.agent", _agent_config, _errors("agent.daemon.AgentConfigError") + yaml_err,
                _agent_config_seeds, "config"),
-        Target("config.hw_profile", _profile, _errors("hw_profiles.ProfileError") + yaml_err, _profile_seeds,
+        Target("config.hw_profile", _profile, _errors("hw_profiles.ProfileError"), _profile_seeds,
                "config"),
     ]
     return targets
