@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from models.training import evaluate
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.gateway")
+STATE_WRITE_FAILED = 3      # exit code: the state directory could not be written
 
 
 class Gateway:
@@ -52,7 +54,8 @@ class Gateway:
         self.attestation = None
         if config.require_attestation:
             from gateway.attest import GatewayAttestation
-            self.attestation = GatewayAttestation(self.state_dir)
+            self.attestation = GatewayAttestation(self.state_dir, config.software_devices,
+                                                  config.allow_software_rooted)
         self._prepare_data()
         self.models: dict[str, np.ndarray] = {}
         self.versions: dict[str, ModelVersion] = {}
@@ -67,6 +70,7 @@ class Gateway:
         self.next_start = 0.0
         self.history: list[dict] = []
         self.sids: dict[str, int] = {}
+        self.roots: dict[str, str] = {}              # agent -> root of trust of its seat this round
         self._status: dict = {}
         self.done = False
         self.failed = False
@@ -210,6 +214,13 @@ class Gateway:
         if known is not None and known.identity_pk != pk:
             # Enrolment pins the first identity key; a different one needs re-enrolment.
             return self._reject("identity", f"{agent_id} announced a different identity key")
+        if self.attestation is not None:
+            refusal = self.attestation.refusal_before_round(agent_id, msg.attestation)
+            if refusal is not None:
+                # Counted once per announcement; the agent stays out of every cohort (_eligible).
+                self.metrics.attestation.labels(self.attestation.root_of(agent_id) or "unknown", "refused",
+                                                refusal.reason).inc()
+                self._reject("attestation", f"{agent_id}: {refusal.reason}: {refusal}")
         self.agents.hello(msg, pk)
         self.registry.upsert_agent(agent_id, msg.profile, msg.model_variant, msg.mask_bits, msg.samples)
         log.info("agent %s (%s, %s/%d-bit) announced %d samples", agent_id, msg.profile,
@@ -247,11 +258,14 @@ class Gateway:
         run = self._cohort_of(agent_id)
         if run is None or self.attestation is None:
             return self._reject("out-of-round", f"{agent_id}: attestation outside a round")
-        ok, reason = self.attestation.verify(agent_id, run.round, run.attempt,
-                                             run.participants[agent_id].identity_pk, payload)
-        if not ok:
-            self._reject("attestation", f"{agent_id}: {reason}")
-        run.attested(agent_id, ok, reason)
+        verdict = self.attestation.verify(agent_id, run.round, run.attempt,
+                                          run.participants[agent_id].identity_pk, payload)
+        self.metrics.attestation.labels(verdict.root, "seated" if verdict.ok else "refused", verdict.reason).inc()
+        if verdict.ok:
+            self.roots[agent_id] = verdict.root
+        else:
+            self._reject("attestation", f"{agent_id}: {verdict.message}")
+        run.attested(agent_id, verdict.ok, verdict.message)
 
     # rounds ------------------------------------------------------------------------------------
     def _sid(self, agent_id: str) -> int:
@@ -264,6 +278,7 @@ class Gateway:
         for info in self._eligible():
             groups.setdefault((info.hello.model_variant, info.hello.mask_bits), []).append(info)
         self.cohorts = {}
+        self.roots = {}
         self.registry.begin_round(self.round, self.attempt)
         self.round_started = now
         self._round_bytes = (self.bytes_up, self.bytes_down)
@@ -297,15 +312,18 @@ class Gateway:
             self._close_round(now)
 
     def _eligible(self) -> list:
-        """Online agents that can take a seat: enrolled, when they must quote (an agent that is
-        not enrolled yet cannot produce a quote we would accept)."""
+        """Online agents that can take a seat: when they must present evidence, enrolled (an agent
+        that is not enrolled yet cannot produce a quote we would accept) and not refused up front
+        (a device-key board without a provisioned key, or one the policy does not admit)."""
         return [i for i in self.agents.online()
-                if not (self._needs_quote(i) and not self.attestation.enrolled(i.hello.agent_id))]
+                if not (self._needs_quote(i) and
+                        (not self.attestation.enrolled(i.hello.agent_id) or
+                         self.attestation.refusal_before_round(i.hello.agent_id, i.hello.attestation)))]
 
     def _needs_quote(self, info) -> bool:
-        """TPM-rooted agents must quote; device-key boards (ESP32) are seated on their signed
-        protocol identity, their device-key evidence is not checked by this gateway."""
-        return self.attestation is not None and info.hello.attestation == "tpm-required"
+        """With attestation on, every agent presents evidence each round: a TPM quote, or for
+        device-key boards (ESP32) a signature by the provisioned device key."""
+        return self.attestation is not None
 
     def _send(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("down").inc(len(payload))
@@ -335,6 +353,8 @@ class Gateway:
                 "mask_bits": run.mask_bits, "variant": run.variant, "state": run.state.value,
                 "reason": run.reason, "participants": sorted(run.participants), "dropped": sorted(dropped),
                 "aggregated": sorted(a for a, (o, _) in run.outcomes().items() if o == "aggregated"),
+                # Root of trust of each attested seat; software-rooted ones proved a key, not code.
+                "roots": {a: self.roots[a] for a in sorted(run.participants) if a in self.roots},
                 "weight": run.result_weight}
         if not done:
             reason = "; ".join(f"{r.name}: {r.reason}" for r in self.cohorts.values()) or "no cohort could form"
@@ -487,7 +507,8 @@ class Gateway:
                         for n, r in self.cohorts.items()},
             "models": {v: {"version": mv.version, "sha256": mv.sha256, **mv.metrics}
                        for v, mv in self.versions.items()},
-            "agents": {a: {"state": i.state, "profile": i.hello.profile, "cohort":
+            "agents": {a: {"state": i.state, "profile": i.hello.profile,
+                           "root": self.attestation.root_of(a) if self.attestation else None, "cohort":
                            cohort_name(i.hello.model_variant, i.hello.mask_bits),
                            "alerts": i.alerts_total, "alerts_by_label": dict(i.alerts),
                            "records": i.records_total, "model_version": i.model_version}
@@ -504,6 +525,14 @@ class Gateway:
             end = time.monotonic() + self.config.linger_s
             while time.monotonic() < end:
                 self.step()
+        except (OSError, sqlite3.Error) as exc:
+            # A full disk or a read-only state directory: model files are renamed into place
+            # before the registry commits, so what is committed is intact; stop rather than go
+            # on with a state that cannot be recorded.
+            log.error("cannot write the gateway state in %s (%s: %s): disk full or read-only? "
+                      "Committed model versions are intact; the round is redone after a restart",
+                      self.state_dir, type(exc).__name__, exc)
+            return STATE_WRITE_FAILED
         finally:
             self.stop()
         return 1 if self.failed else 0
