@@ -27,3 +27,20 @@ def test_bench_cli_uses_neighbourhoods_above_forty_agents():
     report = json.loads(out.stdout)
     assert report["neighbors"] == 12 and report["threshold"] == 9 and report["exact"]
     assert report["survivors"] == 48 - report["dropped"] == 46
+
+
+def test_agents_started_elsewhere_join_the_round(mosquitto):
+    """What the --remote-agent test runs over ssh, here in a local process: an agent fleet the
+    harness did not start takes part and the aggregate stays exact."""
+    external = subprocess.Popen([sys.executable, "-m", "agent.sim", "--broker", mosquitto.url, "--agents", "1",
+                                 "--first-id", "1000", "--dim", "1", "--timeout", "120"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        report = run_round_through_broker(mosquitto.url, local_agents=5, dim=300, dropout=0.0,
+                                          external_agents=1, procs=1, timeout=120)
+        assert report["exact"] and report["survivors"] == 6
+        assert external.wait(timeout=60) == 0
+    finally:
+        if external.poll() is None:
+            external.kill()
+            external.wait()
