@@ -21,6 +21,8 @@ class GatewayMetrics:
         self.agents = Gauge("ztfl_agents", "agents by state", ["state"], registry=r)
         self.alerts = Counter("ztfl_alerts", "alerts received", ["agent", "label"], registry=r)
         self.rejected = Counter("ztfl_rejected_messages", "messages rejected", ["reason"], registry=r)
+        self.attestation = Counter("ztfl_attestation", "attestation verdicts by root of trust (tpm, software)",
+                                   ["root", "verdict", "reason"], registry=r)
         self.dropouts = Counter("ztfl_dropouts", "participants that dropped out of a round", registry=r)
         self.bytes = Counter("ztfl_bytes", "payload bytes through the gateway", ["direction"], registry=r)
         self.accuracy = Gauge("ztfl_model_accuracy", "validation accuracy of the latest model",

@@ -1,7 +1,9 @@
 """End to end through a real mosquitto: two firmware agents (the ESP32 agent in the MicroPython
 unix port) and two CPython agents join one gateway round, each kind in its own cohort
 (micro model with 32-bit masks; CNN-LSTM with 64-bit masks). Both cohorts must aggregate
-exactly: the firmware cohort's decoded sum equals, word for word, the sum of the firmware agents'
+exactly. Attestation is on: each CPython agent has its own swtpm (enrolment, then a quote per
+round); the firmware agents' device keys come from `ztfl provision` and they sign each round's
+nonce with them, seated as software-rooted. The firmware cohort's decoded sum equals, word for word, the sum of the firmware agents'
 encoded updates, recomputed here by replaying their deterministic local training in
 MicroPython; the CPython cohort's equals the sum of the updates its agents recorded. Radio and boards are what is simulated: the unix port runs on this host."""
 from __future__ import annotations
@@ -17,12 +19,14 @@ import yaml
 
 from agent.model import flat_to_tensors
 from agent.wire import ModelBlob
-from attestation.software_identity import new_device_key
 from gateway.config import GatewayConfig
+from gateway.registry import Registry
 from gateway.server import Gateway
 from protocol.fixedpoint import quantize
 from ztfl.firmware_records import partition_records, write_device_dir
-from ztfl.micropython_host import firmware_device_config, run_json, start_firmware_agent
+from ztfl.micropython_host import (firmware_device_config, provision_firmware_devices, run_json,
+                                   start_firmware_agent)
+from ztfl.services import start_swtpm
 
 MAX_SAMPLES = 48
 
@@ -68,14 +72,17 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
             "count": 4, "alpha": 0.5, "seed": 7}
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", ["esp-2", "esp-3"])
     gateway = RecordingGateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": url}, "state_dir": str(tmp_path / "gw"),
         "data": data, "rounds": 1, "min_agents": 4, "min_cohort": 2, "heartbeat_s": 1.0,
+        "require_attestation": True, "allow_software_rooted": True,
+        "software_devices": str(tmp_path / "fleet" / "gateway" / "devices.yaml"),
         "deadlines_s": {"attest": 2, "advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
     micro_v0 = gateway.models["micro"].copy()
     micro_blob = ModelBlob(gateway.versions["micro"].version, "micro", gateway.versions["micro"].sha256,
                            flat_to_tensors(micro_v0, gateway.layouts["micro"])).encode()
-    procs, devices = [], {}
+    procs, devices, tpms = [], {}, []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     try:
         for i in (0, 1):
@@ -83,6 +90,8 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
                    "profile": "raspberry-pi-4", "state_dir": str(tmp_path / f"pi-{i}"), "data": {**data, "index": i},
                    "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i,
                    "record_updates_dir": str(tmp_path / "updates")}
+            tpms.append(start_swtpm(tmp_path / "tpm" / f"pi-{i}"))
+            cfg["tpm"] = {"tcti": tpms[-1].tcti}
             path = tmp_path / f"pi-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             procs.append(subprocess.Popen([sys.executable, "-m", "ztfl.cli", "agent", "--config", str(path)],
@@ -90,9 +99,9 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
                                           env=env))
         for i in (2, 3):
             records, classes = partition_records({**data, "index": i})
-            seed, public = new_device_key()
+            seed, public = keys[f"esp-{i}"]
             cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
-                                         seed, public, max_samples=MAX_SAMPLES)
+                                         seed, public, max_samples=MAX_SAMPLES, attest=True)
             devices[f"esp-{i}"] = write_device_dir(tmp_path / f"esp-{i}", cfg, records)
             procs.append(start_firmware_agent(devices[f"esp-{i}"], tmp_path / f"esp-{i}.log"))
         gateway.start()
@@ -109,14 +118,24 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
         finally:
             torch.set_num_threads(threads)
         status = gateway._status
+        verdicts = gateway.attestation.verifier.metrics.snapshot()
     finally:
         gateway.stop()
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
+        for tpm in tpms:
+            tpm.stop()
     logs = {f: (tmp_path / f).read_text(errors="replace")[-1500:] for f in os.listdir(tmp_path) if f.endswith(".log")}
     assert gateway.done and not gateway.failed, logs
     assert set(gateway.closed) == {"micro-32", "cnn-lstm-64"}, logs
+    # Every seat was attested: quotes from the swtpms, device-key signatures from the boards.
+    assert verdicts == {"accepted_tpm": 2, "accepted_software": 2, "rejected": {}}
+    reg = Registry(tmp_path / "gw")
+    cohorts = reg.rounds()[-1]["cohorts"]
+    reg.close()
+    assert cohorts["micro-32"]["roots"] == {"esp-2": "software", "esp-3": "software"}
+    assert cohorts["cnn-lstm-64"]["roots"] == {"pi-0": "tpm", "pi-1": "tpm"}
 
     # CPython cohort: the decoded sum is exactly the sum of the two agents' weighted fixed-point
     # updates (each agent keeps its plaintext update locally for this check).

@@ -81,6 +81,15 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
               "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 180,
                               "consistency": 30, "unmask": 30}}
     gw_cfg["require_attestation"] = tpms is not None
+    fw_indices = list(range(len(profiles), len(profiles) + n_fw))
+    fw_keys = None
+    if n_fw and tpms is not None:
+        # Firmware boards have no TPM: provisioned device keys, admitted as software-rooted seats.
+        from ztfl.micropython_host import firmware_agent_id, provision_firmware_devices
+        fw_keys = provision_firmware_devices(work / "provision", "demo", "fog1",
+                                             [firmware_agent_id(i) for i in fw_indices])
+        gw_cfg["software_devices"] = str(work / "provision" / "gateway" / "devices.yaml")
+        gw_cfg["allow_software_rooted"] = True
     gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
     logs = work / "logs"
@@ -108,8 +117,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
                                        env=env))
     if n_fw:
         from ztfl.micropython_host import launch_firmware_agents
-        agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data,
-                                         list(range(len(profiles), len(profiles) + n_fw)), logs)
+        agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data, fw_indices, logs, keys=fw_keys)
     return gateway, agents, gw_state
 
 

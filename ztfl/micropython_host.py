@@ -149,10 +149,12 @@ class FirmwareClient:
 
 def firmware_device_config(agent_id: str, federation: str, gateway: str, host: str, port: int,
                            classes: list[str], device_key: bytes, device_public_key: bytes,
-                           max_samples: int = 64, heartbeat_s: float = 1.0, profile: str = "esp32") -> dict:
+                           max_samples: int = 64, heartbeat_s: float = 1.0, profile: str = "esp32",
+                           attest: bool = False) -> dict:
     """config.json of a firmware agent on this host's broker (plain MQTT on loopback: the unix
-    port stands in for the board, so there is no radio and no TLS offload to simulate)."""
-    return {"agent_id": agent_id, "profile": profile, "federation": federation, "gateway": gateway,
+    port stands in for the board, so there is no radio and no TLS offload to simulate). With
+    `attest`, the agent signs each round's nonce with its device key."""
+    return {"attest": attest, "agent_id": agent_id, "profile": profile, "federation": federation, "gateway": gateway,
             "broker": {"host": host, "port": port, "tls": False},
             "device_key": device_key.hex(), "device_public_key": device_public_key.hex(), "classes": classes,
             "training": {"epochs": 1, "lr": 0.05, "max_samples": max_samples},
@@ -167,10 +169,31 @@ def start_firmware_agent(device_dir: Path, log_path: Path | None = None,
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=environment())
 
 
+def firmware_agent_id(index: int) -> str:
+    return f"esp32-{index}"
+
+
+def provision_firmware_devices(out: Path, federation: str, gateway: str, agent_ids: list[str],
+                               profile: str = "esp32") -> dict[str, tuple[bytes, bytes]]:
+    """`ztfl provision` for these boards into `out` (the gateway reads out/gateway/devices.yaml);
+    returns agent id -> (device key seed, public key) as each board's bundle would carry them."""
+    from attestation.provision import Device, Fleet, provision
+    from attestation.software_identity import public_key_of
+    provision(Fleet(federation, gateway, [Device(a, profile) for a in agent_ids]), Path(out))
+    keys = {}
+    for agent_id in agent_ids:
+        seed = (Path(out) / "devices" / agent_id / "device-key.bin").read_bytes()
+        keys[agent_id] = (seed, public_key_of(seed))
+    return keys
+
+
 def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway: str, data: dict,
-                           indices: list[int], logs: Path, max_samples: int = 64) -> list[subprocess.Popen]:
+                           indices: list[int], logs: Path, max_samples: int = 64,
+                           keys: dict[str, tuple[bytes, bytes]] | None = None) -> list[subprocess.Popen]:
     """Firmware agents (the ESP32 agent in the unix port) for `ztfl demo`: one device directory
-    each under work/firmware/, records from partitions `indices` of the demo's data spec."""
+    each under work/firmware/, records from partitions `indices` of the demo's data spec. With
+    `keys` (provision_firmware_devices), each board uses its provisioned device key and attests;
+    without, each gets a fresh key and sends no evidence."""
     from urllib.parse import urlparse
 
     from attestation.software_identity import new_device_key
@@ -181,10 +204,10 @@ def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway
     records, classes = partitions_records(data, indices)
     procs = []
     for index, recs in zip(indices, records):
-        agent_id = f"esp32-{index}"
-        seed, public = new_device_key()
+        agent_id = firmware_agent_id(index)
+        seed, public = keys[agent_id] if keys is not None else new_device_key()
         cfg = firmware_device_config(agent_id, federation, gateway, url.hostname or "127.0.0.1", url.port or 1883,
-                                     classes, seed, public, max_samples=max_samples)
+                                     classes, seed, public, max_samples=max_samples, attest=keys is not None)
         device = write_device_dir(Path(work) / "firmware" / agent_id, cfg, recs)
         procs.append(start_firmware_agent(device, Path(logs) / f"{agent_id}.log"))
     return procs

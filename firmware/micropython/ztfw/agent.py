@@ -270,11 +270,12 @@ class Agent:
         self.session = ClientSession(sid, self.seed, directory, keys, msg.round)
         self.announce = msg
         if self.cfg.get("attest"):
-            # Device-key evidence over the round's nonce and the keys this client advertises.
-            # Off unless configured: a gateway that does not check evidence must not get any.
+            # Device-key evidence over the round's nonce, bound like a TPM quote to the attestation
+            # round (round * 16 + attempt, gateway/attest.py) and the identity key this board is
+            # seated under. Off unless configured: a gateway that does not check evidence gets none.
             try:
-                evidence = software_evidence(self.seed, self.public, unhexlify(msg.nonce), msg.round,
-                                             keys.c_pk + keys.s_pk)
+                evidence = software_evidence(self.seed, self.public, unhexlify(msg.nonce),
+                                             msg.round * 16 + msg.attempt, self.public)
             except (ValueError, AttestError) as e:
                 self._reject("cannot attest: %s" % e)
             else:
