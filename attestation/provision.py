@@ -209,12 +209,14 @@ def provision(fleet: Fleet, out: Path) -> dict:
     url = f"mqtts://{fleet.broker_hosts[0]}:{fleet.broker_port}"
     gw_dir = out / "gateway"
     _issue(gw_dir, fleet.gateway, fleet.gateway, fleet, ca_name, ca_key, client=True)
+    software_profiles = sorted({d.profile for d in fleet.devices if d.software_rooted})
     _write(gw_dir / "gateway.yaml", yaml.safe_dump({
         "federation": fleet.federation, "gateway": fleet.gateway, "require_attestation": True,
+        # Device-key boards are seated on the keys of devices.yaml, marked software-rooted.
+        "software_devices": str(gw_dir / "devices.yaml"), "allow_software_rooted": bool(software_profiles),
         "broker": {"url": url, "client_id": f"gateway-{fleet.gateway}", "ca_file": str(out / "ca" / "ca.pem"),
                    "cert_file": str(gw_dir / f"{fleet.gateway}.pem"),
                    "key_file": str(gw_dir / f"{fleet.gateway}.key")}}, sort_keys=False))
-    software_profiles = sorted({d.profile for d in fleet.devices if d.software_rooted})
     tpm_profiles = sorted({d.profile for d in fleet.devices if not d.software_rooted})
     _write(gw_dir / "attestation-policy.yaml",
            "# Fill each profile's allow-list with `ztfl attest measure --model MODEL` of the released agent.\n"
