@@ -9,7 +9,6 @@ ShareKeys run -> MASKED_INPUT once both are ready -> consistency -> unmask -> ro
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
 from agent.update import local_update
 from agent.wire import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
-                        WireError)
+                        WireError, decode_pipeline)
 from hw_profiles import Profile, resolve_profile
 from models.params import set_flat
 from models.preprocess import Pipeline
@@ -217,12 +216,10 @@ class Agent:
             self._reject(f"{topic}: {exc}")
 
     def _on_pipeline(self, payload: bytes) -> None:
-        if len(payload) > 1 << 20:
-            return self._reject("pipeline above 1 MiB")
         try:
-            self.pipeline = Pipeline.from_dict(json.loads(payload))
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._reject(f"bad pipeline: {exc}")
+            self.pipeline = decode_pipeline(payload)
+        except WireError as exc:
+            return self._reject(str(exc))
         self.encoded = self.pipeline.encode(self.table)
         self.spec = ModelSpec(self.profile.model_variant, self.pipeline.n_features, self.pipeline.n_classes,
                               self.config.model_size)

@@ -147,6 +147,23 @@ class RoundEnd(JsonMessage):
               "reason": str}
 
 
+def decode_pipeline(payload: bytes, limit: int = 1 << 20):
+    """The gateway's retained preprocessing pipeline (JSON) as a models.preprocess.Pipeline."""
+    from models.preprocess import Pipeline
+    if len(payload) > limit:
+        raise WireError(f"pipeline of {len(payload)} bytes above limit {limit}")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"pipeline: not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise WireError("pipeline: expected an object")
+    try:
+        return Pipeline.from_dict(doc)
+    except (ValueError, KeyError, TypeError) as exc:      # PipelineError is a ValueError
+        raise WireError(f"bad pipeline: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------------------
 # Binary envelope for protocol messages: which round/attempt/cohort/stage a body belongs to.
 _ENV_HEAD = struct.Struct(">2sBIHB")  # magic, version, round, attempt, cohort length

@@ -76,3 +76,14 @@ def test_round_announcement_of_a_large_cohort_decodes():
     payload = ann.encode()
     assert len(payload) > 64 * 1024
     assert RoundAnnounce.decode(payload).participants == ann.participants
+
+
+@FAST
+@given(json_values)
+def test_pipeline_that_is_not_an_object_is_refused_typed(doc):
+    """Found by `ztfl bench fuzz`: a retained pipeline `7` stopped the agent (AttributeError)."""
+    from agent.wire import decode_pipeline
+    try:
+        decode_pipeline(json.dumps(doc).encode())
+    except WireError:
+        pass

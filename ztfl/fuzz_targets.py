@@ -230,13 +230,9 @@ def _topic_seeds() -> list[bytes]:
 
 
 def _pipeline(data: bytes):
-    """What the agent does with the gateway's retained pipeline (agent/daemon.py _on_pipeline)."""
-    import json
-
-    from models.preprocess import Pipeline
-    if len(data) > 1 << 20:
-        raise ValueError("pipeline above 1 MiB")
-    return Pipeline.from_dict(json.loads(data))
+    """The gateway's retained pipeline, as the agent decodes it."""
+    from agent.wire import decode_pipeline
+    return decode_pipeline(data)
 
 
 def _pipeline_seeds() -> list[bytes]:
@@ -342,8 +338,7 @@ def catalogue() -> list[Target]:
         Target("mqtt.detector", _detector, wire_err, _detector_seeds, "mqtt"),
         Target("mqtt.agent_topic", _agent_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
         Target("mqtt.broadcast_topic", _broadcast_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
-        # The agent catches these three around the pipeline (agent/daemon.py).
-        Target("mqtt.pipeline", _pipeline, (ValueError, KeyError, TypeError), _pipeline_seeds, "mqtt"),
+        Target("mqtt.pipeline", _pipeline, wire_err, _pipeline_seeds, "mqtt"),
         Target("config.gateway", _gateway_config, _errors("gateway.config.ConfigError") + yaml_err,
                _gateway_config_seeds, "config"),
         Target("config.agent", _agent_config, _errors("agent.daemon.AgentConfigError") + yaml_err,
