@@ -309,7 +309,7 @@ class Agent:
         delta = local_update(self.spec, base, self.encoded, epochs=self.config.train_epochs or budget.epochs,
                              batch_size=budget.batch_size, lr=self.config.lr, max_batches=self.config.max_batches,
                              seed=self.config.seed + ann.round, time_budget_s=budget.time_cap_s,
-                             adversarial="fgsm" if self.profile.adversarial_training else None)
+                             adversarial="fgsm" if self.profile.adversarial_training else None).delta
         weight = max(1, min(round(len(self.encoded) / max(1, ann.weight_unit)), 0xFFFFFFFF))
         if self.config.record_updates_dir:
             out = Path(self.config.record_updates_dir)

@@ -23,6 +23,11 @@ from gateway.secagg import CohortAggregation, Outgoing
 log = logging.getLogger("ztfl.gateway.cohort")
 
 
+def weight_unit(samples, mask_bits: int, n: int) -> int:
+    """Samples per unit of secure-aggregation weight: the biggest agent's weight must fit."""
+    return max(1, math.ceil(max(samples) / CohortAggregation.max_weight(mask_bits, n)))
+
+
 class CohortState(enum.Enum):
     ANNOUNCED = "announced"
     AGGREGATING = "aggregating"
@@ -95,9 +100,7 @@ class CohortRun:
 
     @property
     def weight_unit(self) -> int:
-        biggest = max(p.samples for p in self.participants.values())
-        max_weight = CohortAggregation.max_weight(self.mask_bits, len(self.participants))
-        return max(1, math.ceil(biggest / max_weight))
+        return weight_unit([p.samples for p in self.participants.values()], self.mask_bits, len(self.participants))
 
     def start(self, now: float) -> None:
         self.stage_deadline = now + self.deadlines_s["attest"]

@@ -30,6 +30,14 @@ class Outgoing:
     frame: bytes
 
 
+def cohort_round_config(mask_bits: int, dim: int, threshold: int, max_clients: int) -> RoundConfig:
+    """The round configuration the gateway announces to a cohort."""
+    frac = FRAC_BITS[mask_bits]
+    return RoundConfig(dim=dim, threshold=threshold, max_clients=max(2, max_clients),
+                       mask_bits=mask_bits, frac_bits=frac, clip_q=int(round(CLIP * 2 ** frac)),
+                       max_weight=CohortAggregation.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE)
+
+
 class CohortAggregation:
     @staticmethod
     def max_weight(mask_bits: int, n: int) -> int:
@@ -39,10 +47,7 @@ class CohortAggregation:
 
     def __init__(self, round_id: int, epoch: int, mask_bits: int, dim: int, threshold: int,
                  max_clients: int, identities: dict[int, bytes], server_identity: SigningKey):
-        frac = FRAC_BITS[mask_bits]
-        config = RoundConfig(dim=dim, threshold=threshold, max_clients=max(2, max_clients),
-                             mask_bits=mask_bits, frac_bits=frac, clip_q=int(round(CLIP * 2 ** frac)),
-                             max_weight=self.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE)
+        config = cohort_round_config(mask_bits, dim, threshold, max_clients)
         self.server = ServerSession(config, server_identity,
                                     {sid: VerifyKey(pk) for sid, pk in identities.items()}, epoch, round_id)
         self.members = frozenset(identities)
