@@ -7,7 +7,7 @@ import urllib.request
 
 
 def test_every_frame_delivered_twice_counts_once(federation):
-    federation.configure(agents=4, rounds=1, linger_s=30)
+    federation.configure(agents=4, rounds=1, linger_s=10)   # status and metrics stay up after the commit
     resume = federation.resume_file()
     # Everything twice; agent 1's masked input also arrives last, after the other three.
     federation.start_fleet(4, "--duplicate", "--stall", "masked", "--stall-only", "1",
