@@ -28,7 +28,7 @@ import time
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
-from agent.sim import agent_name, sim_update
+from agent.sim import sim_update
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
 from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
