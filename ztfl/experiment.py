@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--out", default="robustness-sweep", help="output directory")
     _common(many)
     many.set_defaults(group_size=4)
+    from ztfl import federated_experiment
+    federated_experiment.add_arguments(sub.add_parser(
+        "federated", help="federated (real update path) vs centralised accuracy on one validation split"))
 
 
 def _config_kwargs(args) -> dict:
@@ -71,6 +74,9 @@ def run(args) -> int:
     from robustness.result import RobustnessError
     from robustness.sweep import acceptance_grid, attack_suite_grid, grid, sweep
 
+    if args.experiment == "federated":
+        from ztfl import federated_experiment
+        return federated_experiment.run(args)
     try:
         if args.experiment == "byzantine":
             result = run_experiment(ExperimentConfig(**_config_kwargs(args)))
