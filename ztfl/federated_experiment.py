@@ -53,6 +53,13 @@ class FederatedConfig:
     transforms: tuple[str, ...] = TRANSFORMS
     threads: int = 1                    # torch threads; two spinning OpenMP threads on a busy 2-core machine run 30x slower
 
+    def __post_init__(self):
+        unknown = set(self.transforms) - set(TRANSFORMS)
+        if unknown:
+            raise ValueError(f"unknown transform {sorted(unknown)[0]!r}; known: {', '.join(TRANSFORMS)}")
+        if self.agents < 3:
+            raise ValueError("a secure-aggregation cohort needs at least 3 agents")
+
 
 @dataclass
 class Federation:
@@ -133,9 +140,6 @@ def run_federation(cfg: FederatedConfig, fed: Federation | None = None, log=None
     from models.params import get_flat
     from protocol.simulate import Cohort
 
-    unknown = set(cfg.transforms) - set(TRANSFORMS)
-    if unknown:
-        raise ValueError(f"unknown transform {sorted(unknown)[0]!r}; known: {', '.join(TRANSFORMS)}")
     fed = fed or build(cfg)
     global_flat = get_flat(fed.spec.build())
     cohort = Cohort.create(range(1, cfg.agents + 1)) if "secagg" in cfg.transforms else None
@@ -207,11 +211,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     transforms = tuple(t for t in args.transforms.split(",") if t)
-    cfg = FederatedConfig(data=args.data, agents=args.agents, alpha=args.alpha, rounds=args.rounds,
-                          local_epochs=args.local_epochs, local_batches=args.local_batches,
-                          batch_size=args.batch_size, lr=args.lr, model_size=args.model_size,
-                          mask_bits=args.mask_bits, central_epochs=args.central_epochs,
-                          max_train_rows=args.max_train_rows, transforms=transforms, threads=args.threads)
+    try:
+        cfg = FederatedConfig(data=args.data, agents=args.agents, alpha=args.alpha, rounds=args.rounds,
+                              local_epochs=args.local_epochs, local_batches=args.local_batches,
+                              batch_size=args.batch_size, lr=args.lr, model_size=args.model_size,
+                              mask_bits=args.mask_bits, central_epochs=args.central_epochs,
+                              max_train_rows=args.max_train_rows, transforms=transforms, threads=args.threads)
+    except ValueError as exc:
+        print(f"ztfl experiment federated: {exc}", file=sys.stderr)
+        return 2
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         fed = build(cfg)
