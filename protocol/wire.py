@@ -250,29 +250,29 @@ def _parse_shares(body: bytes, what: str) -> tuple[EncryptedShare, ...]:
 
 
 @dataclass(frozen=True)
-class ShareKeys(Message):
+class _ShareList(Message):
+    """A list of encrypted shares: a client's ShareKeys upload, or the server relaying them."""
     shares: tuple[EncryptedShare, ...] = ()
-    TYPE: ClassVar[int] = SHARE_KEYS
+    LABEL: ClassVar[str] = ""
 
     def body(self) -> bytes:
-        return _encode_shares(self.shares, "SHARE_KEYS")
+        return _encode_shares(self.shares, self.LABEL)
 
     @classmethod
     def parse(cls, sender, epoch, round_id, body):
-        return cls(sender, epoch, round_id, _parse_shares(body, "SHARE_KEYS"))
+        return cls(sender, epoch, round_id, _parse_shares(body, cls.LABEL))
 
 
 @dataclass(frozen=True)
-class SharesRelay(Message):
-    shares: tuple[EncryptedShare, ...] = ()
+class ShareKeys(_ShareList):
+    TYPE: ClassVar[int] = SHARE_KEYS
+    LABEL: ClassVar[str] = "SHARE_KEYS"
+
+
+@dataclass(frozen=True)
+class SharesRelay(_ShareList):
     TYPE: ClassVar[int] = SHARES_RELAY
-
-    def body(self) -> bytes:
-        return _encode_shares(self.shares, "SHARES_RELAY")
-
-    @classmethod
-    def parse(cls, sender, epoch, round_id, body):
-        return cls(sender, epoch, round_id, _parse_shares(body, "SHARES_RELAY"))
+    LABEL: ClassVar[str] = "SHARES_RELAY"
 
 
 MASKED_PREFIX = struct.Struct("<IB3x")   # count u32, mask_bits u8, 3 reserved bytes
