@@ -279,15 +279,22 @@ class ClientSession:
         old = self._state
         survivors = set(old.survivors)
         statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, old.survivors)
+        # Only the group's signatures are checked (docs 2.2): this client releases secrets of
+        # owners in its group only, so a non-member's signature cannot change what it gives.
+        group = old.neighbours | {self.client_id}
+        signed = 0
         for signer, signature in msg.signatures:
             if signer not in survivors:
                 raise ConsistencyViolation(f"consistency signature from {signer}, not a survivor")
+            if signer not in group:
+                continue
             try:
                 self.directory[signer].verify(statement, signature)
             except BadSignatureError:
                 raise BadSignature(f"consistency signature of {signer} does not verify") from None
-        if len(msg.signatures) < old.config.threshold:
-            raise RoundAborted(f"{len(msg.signatures)} consistency signatures, threshold "
+            signed += 1
+        if signed < old.config.threshold:
+            raise RoundAborted(f"{signed} consistency signatures of this client's group, threshold "
                                f"{old.config.threshold}: no share is released")
         dropped = set(msg.dropped)
         if dropped & survivors:
