@@ -300,6 +300,14 @@ def epochs_file(d):
                     w = m[i] - (1 if i == cfg.dim else 0)
                     total[i] = (total[i] + sign * w) & 0xFFFFFFFF
         check(total == rnd["sum_unmasked"], "round %d unmasked sum" % rd)
+    eg = d["epoch_graph"]
+    entries = [(e["id"], u(e["c_pk"]), u(e["s_pk"])) for e in eg["entries"]]
+    digest = graph.epoch_graph_digest(eg["epoch"], list(reversed(entries)))
+    check(h(digest) == eg["digest"], "epoch graph digest")
+    ids = [e[0] for e in entries]
+    for me in ids:
+        check(graph.neighbours_of(me, ids, eg["neighbors"], digest) == eg["neighbours"][str(me)],
+              "epoch graph neighbours of %d" % me)
     urk = d["unmask_round_keys"]
     rnd = [r for r in d["rounds"] if r["round"] == urk["round"]][0]
     sender = urk["sender"]

@@ -6,24 +6,28 @@ its cohort (micro model, 32-bit masks): local training runs in slices between MQ
 so the early protocol stages never wait for it; SHARES_RELAY is held until the update is
 ready, then the masked input is streamed to the broker.
 
+Its epoch keys live in a keyring in RAM (docs/protocol.md 2.7): key-reuse rounds of one
+gateway epoch reuse them, a reboot makes new ones, and no epoch secret is written to flash.
+Rounds with differential-privacy noise (`dp` in the announcement) are declined: the firmware
+does not implement the noise.
+
 Everything runs in one loop (`step`), with no threads: the same code runs on the board
 and in the unix port.
 """
 import gc
-import os
 import time
 from binascii import a2b_base64, hexlify, unhexlify
 
 from ztfw import agent_wire, ed25519
 from ztfw.agent_wire import WireError
 from ztfw.attest import AttestError, software_evidence
+from ztfw.keyring import ClientKeyring, EpochPolicy
 from ztfw.micro_model import FloatMLP, MicroModelError
 from ztfw.mqtt import MQTTClient, MQTTError
 from ztfw.local_update import delta_source, training_steps
 from ztfw.records import Records, dequantise, float_row
 from ztfw.secagg_client import ClientSession, StreamedFrame
 from ztfw.secagg_errors import ProtocolError
-from ztfw.secagg_keys import EpochKeys
 from ztfw.store import Store
 
 SHARES_RELAY = 0x05
@@ -70,6 +74,33 @@ def _path(base_dir, name):
     return name if name.startswith("/") else base_dir + "/" + name
 
 
+def epoch_policy(cfg):
+    """The longest this board reuses one key setup (`key_epoch` in config.json: max_rounds,
+    max_seconds); the gateway usually starts new epochs sooner."""
+    doc = cfg.get("key_epoch") or {}
+    if not isinstance(doc, dict) or not set(doc) <= {"max_rounds", "max_seconds"}:
+        raise ConfigError("firmware config: key 'key_epoch' takes max_rounds and max_seconds")
+    try:
+        return EpochPolicy(**doc)
+    except ValueError as e:
+        raise ConfigError("firmware config: key_epoch: %s" % e)
+
+
+class Clock:
+    """Seconds since boot that never wrap (ticks_ms wraps; the loop reads this far more often
+    than once per wrap period). The keyring's lifetime in seconds runs on it."""
+
+    def __init__(self):
+        self._last = time.ticks_ms()
+        self._ms = 0
+
+    def seconds(self):
+        now = time.ticks_ms()
+        self._ms += time.ticks_diff(now, self._last)
+        self._last = now
+        return self._ms / 1000
+
+
 class Agent:
     def __init__(self, cfg, base_dir="."):
         for key in ("agent_id", "federation", "gateway", "broker", "device_key", "classes"):
@@ -97,6 +128,9 @@ class Agent:
         self.slice_ms = train.get("slice_ms", 40)
         self.records = Records(_path(base_dir, cfg.get("records", "records.bin")))
         self.store = Store(_path(base_dir, cfg.get("state", "state.json")))
+        # In RAM only: a reboot means new keys.
+        self.keyring = ClientKeyring(epoch_policy(cfg))
+        self.clock = Clock()
         self.alert_seq = self.store.state["alert_seq"]   # every number used so far is at or below it
         self.client = None
         self.blob = None
@@ -116,7 +150,8 @@ class Agent:
         self.next_heartbeat = _ms()
         self.next_record = _ms()
         self.last_io = _ms()
-        self.stats = {"train_ms": 0, "protocol_ms": 0, "keys_ms": 0, "uploads": 0, "rounds_done": 0}
+        self.stats = {"train_ms": 0, "protocol_ms": 0, "keys_ms": 0, "uploads": 0, "rounds_done": 0,
+                      "declined": 0}
         self.events = []
 
     # -- connection -----------------------------------------------------------------------
@@ -176,11 +211,21 @@ class Agent:
                                                         self.model_version, self.alerts, self.records_seen))
 
     # -- incoming -------------------------------------------------------------------------
-    def _reject(self, reason):
-        self.rejected += 1
-        self.events.append("rejected: " + reason)
+    def _event(self, text):
+        self.events.append(text)
         if len(self.events) > 20:
             self.events.pop(0)
+
+    def _reject(self, reason):
+        self.rejected += 1
+        self._event("rejected: " + reason)
+
+    def _decline(self, msg, reason):
+        """A round this board cannot take part in: said on the console (the serial log) and kept."""
+        self.stats["declined"] += 1
+        text = "round %d.%d %s declined: %s" % (msg.round, msg.attempt, msg.cohort, reason)
+        print(text)
+        self._event(text)
 
     def _on_message(self, topic, payload):
         prefix = self.base + "/broadcast/"
@@ -248,6 +293,14 @@ class Agent:
         key = "%d.%d.%s" % (msg.round, msg.attempt, msg.cohort)
         if key in self.store.state["uploaded"]:
             return      # a redelivered announcement of a round we already uploaded to
+        a = self.announce
+        if a is not None and (a.round, a.attempt, a.cohort) == (msg.round, msg.attempt, msg.cohort):
+            return      # redelivered while the session runs
+        if msg.dp is not None:
+            # Distributed DP counts on every participant adding its share of the noise
+            # (docs/privacy.md): joining without it would weaken the round's guarantee.
+            return self._decline(msg, "the round asks for differential-privacy noise, which this "
+                                      "firmware does not implement")
         pinned = self.store.state["gateway_pk"]
         if pinned and pinned != msg.server_pk:
             return self._reject("round announced with a gateway key other than the pinned one")
@@ -264,10 +317,13 @@ class Agent:
             return self._reject("round announced before the model arrived")
         directory = dict(peers)
         directory[0] = server_pk
+        self._end_session()     # a round whose end we never heard of
         t0 = _ms()
-        keys = EpochKeys.generate(msg.round * 16 + msg.attempt, os.urandom)
+        # Same epoch, key reuse and a higher round id: the keys (and their agreements) of the
+        # last round; anything else: new keys (protocol.epochs rules).
+        keys = self.keyring.keys_for(msg.epoch, msg.protocol_round, self.clock.seconds(), msg.key_reuse)
         self.stats["keys_ms"] += _since(t0)
-        self.session = ClientSession(sid, self.seed, directory, keys, msg.round)
+        self.session = ClientSession(sid, self.seed, directory, keys, msg.protocol_round)
         self.announce = msg
         if self.cfg.get("attest"):
             # Device-key evidence over the round's nonce, bound like a TPM quote to the attestation
@@ -330,6 +386,10 @@ class Agent:
         self.last_io = _ms()
 
     def _end_session(self):
+        session = self.session
+        if session is not None and session.keys is self.keyring.keys:
+            # Whatever the outcome: a round that may have revealed the mask secret ends the epoch.
+            self.keyring.finish(session)
         self.session = None
         self.announce = None
         self.training = None

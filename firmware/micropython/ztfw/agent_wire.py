@@ -48,11 +48,20 @@ def _field(doc, name, kind, default=None, required=True):
     return v
 
 
+MAX_U32 = 0xFFFFFFFF
+
+
 class RoundAnnounce:
+    """A round starts for one cohort. Optional key-epoch fields (docs/wire.md): `epoch` (the key
+    epoch id; absent: round * 16 + attempt), `protocol_round` (the round id inside the protocol;
+    absent: `round`), `key_reuse` (absent: false) and `dp` (differential-privacy parameters;
+    absent: none)."""
     FIELDS = (("round", int), ("attempt", int), ("cohort", str), ("model_variant", str), ("mask_bits", int),
               ("model_version", int), ("model_sha256", str), ("participants", list), ("threshold", int),
               ("nonce", str), ("deadlines_s", dict))
-    OPTIONAL = (("weight_unit", int, 1), ("server_pk", str, ""), ("scale", float, 1.0))
+    OPTIONAL = (("weight_unit", int, 1), ("server_pk", str, ""), ("scale", float, 1.0),
+                ("epoch", int, None), ("protocol_round", int, None), ("key_reuse", bool, False),
+                ("dp", dict, None))
 
     def __init__(self, doc):
         known = set(n for n, _ in self.FIELDS) | set(n for n, _, _ in self.OPTIONAL)
@@ -65,6 +74,13 @@ class RoundAnnounce:
             setattr(self, name, _field(doc, name, kind, default, False))
         if self.weight_unit < 1:
             raise WireError("RoundAnnounce: weight_unit must be positive")
+        if self.epoch is None:
+            self.epoch = self.round * 16 + self.attempt
+        if self.protocol_round is None:
+            self.protocol_round = self.round
+        for name in ("epoch", "protocol_round"):
+            if not 0 <= getattr(self, name) <= MAX_U32:
+                raise WireError("RoundAnnounce: %s must be a u32" % name)
 
     def seat_of(self, agent_id):
         """(sid, identity pk) of `agent_id` if seated, and every participant's sid -> pk."""

@@ -103,6 +103,16 @@ def _decode(s):
     return (x, y, 1, x * y % P)
 
 
+decode_point = _decode
+
+
+def has_small_order(p):
+    """[8]P is the neutral element (x = 0): P is one of the 8 points of small order."""
+    for _ in range(3):
+        p = _double(p)
+    return p[0] % P == 0
+
+
 def _expand(seed):
     if len(seed) != 32:
         raise SignatureError("private key seed must be 32 bytes")

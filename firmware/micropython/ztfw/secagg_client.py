@@ -9,11 +9,16 @@ Every check happens before any state changes: a refused frame raises a ProtocolE
 subclass and the session stays where it was (RoundAborted is final). Random bytes are
 drawn in the same order as the CPython client, so a fixed random source reproduces
 its frames byte for byte.
+
+A key-reuse round (ROUND_CONFIG flag bit 1) authenticates most frames with session tags
+instead of Ed25519 and checks the survivor set with pairwise tags (docs/protocol.md 1.8):
+after the first round of a set of epoch keys it costs one Ed25519 verification and one
+signature.
 """
 import hashlib
 import os
 
-from ztfw import ed25519, graph, secagg_keys as kdf, shamir, xchacha
+from ztfw import ed25519, graph, secagg_keys as kdf, session_auth, shamir, xchacha
 from ztfw import secagg_wire as wire
 from ztfw.masking import MaskedStream
 from ztfw.secagg_errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed,
@@ -36,16 +41,23 @@ TRANSITIONS = {
     (MASKED_INPUT_COLLECTION, wire.SHARES_RELAY): CONSISTENCY_CHECK,
     (CONSISTENCY_CHECK, wire.CONSISTENCY_REQUEST): UNMASKING,
     (UNMASKING, wire.UNMASK_REQUEST): DONE,
+    (UNMASKING, wire.UNMASK_REQUEST_TAGS): DONE,
 }
 for _s in ORDER[:-1]:
     TRANSITIONS[(_s, wire.ABORT)] = ABORTED
+# Each mode has its own unmask request: the other one is refused even in stage Unmasking.
+CLASSIC_ONLY = (wire.UNMASK_REQUEST,)
+KEY_REUSE_ONLY = (wire.UNMASK_REQUEST_TAGS,)
 
 # Largest server frame body this client accepts: a full roster or relay of 65535 entries
 # would be ~8 MB; a device caps what it will buffer.
 DEFAULT_MAX_BODY = 64 * 1024
 
 
-def next_stage(stage, mtype):
+def next_stage(stage, mtype, key_reuse=False):
+    if mtype in (KEY_REUSE_ONLY if not key_reuse else CLASSIC_ONLY):
+        raise InvalidTransition("message type 0x%02x is not allowed in a %s round"
+                                % (mtype, "key-reuse" if key_reuse else "classic"))
     try:
         return TRANSITIONS[(stage, mtype)]
     except KeyError:
@@ -53,24 +65,23 @@ def next_stage(stage, mtype):
 
 
 class StreamedFrame:
-    """A signed frame whose body is produced in chunks (MASKED_INPUT).
+    """A frame whose body is produced in chunks (MASKED_INPUT); nothing body-sized is held.
 
-    The signature covers header || SHA-256(body), so the body is generated twice: once to
-    hash it (then signed), once while writing it out. Nothing body-sized is ever held.
+    The authenticator (a signature or a session tag) covers header || SHA-256(body) and comes
+    last, so one pass suffices: the chunks are hashed as they are written out, then the
+    authenticator is computed and written. `authenticate(head, digest)` returns it.
     """
 
-    def __init__(self, head, prefix, body_chunks, seed, public):
+    def __init__(self, head, prefix, body_chunks, authenticate, trailer_bytes):
         self.head = head
         self.prefix = prefix
         self._chunks = body_chunks     # callable returning a fresh chunk iterator
-        h = hashlib.sha256(prefix)
-        for c in body_chunks():
-            h.update(c)
-        self.signature = ed25519.sign(seed, head + h.digest(), public)
+        self._authenticate = authenticate
+        self.trailer_bytes = trailer_bytes
 
     @property
     def nbytes(self):
-        return len(self.head) + self.body_len + wire.SIGNATURE_BYTES
+        return len(self.head) + self.body_len + self.trailer_bytes
 
     @property
     def body_len(self):
@@ -79,9 +90,11 @@ class StreamedFrame:
     def write_to(self, write):
         write(self.head)
         write(self.prefix)
+        h = hashlib.sha256(self.prefix)
         for c in self._chunks():
+            h.update(c)
             write(c)
-        write(self.signature)
+        write(self._authenticate(self.head, h.digest()))
 
     def to_bytes(self):
         out = bytearray()
@@ -100,6 +113,7 @@ class _State:
         self.own_share = (0, 0)
         self.held = {}          # owner -> (y_b, y_s)
         self.survivors = ()
+        self.akey = None        # session key with the server (key-reuse rounds)
         if src is not None:
             # Field by field: MicroPython instances have no writable __dict__.
             self.config = src.config
@@ -109,6 +123,7 @@ class _State:
             self.own_share = src.own_share
             self.held = src.held
             self.survivors = src.survivors
+            self.akey = src.akey
 
 
 class ClientSession:
@@ -134,6 +149,8 @@ class ClientSession:
         self._weight = 1
         self.abort_reason = None
         self.released = {"self_mask": (), "secret_key": ()}
+        # True once this client dealt shares of its mask secret s_sk (classic rounds only).
+        self.dealt_shares = False
 
     @property
     def epoch(self):
@@ -142,6 +159,17 @@ class ClientSession:
     @property
     def config(self):
         return self._state.config
+
+    @property
+    def key_reuse(self):
+        config = self._state.config
+        return config is not None and config.key_reuse
+
+    @property
+    def keys_exposed(self):
+        """Whether the server may hold this client's mask secret after this round: it dealt
+        shares of s_sk and did not finish as a survivor. The keys' epoch must then end."""
+        return self.dealt_shares and self.stage != DONE
 
     def set_input(self, source, weight=1, dim=None):
         """The update: an array of floats, or a callable source(start, n, out) with `dim`."""
@@ -162,14 +190,18 @@ class ClientSession:
         self._weight = weight
 
     def receive(self, data):
-        frame = wire.decode_frame(data, self.max_body)
+        config = self._state.config
+        frame = wire.decode_frame(data, self.max_body, config.max_clients if config is not None else 0xFFFF)
         if frame.sender != wire.SERVER_ID:
             raise UnknownSender("frame from %d, expected the server (0)" % frame.sender)
-        frame.verify(self.directory[wire.SERVER_ID])
+        if self.key_reuse and frame.mtype not in wire.ALWAYS_SIGNED:
+            frame.check_tag(self._state.akey, self.client_id)
+        else:
+            frame.verify(self.directory[wire.SERVER_ID])
         if frame.epoch != self.epoch or frame.round_id != self.round_id:
             raise WrongRound("frame for epoch %d round %d, session is epoch %d round %d"
                              % (frame.epoch, frame.round_id, self.epoch, self.round_id))
-        target = next_stage(self.stage, frame.mtype)
+        target = next_stage(self.stage, frame.mtype, self.key_reuse)
         handler = self._HANDLERS[frame.mtype]
         try:
             reply, state = handler(self, frame.body)
@@ -181,8 +213,19 @@ class ClientSession:
         return reply
 
     # -- helpers ---------------------------------------------------------------------------
-    def _frame(self, mtype, body):
+    def _frame(self, mtype, body, state):
+        """This client's reply: session-tagged in a key-reuse round, except the frames that
+        are always signed."""
+        if state.config.key_reuse and mtype not in wire.ALWAYS_SIGNED:
+            return wire.encode_tagged_frame(mtype, self.client_id, self.epoch, self.round_id, body, state.akey)
         return wire.encode_frame(mtype, self.client_id, self.epoch, self.round_id, body, self.seed, self.public)
+
+    def _authenticator(self, state):
+        """(authenticate(head, digest), trailer bytes) for a streamed reply."""
+        if state.config.key_reuse:
+            akey = state.akey
+            return (lambda head, digest: session_auth.frame_tag(akey, head, digest)), wire.TAG_BYTES
+        return (lambda head, digest: ed25519.sign(self.seed, head + digest, self.public)), wire.SIGNATURE_BYTES
 
     def _group(self, state):
         return sorted(list(state.neighbours) + [self.client_id])
@@ -198,8 +241,11 @@ class ClientSession:
                                      "would share their secret (docs/protocol.md 2.7); use new keys")
         state = _State()
         state.config = config
+        if config.key_reuse:
+            # One X25519 per set of epoch keys, then kept with them.
+            state.akey = self.keys.session_key(self.client_id, self.directory[wire.SERVER_ID])
         reply = self._frame(wire.ADVERTISE_KEYS,
-                            wire.advertise_keys_body(config.digest, self.keys.c_pk, self.keys.s_pk))
+                            wire.advertise_keys_body(config.digest, self.keys.c_pk, self.keys.s_pk), state)
         return reply, state
 
     def _on_roster(self, body):
@@ -223,20 +269,37 @@ class ClientSession:
             roster[cid] = (c_pk, s_pk)
         if mine is None or mine[0] != self.keys.c_pk or mine[1] != self.keys.s_pk:
             raise ConsistencyViolation("the roster does not hold this client's advertised keys")
+        if config.key_reuse:
+            # The same roster gives the same neighbours in every round of the epoch (1.7).
+            digest = graph.epoch_graph_digest(self.epoch, [(cid, c_pk, s_pk) for cid, c_pk, s_pk, _ in entries])
+        else:
+            digest = hashlib.sha256(body).digest()
+        neighbours = tuple(graph.neighbours_of(self.client_id, list(roster), config.neighbors, digest))
+        # Only neighbours' keys are ever used by this client, so only their signatures matter
+        # (all of them with the complete graph). In a key-reuse round an entry already verified
+        # under these epoch keys binds the same keys to the same identity: not checked again.
+        verified = []
+        signatures = {}
         for cid, c_pk, s_pk, sig in entries:
+            signatures[cid] = sig
+        for cid in neighbours:
+            c_pk, s_pk = roster[cid]
+            slot = (cid, bytes(self.directory[cid]), c_pk, s_pk)
+            if config.key_reuse and slot in self.keys.verified_entries:
+                continue
             signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, config.digest, self.epoch, self.round_id)
             try:
-                ed25519.verify(self.directory[cid], signed, sig)
+                ed25519.verify(self.directory[cid], signed, signatures[cid])
             except ed25519.SignatureError:
                 raise BadSignature("roster entry of client %d is not signed by it "
                                    "(or it saw another configuration)" % cid)
+            verified.append(slot)
         t = config.threshold
         if len(roster) < t:
             raise RoundAborted("roster of %d is below the threshold %d" % (len(roster), t))
-        digest = hashlib.sha256(body).digest()
         state = _State(old)
         state.roster = roster
-        state.neighbours = tuple(graph.neighbours_of(self.client_id, list(roster), config.neighbors, digest))
+        state.neighbours = neighbours
         state.held = {}
         group = self._group(state)
         if len(group) < t:
@@ -258,7 +321,13 @@ class ClientSession:
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             nonce = self.randbytes(24)
             out.append((peer, nonce + xchacha.encrypt(key, nonce, plaintext, aad)))
-        return self._frame(wire.SHARE_KEYS, wire.share_keys_body(out)), state
+        reply = self._frame(wire.SHARE_KEYS, wire.share_keys_body(out), state)
+        if config.key_reuse:
+            for slot in verified:
+                self.keys.verified_entries.add(slot)
+        else:
+            self.dealt_shares = True
+        return reply, state
 
     def _on_relay(self, body):
         old = self._state
@@ -296,9 +365,11 @@ class ClientSession:
         stream = MaskedStream(config.dim, config.mask_bits, config.frac_bits, config.clip_q, self._weight,
                               self._source, plus, minus, self.chunk)
         head = wire.header(wire.MASKED_INPUT, self.client_id, self.epoch, self.round_id,
-                           wire.MASKED_PREFIX_BYTES + stream.nbytes)
+                           wire.MASKED_PREFIX_BYTES + stream.nbytes,
+                           wire.AUTH_SESSION if config.key_reuse else wire.AUTH_SIGNATURE)
+        authenticate, trailer = self._authenticator(old)
         reply = StreamedFrame(head, wire.masked_input_prefix(stream.words, config.mask_bits),
-                              stream.chunks, self.seed, self.public)
+                              stream.chunks, authenticate, trailer)
         state = _State(old)
         state.held = held
         return reply, state
@@ -318,26 +389,64 @@ class ClientSession:
         if len(survivors) < old.config.threshold:
             raise RoundAborted("%d survivors, threshold %d" % (len(survivors), old.config.threshold))
         statement = wire.survivors_statement(old.config.digest, self.epoch, self.round_id, ids)
-        signature = ed25519.sign(self.seed, statement, self.public)
         state = _State(old)
         state.survivors = tuple(ids)
-        return self._frame(wire.CONSISTENCY_SIGNATURE, signature), state
+        if old.config.key_reuse:
+            # One pairwise tag per surviving neighbour, under a key the server never holds.
+            tags = []
+            for peer in sorted(old.neighbours):
+                if peer in survivors:
+                    vkey = self.keys.consistency_key(self.client_id, peer, old.roster[peer][1], self.round_id)
+                    tags.append((peer, session_auth.consistency_tag(vkey, self.client_id, statement)))
+            return self._frame(wire.CONSISTENCY_TAGS, wire.consistency_tags_body(tags), state), state
+        signature = ed25519.sign(self.seed, statement, self.public)
+        return self._frame(wire.CONSISTENCY_SIGNATURE, signature, state), state
 
     def _on_unmask(self, body):
+        """UNMASK_REQUEST (classic round): the group's survivor signatures."""
         old = self._state
         sigs, dropped_ids = wire.parse_unmask_request(body)
         survivors = set(old.survivors)
         statement = wire.survivors_statement(old.config.digest, self.epoch, self.round_id, old.survivors)
+        # Only the group's signatures are checked (docs/protocol.md 2.2): this client releases
+        # secrets of owners in its group only, so a non-member's signature changes nothing it gives.
+        group = set(old.neighbours)
+        group.add(self.client_id)
+        signed = 0
         for signer, signature in sigs:
             if signer not in survivors:
                 raise ConsistencyViolation("consistency signature from %d, not a survivor" % signer)
+            if signer not in group:
+                continue
             try:
                 ed25519.verify(self.directory[signer], statement, signature)
             except ed25519.SignatureError:
                 raise BadSignature("consistency signature of %d does not verify" % signer)
-        if len(sigs) < old.config.threshold:
-            raise RoundAborted("%d consistency signatures, threshold %d: no share is released"
-                               % (len(sigs), old.config.threshold))
+            signed += 1
+        if signed < old.config.threshold:
+            raise RoundAborted("%d consistency signatures of this client's group, threshold %d: "
+                               "no share is released" % (signed, old.config.threshold))
+        return self._release(old, dropped_ids)
+
+    def _on_unmask_tags(self, body):
+        """UNMASK_REQUEST_TAGS (key-reuse round): the neighbours' pairwise tags to this client."""
+        old = self._state
+        tags, dropped_ids = wire.parse_unmask_request_tags(body)
+        survivors = set(old.survivors)
+        statement = wire.survivors_statement(old.config.digest, self.epoch, self.round_id, old.survivors)
+        for peer, tag in tags:
+            if peer not in survivors or peer not in old.neighbours:
+                raise ConsistencyViolation("consistency tag from %d, not a surviving neighbour" % peer)
+            vkey = self.keys.consistency_key(self.client_id, peer, old.roster[peer][1], self.round_id)
+            if not session_auth.same(tag, session_auth.consistency_tag(vkey, peer, statement)):
+                raise BadSignature("consistency tag of %d does not verify" % peer)
+        if 1 + len(tags) < old.config.threshold:
+            raise RoundAborted("%d consistency tags and this client, threshold %d: no share is released"
+                               % (len(tags), old.config.threshold))
+        return self._release(old, dropped_ids)
+
+    def _release(self, old, dropped_ids):
+        survivors = set(old.survivors)
         dropped = set(dropped_ids)
         both = dropped & survivors
         if both:
@@ -362,10 +471,10 @@ class ClientSession:
                           for d in sorted(dropped & set(old.held))]
             self.released = {"self_mask": tuple(o for o, _ in self_mask), "secret_key": (),
                              "round_key": tuple(d for d, _ in round_keys)}
-            return self._frame(wire.UNMASK_ROUND_KEYS, wire.unmask_round_keys_body(self_mask, round_keys)), old
+            return self._frame(wire.UNMASK_ROUND_KEYS, wire.unmask_round_keys_body(self_mask, round_keys), old), old
         for owner in sorted(dropped & set(old.held)):
             secret_key.append((owner, shamir.encode_y(old.held[owner][1])))
-        reply = self._frame(wire.UNMASK_SHARES, wire.unmask_shares_body(self_mask, secret_key))
+        reply = self._frame(wire.UNMASK_SHARES, wire.unmask_shares_body(self_mask, secret_key), old)
         # Committed: from here these peers' keys count as revealed for the rest of the epoch.
         for o, _ in secret_key:
             self.keys.revealed_peer_keys.add(old.roster[o][1])
@@ -383,5 +492,6 @@ class ClientSession:
         wire.SHARES_RELAY: _on_relay,
         wire.CONSISTENCY_REQUEST: _on_consistency,
         wire.UNMASK_REQUEST: _on_unmask,
+        wire.UNMASK_REQUEST_TAGS: _on_unmask_tags,
         wire.ABORT: _on_abort,
     }

@@ -1,7 +1,7 @@
 """Key derivation of the secure-aggregation protocol (docs/protocol.md 1.2, 1.7)."""
 import struct
 
-from ztfw import x25519
+from ztfw import session_auth, x25519
 from ztfw.hmac256 import hkdf as _hkdf
 from ztfw.secagg_errors import KeyAgreementError
 
@@ -33,10 +33,14 @@ class EpochKeys:
     """The two X25519 key pairs of one key epoch (docs/protocol.md 1.2, 2.7).
 
     Within an epoch the peers' public keys do not change, so each agreement runs once and its
-    HKDF output is kept (per peer id and peer key: a peer that re-keyed gets a fresh one);
-    a later round of the epoch costs no X25519 at all. `revealed_peer_keys`: s public keys of
-    peers whose secret this client helped reveal (it never releases a self-mask share for
+    HKDF output is kept (per own id, peer id and peer key: a peer that re-keyed gets a fresh
+    one); a later round of the epoch costs no X25519 at all. `revealed_peer_keys`: s public keys
+    of peers whose secret this client helped reveal (it never releases a self-mask share for
     those). `uses`: rounds these keys were handed out for. `agreements`: X25519 operations run.
+
+    Kept with the keys and dropped with them (docs/protocol.md 1.8): the session key with the
+    server, and the roster entries already verified under the peers' identity keys, so a later
+    key-reuse round neither agrees nor verifies again.
     """
 
     def __init__(self, epoch, c_sk, s_sk, revealed_peer_keys=None):
@@ -50,6 +54,8 @@ class EpochKeys:
         self.revealed_peer_keys = revealed_peer_keys if revealed_peer_keys is not None else set()
         self._pairwise = {}
         self._share_enc = {}
+        self._session = {}
+        self.verified_entries = set()    # (id, identity key, c_pk, s_pk) whose signature verified
 
     @classmethod
     def generate(cls, epoch, randbytes, revealed_peer_keys=None):
@@ -57,7 +63,7 @@ class EpochKeys:
         return cls(epoch, c_sk, randbytes(32), revealed_peer_keys)
 
     def pairwise_epoch_key(self, me, peer, peer_s_pk):
-        slot = (peer, bytes(peer_s_pk))
+        slot = (me, peer, bytes(peer_s_pk))
         key = self._pairwise.get(slot)
         if key is None:
             shared = agree(self.s_sk, peer_s_pk)
@@ -69,12 +75,26 @@ class EpochKeys:
         return pairwise_round_key(self.pairwise_epoch_key(me, peer, peer_s_pk), round_id)
 
     def share_encryption_key(self, me, peer, peer_c_pk):
-        slot = (peer, bytes(peer_c_pk))
+        slot = (me, peer, bytes(peer_c_pk))
         key = self._share_enc.get(slot)
         if key is None:
             key = self._share_enc[slot] = share_encryption_key(self.c_sk, peer_c_pk, me, peer, self.epoch)
             self.agreements += 1
         return key
+
+    def session_key(self, me, server_public):
+        """akey of this client with the server (docs/protocol.md 1.8): one X25519 per key set."""
+        slot = (me, bytes(server_public))
+        key = self._session.get(slot)
+        if key is None:
+            key = session_auth.session_key(self.c_sk, self.c_pk, server_public, me, self.epoch)
+            self._session[slot] = key
+            self.agreements += 1
+        return key
+
+    def consistency_key(self, me, peer, peer_s_pk, round_id):
+        """vkey of the pair (me, peer) for this round: HKDF of the cached epoch key."""
+        return session_auth.consistency_key(self.pairwise_epoch_key(me, peer, peer_s_pk), round_id)
 
 
 def pairwise_epoch_key(shared, u, v, epoch):

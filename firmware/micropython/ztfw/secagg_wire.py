@@ -1,13 +1,16 @@
-"""The secure-aggregation wire format (docs/protocol.md 1.6), firmware side.
+"""The secure-aggregation wire format (docs/protocol.md 1.6, 1.8), firmware side.
 
-frame = header (20 bytes) || body || Ed25519 signature (64) over header || SHA-256(body).
+frame = header (20 bytes) || body || authenticator, over header || SHA-256(body):
+  auth 0: an Ed25519 signature (64 bytes);
+  auth 1 (key-reuse rounds): session tags, one 16-byte tag from a client, or
+          `count u16 || count x (id u16 || tag 16)` from the server (one per recipient).
 Decoders check every size against the bytes at hand before building anything,
 consume the body exactly and raise MalformedMessage with a reason.
 """
 import hashlib
 import struct
 
-from ztfw import ed25519
+from ztfw import ed25519, session_auth
 from ztfw.secagg_errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
 from ztfw.shamir import PRIME, SHARE_BYTES
 
@@ -33,9 +36,19 @@ UNMASK_REQUEST = 0x09
 UNMASK_SHARES = 0x0A
 ABORT = 0x0B
 UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
+CONSISTENCY_TAGS = 0x0D    # key-reuse rounds (1.8): replaces CONSISTENCY_SIGNATURE
+UNMASK_REQUEST_TAGS = 0x0E  # key-reuse rounds (1.8): replaces UNMASK_REQUEST
 KNOWN_TYPES = (ROUND_CONFIG, ADVERTISE_KEYS, ROSTER, SHARE_KEYS, SHARES_RELAY, MASKED_INPUT,
                CONSISTENCY_REQUEST, CONSISTENCY_SIGNATURE, UNMASK_REQUEST, UNMASK_SHARES, ABORT,
-               UNMASK_ROUND_KEYS)
+               UNMASK_ROUND_KEYS, CONSISTENCY_TAGS, UNMASK_REQUEST_TAGS)
+
+AUTH_SIGNATURE = 0
+AUTH_SESSION = 1
+TAG_BYTES = session_auth.TAG_BYTES
+TAG_ENTRY = 2 + TAG_BYTES                            # 18
+# Frames that stay Ed25519-signed in a key-reuse round: ROUND_CONFIG announces the mode, ABORT
+# must be believable without a session, ADVERTISE_KEYS binds c_pk (hence akey) to the identity.
+ALWAYS_SIGNED = (ROUND_CONFIG, ABORT, ADVERTISE_KEYS)
 
 SURVIVORS_CONTEXT = b"ztfl/secagg/v1/survivors"
 SHARE_AAD_CONTEXT = b"ztfl/secagg/v1/share"
@@ -71,8 +84,8 @@ def _expect(body, pos, need, what):
                                % (what, need, pos, len(body) - pos))
 
 
-def header(mtype, sender, epoch, round_id, body_len):
-    return struct.pack(HEADER_FMT, MAGIC, VERSION, mtype, sender, 0, epoch, round_id, body_len)
+def header(mtype, sender, epoch, round_id, body_len, auth=AUTH_SIGNATURE):
+    return struct.pack(HEADER_FMT, MAGIC, VERSION, mtype, sender, auth, epoch, round_id, body_len)
 
 
 def signed_bytes(head, body_digest):
@@ -80,51 +93,104 @@ def signed_bytes(head, body_digest):
 
 
 def encode_frame(mtype, sender, epoch, round_id, body, seed, public):
+    """An Ed25519-signed frame (auth 0)."""
     head = header(mtype, sender, epoch, round_id, len(body))
     signature = ed25519.sign(seed, head + hashlib.sha256(body).digest(), public)
     return head + body + signature
 
 
+def encode_tagged_frame(mtype, sender, epoch, round_id, body, akey):
+    """A client's session-tagged frame (auth 1): one tag under its session key."""
+    head = header(mtype, sender, epoch, round_id, len(body), AUTH_SESSION)
+    return head + body + session_auth.frame_tag(akey, head, hashlib.sha256(body).digest())
+
+
 class Frame:
-    def __init__(self, mtype, sender, epoch, round_id, body, signed, signature):
+    """A decoded frame. `signature` (auth 0), or `tags` (auth 1: [(recipient, tag)] of a server
+    frame, [(sender, tag)] of a client frame)."""
+
+    def __init__(self, mtype, sender, auth, epoch, round_id, body, signed, signature, tags):
         self.mtype = mtype
         self.sender = sender
+        self.auth = auth
         self.epoch = epoch
         self.round_id = round_id
         self.body = body
         self.signed = signed
         self.signature = signature
+        self.tags = tags
 
     def verify(self, public):
+        if self.auth != AUTH_SIGNATURE:
+            raise BadSignature("frame type 0x%02x from %d: wrong authentication mode (session tags, "
+                               "a signature expected)" % (self.mtype, self.sender))
         try:
             ed25519.verify(public, self.signed, self.signature)
         except ed25519.SignatureError as e:
             raise BadSignature("frame type 0x%02x from %d: %s" % (self.mtype, self.sender, e))
 
+    def check_tag(self, akey, holder):
+        """The tag for `holder` (this client, or the sender of a client frame) under `akey`."""
+        if self.auth != AUTH_SESSION:
+            raise BadSignature("frame type 0x%02x from %d: wrong authentication mode (a signature, "
+                               "session tags expected)" % (self.mtype, self.sender))
+        for cid, tag in self.tags:
+            if cid == holder:
+                if not session_auth.same(tag, session_auth.frame_tag(akey, self.signed[:HEADER_BYTES],
+                                                                     self.signed[HEADER_BYTES:])):
+                    raise BadSignature("frame type 0x%02x from %d: session tag does not verify"
+                                       % (self.mtype, self.sender))
+                return
+        raise BadSignature("frame type 0x%02x from %d carries no session tag for %d"
+                           % (self.mtype, self.sender, holder))
 
-def decode_frame(data, max_body):
-    """Parse the frame envelope; the body is parsed by the type's parser, the signature
-    checked by whoever knows the sender's key."""
+
+def decode_frame(data, max_body, max_recipients=0xFFFF):
+    """Parse the frame envelope; the body is parsed by the type's parser, the authenticator
+    checked by whoever knows the sender's key (`max_recipients` bounds a server frame's tags)."""
     n = len(data)
-    if n < HEADER_BYTES + SIGNATURE_BYTES:
-        raise MalformedMessage("frame of %d bytes is shorter than header and signature" % n)
-    magic, version, mtype, sender, reserved, epoch, round_id, body_len = struct.unpack_from(HEADER_FMT, data, 0)
+    if n < HEADER_BYTES + TAG_BYTES:
+        raise MalformedMessage("frame of %d bytes is shorter than header and authenticator" % n)
+    magic, version, mtype, sender, auth, epoch, round_id, body_len = struct.unpack_from(HEADER_FMT, data, 0)
     if magic != MAGIC:
         raise MalformedMessage("bad magic %r" % magic)
     if version != VERSION:
         raise UnsupportedVersion("protocol version %d, this side speaks %d" % (version, VERSION))
     if mtype not in KNOWN_TYPES:
         raise MalformedMessage("unknown message type 0x%02x" % mtype)
-    if reserved:
-        raise MalformedMessage("reserved header field set")
+    if auth not in (AUTH_SIGNATURE, AUTH_SESSION):
+        raise MalformedMessage("unknown authentication mode %d" % auth)
     if body_len > max_body:
         raise MalformedMessage("body of %d bytes exceeds the limit of %d" % (body_len, max_body))
-    if n != HEADER_BYTES + body_len + SIGNATURE_BYTES:
-        raise MalformedMessage("frame is %d bytes, header announces %d"
-                               % (n, HEADER_BYTES + body_len + SIGNATURE_BYTES))
-    body = bytes(data[HEADER_BYTES:HEADER_BYTES + body_len])
+    end = HEADER_BYTES + body_len
+    signature = None
+    tags = None
+    if auth == AUTH_SIGNATURE:
+        if n != end + SIGNATURE_BYTES:
+            raise MalformedMessage("frame is %d bytes, header announces %d" % (n, end + SIGNATURE_BYTES))
+        signature = bytes(data[end:])
+    elif sender != SERVER_ID:
+        if n != end + TAG_BYTES:
+            raise MalformedMessage("frame is %d bytes, header announces %d" % (n, end + TAG_BYTES))
+        tags = [(sender, bytes(data[end:]))]
+    else:
+        if n < end + 2:
+            raise MalformedMessage("frame is %d bytes, too short for its tag count" % n)
+        count = struct.unpack_from("<H", data, end)[0]
+        if not 1 <= count <= max_recipients:
+            raise MalformedMessage("%d session tags, expected 1..%d" % (count, max_recipients))
+        if n != end + 2 + TAG_ENTRY * count:
+            raise MalformedMessage("frame is %d bytes, header and tag count announce %d"
+                                   % (n, end + 2 + TAG_ENTRY * count))
+        tags = []
+        pos = end + 2
+        for _ in range(count):
+            tags.append((struct.unpack_from("<H", data, pos)[0], bytes(data[pos + 2:pos + TAG_ENTRY])))
+            pos += TAG_ENTRY
+        _ascending([cid for cid, _ in tags], "session tags")
+    body = bytes(data[HEADER_BYTES:end])
     signed = bytes(data[:HEADER_BYTES]) + hashlib.sha256(body).digest()
-    return Frame(mtype, sender, epoch, round_id, body, signed, bytes(data[HEADER_BYTES + body_len:]))
+    return Frame(mtype, sender, auth, epoch, round_id, body, signed, signature, tags)
 
 
 # -- ROUND_CONFIG ------------------------------------------------------------------------
@@ -248,6 +314,18 @@ def unmask_round_keys_body(self_mask_shares, round_keys):
     return bytes(out)
 
 
+def consistency_tags_body(tags):
+    """CONSISTENCY_TAGS: [(peer, tag 16)] ascending, one per neighbour in U3."""
+    _ascending([v for v, _ in tags], "CONSISTENCY_TAGS")
+    out = bytearray(struct.pack("<HH", len(tags), 0))
+    for peer, tag in tags:
+        if len(tag) != TAG_BYTES:
+            raise MalformedMessage("consistency tag must be %d bytes" % TAG_BYTES)
+        out.extend(struct.pack("<H", peer))
+        out.extend(tag)
+    return bytes(out)
+
+
 def survivors_statement(config_digest, epoch, round_id, survivors):
     return (SURVIVORS_CONTEXT + bytes(config_digest) + struct.pack("<IIH", epoch, round_id, len(survivors))
             + struct.pack("<%dH" % len(survivors), *survivors))
@@ -324,6 +402,22 @@ def parse_unmask_request(body):
     _ascending([s for s, _ in sigs], "UNMASK_REQUEST signatures")
     dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, pos)), "UNMASK_REQUEST dropped")
     return sigs, dropped
+
+
+def parse_unmask_request_tags(body):
+    """([(from, tag 16)] ascending, [dropped ids])."""
+    if len(body) < 4:
+        raise MalformedMessage("UNMASK_REQUEST_TAGS: truncated")
+    n_tags, n_dropped = struct.unpack_from("<HH", body, 0)
+    _expect(body, 4, n_tags * TAG_ENTRY + 2 * n_dropped, "UNMASK_REQUEST_TAGS")
+    pos = 4
+    tags = []
+    for _ in range(n_tags):
+        tags.append((struct.unpack_from("<H", body, pos)[0], body[pos + 2:pos + TAG_ENTRY]))
+        pos += TAG_ENTRY
+    _ascending([v for v, _ in tags], "UNMASK_REQUEST_TAGS tags")
+    dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, pos)), "UNMASK_REQUEST_TAGS dropped")
+    return tags, dropped
 
 
 def parse_abort(body):
