@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from agent.data import PartitionSpec, agent_partition
+from agent.keyrings import AgentKeyrings
 from agent.model import ModelSpec, layout, tensors_to_flat
 from agent.secagg import AgentAggregation
 from agent.state import StateStore
@@ -31,6 +32,7 @@ from agent.wire import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBl
 from hw_profiles import Profile, resolve_profile
 from models.params import set_flat
 from models.preprocess import Pipeline
+from protocol.epochs import EpochPolicy
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.agent")
@@ -59,6 +61,7 @@ class AgentConfig:
     record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
     tpm: dict | None = None                # {"tcti": "swtpm:host=...,port=..."}: quote with this TPM
     threads: int = 1                       # torch threads for local training (cores to give it)
+    key_epoch: dict | None = None          # {max_rounds, max_seconds}: this agent's ceiling on key reuse
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentConfig":
@@ -75,9 +78,21 @@ class AgentConfig:
             raise AgentConfigError("agent config: missing key 'agent_id'")
         broker = doc.pop("broker", {}) or {}
         try:
-            return cls(broker=BrokerConfig(**broker), **doc)
+            cfg = cls(broker=BrokerConfig(**broker), **doc)
         except TypeError as exc:
             raise AgentConfigError(f"agent config: {exc}") from exc
+        cfg.epoch_policy()
+        return cfg
+
+    def epoch_policy(self) -> EpochPolicy:
+        """The longest this agent reuses one key setup (the gateway may end epochs sooner)."""
+        doc = self.key_epoch or {}
+        if not isinstance(doc, dict) or set(doc) - {"max_rounds", "max_seconds"}:
+            raise AgentConfigError("agent config: key 'key_epoch' takes max_rounds and max_seconds")
+        try:
+            return EpochPolicy(**doc)
+        except ValueError as exc:
+            raise AgentConfigError(f"agent config: key_epoch: {exc}") from exc
 
 
 class Agent:
@@ -97,6 +112,7 @@ class Agent:
         self.model_version = -1
         self.state = "online"
         self.session: AgentAggregation | None = None
+        self.keyrings = AgentKeyrings(config.epoch_policy())    # in memory: a restart means new keys
         self.announce: RoundAnnounce | None = None
         self.training: threading.Thread | None = None
         self.trained: tuple[np.ndarray, int] | None = None
@@ -285,11 +301,17 @@ class Agent:
             self.store.save()
         if self.encoded is None or self.model is None:
             return self._reject("round announced before pipeline and model arrived")
+        if self.announce is not None and \
+                (self.announce.round, self.announce.attempt, self.announce.cohort) == (ann.round, ann.attempt, ann.cohort):
+            return  # redelivered while the session runs
+        self._end_session()               # a round whose end we never heard of
         try:
             peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
-            self.session = AgentAggregation(sid=int(me[0][1]), identity=self.identity,
-                                            server_pk=bytes.fromhex(ann.server_pk), peers=peers,
-                                            round_id=ann.round, epoch=ann.round * 16 + ann.attempt)
+            server_pk, dp = bytes.fromhex(ann.server_pk), ann.dp_params
+            keys = self.keyrings.keys_for(ann.cohort, ann.keying, time.monotonic())
+            self.session = AgentAggregation(sid=int(me[0][1]), identity=self.identity, server_pk=server_pk,
+                                            peers=peers, round_id=ann.keying.protocol_round, keys=keys,
+                                            key_reuse=ann.keying.key_reuse, dp=dp)
         except (ValueError, TypeError, ProtocolError) as exc:
             return self._reject(f"bad round announcement: {exc}")
         self.announce = ann
@@ -339,6 +361,9 @@ class Agent:
                 self.store.save()
 
     def _end_session(self) -> None:
+        if self.session is not None:
+            # Whatever the outcome: a round that may have revealed the mask secret ends the epoch.
+            self.keyrings.finish(self.announce.cohort, self.session.session)
         self.session = None
         self.announce = None
         self.state = "detecting" if self.model_version >= 0 else "online"
@@ -362,7 +387,10 @@ class Agent:
         if self.session is not None and self.trained is not None and self.session.wants_input \
                 and self.trained[0] == (ann.round, ann.attempt, ann.cohort):
             _, delta, weight = self.trained
-            self._send(self.session.provide_input(delta, weight))
+            try:
+                self._send(self.session.provide_input(delta, weight))
+            except (ProtocolError, ValueError) as exc:
+                self._reject(f"local update refused: {type(exc).__name__}: {exc}")
         if self.session is None and self.detector is not None and self.encoded is not None and now >= self.next_record:
             self.next_record = now + 1.0 / self.config.stream_rate_hz
             self._detect_one()

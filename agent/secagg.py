@@ -1,17 +1,23 @@
-"""The agent's handle on one secure-aggregation round: the protocol's ClientSession plus the one
-thing the daemon adds, waiting for local training.
+"""The agent's handle on one secure-aggregation round: the protocol's ClientSession plus what the
+daemon adds: waiting for local training, checking the round configuration against the
+announcement, and the client side of distributed DP.
 
 The protocol needs the update when the shares are relayed (stage 3). If SHARES_RELAY arrives
 while training still runs, the frame is held and replayed as soon as the update is provided;
-the earlier stages never wait for training.
+the earlier stages never wait for training. The input is encoded at that point, when the round
+configuration (fixed-point bits, dimension, weight bound) is known: with DP the update is clipped
+in L2 norm, encoded with weight 1 and given integer Skellam noise (privacy.add_noise) before
+masking.
 """
 from __future__ import annotations
 
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import wire
+from privacy import DpParams, add_noise, clip_l2
+from protocol import fixedpoint, wire
 from protocol.client import ClientSession
+from protocol.errors import ConfigurationError
 from protocol.keys import EpochKeys
 
 # Which MQTT topic kind carries each client frame type: masked inputs have their own topic.
@@ -24,38 +30,77 @@ def frame_type(frame: bytes) -> int:
 
 class AgentAggregation:
     def __init__(self, sid: int, identity: SigningKey, server_pk: bytes, peers: dict[int, bytes],
-                 round_id: int, epoch: int):
+                 round_id: int, keys: EpochKeys, key_reuse: bool = False, dp: DpParams | None = None,
+                 rng: np.random.Generator | None = None):
         directory = {wire.SERVER_ID: VerifyKey(server_pk), **{s: VerifyKey(pk) for s, pk in peers.items()}}
-        self.session = ClientSession(sid, identity, directory, EpochKeys.generate(epoch), round_id)
+        self.session = ClientSession(sid, identity, directory, keys, round_id)
+        self.key_reuse = key_reuse
+        self.dp = dp
+        self.rng = rng if rng is not None else np.random.default_rng()   # OS entropy
         self.held_relay: bytes | None = None
-        self.has_input = False
+        self.pending: tuple[np.ndarray, int] | None = None
+        self.refused = ""
 
     @property
     def wants_input(self) -> bool:
-        return not self.has_input
+        return self.pending is None
+
+    @property
+    def has_input(self) -> bool:
+        return self.pending is not None
 
     def _reply(self, frame: bytes) -> list[tuple[str, bytes]]:
         reply = self.session.receive(frame)
+        if frame_type(frame) == wire.ROUND_CONFIG:
+            self._check_config()          # before the advertisement leaves
         if reply is None:
             return []
         return [(_KIND.get(frame_type(reply), "protocol"), reply)]
 
+    def _check_config(self) -> None:
+        """The signed configuration must be the round the announcement described: keys kept for
+        reuse must never serve a classic round (it would share their secret), and DP parameters
+        must fit the configuration they are applied in."""
+        config = self.session.config
+        problem = ""
+        if config.key_reuse != self.key_reuse:
+            problem = (f"ROUND_CONFIG key reuse {config.key_reuse} differs from the announcement's "
+                       f"{self.key_reuse}")
+        elif self.dp is not None and (self.dp.frac_bits, self.dp.dim) != (config.frac_bits, config.dim):
+            problem = (f"DP parameters for {self.dp.dim} values at {self.dp.frac_bits} fractional bits, "
+                       f"the round has {config.dim} at {config.frac_bits}")
+        if problem:
+            self.refused = problem
+            raise ConfigurationError(problem)
+
     def receive(self, frame: bytes) -> list[tuple[str, bytes]]:
-        if frame_type(frame) == wire.SHARES_RELAY and not self.has_input:
-            self.held_relay = frame
-            return []
+        if self.refused:
+            raise ConfigurationError(f"round refused: {self.refused}")
+        if frame_type(frame) == wire.SHARES_RELAY:
+            if self.pending is None:
+                self.held_relay = frame
+                return []
+            self._load_input()
         return self._reply(frame)
 
     def provide_input(self, update: np.ndarray, weight: int) -> list[tuple[str, bytes]]:
-        config = self.session.config
-        if config is not None:
-            weight = max(1, min(weight, config.max_weight))
-        self.session.set_input(update, weight)
-        self.has_input = True
-        if self.held_relay is not None:
+        """The float update and its integer weight (ignored with DP: every client weighs 1)."""
+        self.pending = (np.asarray(update), int(weight))
+        if self.held_relay is not None and not self.refused:
             frame, self.held_relay = self.held_relay, None
+            self._load_input()
             return self._reply(frame)
         return []
+
+    def _load_input(self) -> None:
+        config = self.session.config
+        update, weight = self.pending
+        if self.dp is None:
+            self.session.set_input(update, max(1, min(weight, config.max_weight)))
+            return
+        clipped = clip_l2(update, self.dp.clip_norm)
+        words = fixedpoint.encode(clipped, 1, config.frac_bits, config.clip_q, config.mask_bits)
+        self.session.set_encoded_input(add_noise(words, self.dp, self.rng))
 
     @property
     def stage(self) -> str:

@@ -9,6 +9,9 @@ TPM, and one shared MQTT connection for the whole fleet instead of one per devic
 A dropping agent stops answering after ShareKeys (it never sends its masked input, the costliest
 dropout for the gateway) and publishes the offline heartbeat its MQTT will would carry.
 
+Each agent keeps its key epochs in an agent.keyrings.AgentKeyrings across rounds and applies the
+announced DP parameters (clip, Skellam noise), as the daemon does.
+
     python -m agent.sim --broker mqtt://127.0.0.1:1883 --agents 500 --first-id 1 --dim 100000 \
         --seed 0 --drop 7,19 --timeout 300
 """
@@ -20,11 +23,12 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from nacl.signing import SigningKey
 
+from agent.keyrings import AgentKeyrings
 from agent.secagg import AgentAggregation, frame_type
 from agent.topics import Topics, TopicError
 from agent.transport import BrokerConfig, MqttTransport
@@ -61,6 +65,8 @@ class SimAgent:
     session: AgentAggregation | None = None
     announce: RoundAnnounce | None = None
     sent_masked: bool = False
+    keyrings: AgentKeyrings = field(default_factory=AgentKeyrings)
+    missing: int | None = None          # the round it is missing (miss_plan); back after its end
 
 
 class SimFleet:
@@ -68,19 +74,23 @@ class SimFleet:
                  drop: set[int] = frozenset(), federation: str = "bench", gateway: str = "fog1",
                  client_id: str = "", heartbeat_s: float = 0.0, stall: tuple[str, ...] = (),
                  stall_only: set[int] | None = None, resume_file: str | None = None,
-                 drop_plan: dict[int, tuple[int, str]] | None = None, duplicate: bool = False):
+                 drop_plan: dict[int, tuple[int, str]] | None = None, duplicate: bool = False,
+                 miss_plan: dict[int, tuple[int, str]] | None = None):
         """Fault injection for tests, all off by default:
         `heartbeat_s` > 0: heartbeat every agent (a production gateway marks silent agents offline);
         `stall[i]`: in attempt i of a round, agents (those in `stall_only`, default all) hold the
         frames of that stage unanswered, until `resume_file` exists (a gateway waits there: tests
         kill it or restart the broker at a known point);
         `drop_plan[agent index] = (round, stage)`: that agent dies when that stage's frame arrives;
-        `duplicate`: every frame is received twice and published twice (QoS 1 redelivery)."""
+        `duplicate`: every frame is received twice and published twice (QoS 1 redelivery);
+        `miss_plan[agent index] = (round, stage)`: that agent goes offline when that stage's frame
+        arrives and comes back online once the round ended."""
         self.topics = Topics(federation, gateway)
         self.dim, self.seed = dim, seed
         self.heartbeat_s, self.stall = heartbeat_s, tuple(stall)
         self.stall_only, self.resume_file = stall_only, resume_file
         self.drop_plan, self.duplicate = dict(drop_plan or {}), duplicate
+        self.miss_plan = dict(miss_plan or {})
         self.held: list[tuple[SimAgent, bytes]] = []
         self.dead: set[str] = set()
         self.next_heartbeat = 0.0
@@ -106,7 +116,8 @@ class SimFleet:
 
     def _heartbeats(self) -> None:
         for a in self.agents.values():
-            if a.name in self.dead or (a.session is None and a.drop and a.announce is not None):
+            if a.name in self.dead or a.missing is not None or \
+                    (a.session is None and a.drop and a.announce is not None):
                 continue                       # dropped out: stays silent
             state = "training" if a.session is not None else "online"
             hb = Heartbeat(a.name, state, a.announce.round if a.announce else 0, -1, 0, 0)
@@ -126,14 +137,18 @@ class SimFleet:
             return
         if a.drop and frame_type(body) == wire.SHARES_RELAY:
             # Drops out here: never masks; the broker would now deliver its MQTT will.
-            a.session = None
+            self._end_session(a)
             offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
             self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
             return
         stage = STAGE_OF_FRAME.get(frame_type(body))
-        if self.drop_plan.get(a.index) == (a.announce.round, stage):
-            self.dead.add(a.name)
-            a.session = None
+        dies = self.drop_plan.get(a.index) == (a.announce.round, stage)
+        if dies or self.miss_plan.get(a.index) == (a.announce.round, stage):
+            if dies:
+                self.dead.add(a.name)
+            else:
+                a.missing = a.announce.round
+            self._end_session(a)
             offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
             self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
             return
@@ -168,11 +183,24 @@ class SimFleet:
             self.rejected += 1
             print(f"{a.name}: frame refused: {type(exc).__name__}: {exc}", file=sys.stderr)
 
+    def _end_session(self, a: SimAgent) -> None:
+        if a.session is not None:
+            a.keyrings.finish(a.announce.cohort, a.session.session)
+        a.session = None
+
     def _on_round(self, payload: bytes) -> None:
         doc = json.loads(payload) if payload[:1] == b"{" else {}
         if isinstance(doc, dict) and "outcome" in doc:
-            RoundEnd.decode(payload)
+            end = RoundEnd.decode(payload)
             self.ended = True
+            for a in self.agents.values():
+                if a.announce is not None and (a.announce.round, a.announce.attempt, a.announce.cohort) == \
+                        (end.round, end.attempt, end.cohort):
+                    self._end_session(a)
+                if a.missing is not None and a.missing == end.round:
+                    a.missing = None           # back online for the next round
+                    online = Heartbeat(a.name, "online", end.round, -1, 0, 0)
+                    self.transport.publish(self.topics.agent(a.name, "heartbeat"), online.encode())
             return
         ann = RoundAnnounce.decode(payload)
         peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
@@ -180,9 +208,17 @@ class SimFleet:
             a = self.agents.get(name)
             if a is None or name in self.dead:
                 continue
+            self._end_session(a)
             a.announce = ann
+            try:
+                keys = a.keyrings.keys_for(ann.cohort, ann.keying, time.monotonic())
+            except ValueError as exc:
+                self.rejected += 1
+                print(f"{a.name}: announcement refused: {exc}", file=sys.stderr)
+                continue
             a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
-                                         peers=peers, round_id=ann.round, epoch=ann.round * 16 + ann.attempt)
+                                         peers=peers, round_id=ann.keying.protocol_round, keys=keys,
+                                         key_reuse=ann.keying.key_reuse, dp=ann.dp_params)
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -223,6 +259,7 @@ class SimFleet:
         self.cpu_seconds = time.process_time() - c0
         return {"agents": len(self.agents), "ended": self.ended, "rejected": self.rejected,
                 "masked_sent": sum(a.sent_masked for a in self.agents.values()),
+                "key_setups": sum(a.keyrings.key_setups(c) for a in self.agents.values() for c in a.keyrings.by_cohort),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "bytes_out": self.transport.bytes_out, "bytes_in": self.transport.bytes_in,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -245,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-file", default=None, help="held frames are answered once this file exists")
     p.add_argument("--drop-plan", default="", help="index:round:stage,... agents that die at that point")
     p.add_argument("--duplicate", action="store_true", help="receive and publish every frame twice")
+    p.add_argument("--miss-plan", default="", help="index:round:stage,... agents offline from that point "
+                                                   "until the round ends")
     p.add_argument("--serve", action="store_true", help="keep going after a round ends (until --timeout)")
     args = p.parse_args(argv)
     indices = list(range(args.first_id, args.first_id + args.agents))
@@ -254,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                      stall_only={int(x) for x in args.stall_only.split(",") if x} or None,
                      resume_file=args.resume_file, duplicate=args.duplicate,
                      drop_plan={int(i): (int(r), st) for i, r, st in
-                                (x.split(":") for x in args.drop_plan.split(",") if x)})
+                                (x.split(":") for x in args.drop_plan.split(",") if x)},
+                     miss_plan={int(i): (int(r), st) for i, r, st in
+                                (x.split(":") for x in args.miss_plan.split(",") if x)})
     print(json.dumps(fleet.run(args.timeout, until_round_end=not args.serve)), flush=True)
     return 0 if fleet.ended else 1
 

@@ -126,12 +126,90 @@ class RoundAnnounce(JsonMessage):
     deadlines_s: dict
     weight_unit: int = 1        # samples per unit of secure-aggregation weight
     server_pk: str = ""         # hex Ed25519 key of the gateway for this federation
+    # Optional, left out of the JSON when None so that agents which predate them (firmware) still
+    # decode the announcement. Key epochs (docs/protocol.md 2.7): the protocol's epoch id and round
+    # id, and whether the round reuses the epoch's keys; absent: round * 16 + attempt, round, false.
+    epoch: int | None = None
+    protocol_round: int | None = None
+    key_reuse: bool | None = None
+    # Distributed DP (docs/privacy.md): what a client needs to clip and noise (DP_FIELDS); absent: no DP.
+    dp: dict | None = None
     # It lists every participant (under 128 bytes each, at most 65535 client ids): the generic
     # 64 KiB limit would refuse the announcement of a cohort above about 750 agents.
     _LIMIT = MAX_JSON_BYTES + 128 * 0xFFFF
     _TYPES = {"round": int, "attempt": int, "cohort": str, "model_variant": str, "mask_bits": int,
               "model_version": int, "model_sha256": str, "participants": list, "threshold": int,
-              "nonce": str, "deadlines_s": dict, "weight_unit": int, "server_pk": str}
+              "nonce": str, "deadlines_s": dict, "weight_unit": int, "server_pk": str,
+              "epoch": int, "protocol_round": int, "key_reuse": bool, "dp": dict}
+    _OPTIONAL = ("epoch", "protocol_round", "key_reuse", "dp")
+
+    def __post_init__(self):
+        for name in ("epoch", "protocol_round"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_U32:
+                raise WireError(f"RoundAnnounce: field '{name}' must be a u32, got {value}")
+        if self.dp is not None:
+            dp_params(self.dp)
+
+    def encode(self) -> bytes:
+        doc = {k: v for k, v in asdict(self).items() if not (k in self._OPTIONAL and v is None)}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def keying(self) -> "RoundKeying":
+        """The protocol epoch, round id and key-reuse flag this announcement asks for."""
+        return RoundKeying(self.round * 16 + self.attempt if self.epoch is None else self.epoch,
+                           self.round if self.protocol_round is None else self.protocol_round,
+                           bool(self.key_reuse))
+
+    @property
+    def dp_params(self):
+        """The announced DP parameters (privacy.DpParams), or None for a round without DP."""
+        return None if self.dp is None else dp_params(self.dp)
+
+
+MAX_U32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class RoundKeying:
+    epoch: int
+    protocol_round: int
+    key_reuse: bool
+
+
+# The `dp` object of a round announcement: the fields of privacy.DpParams plus the mechanism.
+DP_FIELDS = {"mechanism": str, "clip_norm": float, "noise_variance": float, "frac_bits": int, "dim": int,
+             "min_survivors": int}
+DP_MECHANISMS = ("skellam",)
+
+
+def dp_params(doc: dict):
+    """privacy.DpParams from an announcement's `dp` object; WireError on any bad or missing field."""
+    from privacy.params import DpParams
+    if not isinstance(doc, dict):
+        raise WireError("dp: expected an object")
+    unknown = set(doc) - set(DP_FIELDS)
+    if unknown:
+        raise WireError(f"dp: unknown field '{sorted(map(str, unknown))[0]}'")
+    for name, expected in DP_FIELDS.items():
+        if name not in doc:
+            raise WireError(f"dp: missing field '{name}'")
+        _check_type(f"dp.{name}", doc[name], expected)
+    if doc["mechanism"] not in DP_MECHANISMS:
+        raise WireError(f"dp: unsupported mechanism {doc['mechanism']!r:.40}")
+    try:
+        return DpParams(float(doc["clip_norm"]), doc["frac_bits"], doc["dim"], float(doc["noise_variance"]),
+                        doc["min_survivors"])
+    except ValueError as exc:
+        raise WireError(f"dp: {exc}") from exc
+
+
+def dp_document(params) -> dict:
+    """The `dp` object announcing these privacy.DpParams."""
+    return {"mechanism": "skellam", "clip_norm": float(params.clip_norm),
+            "noise_variance": float(params.noise_variance), "frac_bits": int(params.frac_bits),
+            "dim": int(params.dim), "min_survivors": int(params.min_survivors)}
 
 
 @dataclass

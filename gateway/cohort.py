@@ -6,7 +6,9 @@
 
 While AGGREGATING, the secure-aggregation server session (protocol package) decides what each
 stage needs; this class owns the clock: when a stage's deadline passes, whoever has not answered
-is a dropout from then on, and the session closes the stage with those who did.
+is a dropout from then on, and the session closes the stage with those who did. Before the
+unmasking request goes out, `release_check` (distributed DP: the privacy ledger) may refuse the
+release, which aborts the round with nothing unmasked.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from gateway.secagg import CohortAggregation, Outgoing
+from protocol.stages import Stage
 
 log = logging.getLogger("ztfl.gateway.cohort")
 
@@ -86,6 +90,16 @@ class CohortRun:
     aggregation: CohortAggregation | None = None
     result_mean: np.ndarray | None = None
     result_weight: int = 0
+    # Key epochs (gateway.epochs.RoundPlan): None keeps the classic ids round * 16 + attempt, round.
+    epoch: int | None = None
+    protocol_round: int | None = None
+    key_reuse: bool = False
+    revealed_keys: set | None = None
+    # Distributed DP: every agent weighs 1, and the release is accounted before unmasking:
+    # release_check(survivors) returns why the release is refused ('' to go ahead).
+    dp: bool = False
+    release_check: Callable[[int], str] | None = None
+    privacy_spent: dict | None = None      # the accounted release: survivors, epsilon after
 
     @property
     def name(self) -> str:
@@ -97,6 +111,23 @@ class CohortRun:
         self.state = new
         if reason:
             self.reason = reason
+
+    @property
+    def epoch_id(self) -> int:
+        return self.round * 16 + self.attempt if self.epoch is None else self.epoch
+
+    @property
+    def protocol_round_id(self) -> int:
+        return self.round if self.protocol_round is None else self.protocol_round
+
+    @property
+    def samples_aggregated(self) -> int:
+        """Samples behind the aggregate, to combine cohorts of one variant: with DP every agent
+        weighs 1, so the survivors' announced sample counts stand in for the weights."""
+        if self.dp:
+            survivors = self.aggregation.survivors() if self.aggregation else set()
+            return sum(p.samples for p in self.participants.values() if p.sid in survivors)
+        return self.result_weight * self.weight_unit
 
     @property
     def weight_unit(self) -> int:
@@ -125,9 +156,10 @@ class CohortRun:
             self._move(CohortState.FAILED, f"{len(seated)} attested agents, threshold {self.threshold}")
             return []
         self.aggregation = CohortAggregation(
-            round_id=self.round, epoch=self.round * 16 + self.attempt, mask_bits=self.mask_bits,
+            round_id=self.protocol_round_id, epoch=self.epoch_id, mask_bits=self.mask_bits,
             dim=self.dim, threshold=self.threshold, max_clients=len(self.participants),
-            identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity)
+            identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity,
+            key_reuse=self.key_reuse, revealed_keys=self.revealed_keys)
         self._move(CohortState.AGGREGATING)
         self.stage_deadline = now + self.deadlines_s[self.aggregation.stage_key]
         return self.aggregation.start()
@@ -146,7 +178,12 @@ class CohortRun:
         gone = {p.sid for a, p in self.participants.items() if a in offline}
         if not (agg.stage_complete(gone) or now >= self.stage_deadline):
             return []
+        closing = agg.server.stage
         out = agg.close_stage()
+        if closing is Stage.CONSISTENCY_CHECK and agg.server.stage is Stage.UNMASKING and self.release_check:
+            refusal = self.release_check(len(agg.server.survivors))
+            if refusal:
+                out = agg.abort(refusal)
         if agg.failed:
             self._finish_outcomes()
             self._move(CohortState.FAILED, agg.failure_reason)

@@ -1,12 +1,14 @@
 """`gateway.yaml`: what one fog gateway runs. Every key has a default so a demo needs few."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from agent.transport import BrokerConfig
+from protocol.epochs import EpochPolicy
 
 DEFAULT_DEADLINES = {"attest": 5.0, "advertise": 8.0, "share": 8.0, "masked": 60.0,
                      "consistency": 8.0, "unmask": 8.0}
@@ -14,6 +16,63 @@ DEFAULT_DEADLINES = {"attest": 5.0, "advertise": 8.0, "share": 8.0, "masked": 60
 
 class ConfigError(ValueError):
     """A configuration file has a bad or unknown key; the message names it."""
+
+
+PRIVACY_MODES = ("stop", "warn")
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """Distributed DP of one cohort (docs/privacy.md). `epsilon`, `delta`: the budget of the whole
+    run, at which the gateway stops (mode stop) or warns (mode warn). The noise is sized for
+    `round_epsilon` per round if given, else so that the configured number of rounds spends the
+    budget, counting on `min_survivors` honest survivors per round."""
+    epsilon: float
+    delta: float
+    min_survivors: int
+    clip_norm: float
+    mode: str = "stop"
+    round_epsilon: float | None = None
+
+    @classmethod
+    def from_dict(cls, doc, where: str) -> "PrivacySpec":
+        if not isinstance(doc, dict):
+            raise ConfigError(f"gateway config: key '{where}' must be a mapping")
+        names = {f.name for f in fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            raise ConfigError(f"gateway config: unknown key '{where}.{sorted(map(str, unknown))[0]}'")
+        missing = {"epsilon", "delta", "min_survivors", "clip_norm"} - set(doc)
+        if missing:
+            raise ConfigError(f"gateway config: missing key '{where}.{sorted(missing)[0]}'")
+        spec = cls(**doc)
+        for key in ("epsilon", "clip_norm", "round_epsilon"):
+            value = getattr(spec, key)
+            if key == "round_epsilon" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ConfigError(f"gateway config: key '{where}.{key}' must be a positive number")
+        if isinstance(spec.delta, bool) or not isinstance(spec.delta, (int, float)) or not 0 < spec.delta < 1:
+            raise ConfigError(f"gateway config: key '{where}.delta' must be in (0, 1)")
+        if isinstance(spec.min_survivors, bool) or not isinstance(spec.min_survivors, int) or spec.min_survivors < 2:
+            raise ConfigError(f"gateway config: key '{where}.min_survivors' must be an integer >= 2")
+        if spec.mode not in PRIVACY_MODES:
+            raise ConfigError(f"gateway config: key '{where}.mode' must be one of {', '.join(PRIVACY_MODES)}")
+        return spec
+
+
+def epoch_policy(doc, where: str) -> EpochPolicy:
+    if not isinstance(doc, dict) or set(doc) - {"max_rounds", "max_seconds"}:
+        raise ConfigError(f"gateway config: key '{where}' takes max_rounds and max_seconds")
+    try:
+        return EpochPolicy(**doc)
+    except ValueError as exc:
+        raise ConfigError(f"gateway config: key '{where}': {exc}") from exc
+
+
+COHORT_KEYS = ("key_epoch", "privacy")
+MAX_ATTEMPTS_WITH_EPOCHS = 256      # protocol round id = round * 256 + attempt (gateway/epochs.py)
 
 
 @dataclass
@@ -42,6 +101,13 @@ class GatewayConfig:
     max_payload: int = 16 * 1024 * 1024
     parent: dict = field(default_factory=dict)          # {"mode": "cloud", "wait_s": ..} reports upward
     seed: int = 0
+    # Key epochs {max_rounds, max_seconds}: key-reuse rounds (max_rounds 1: a key agreement per
+    # round); absent: classic rounds announced as agents without key epochs expect them.
+    key_epoch: dict | None = None
+    # Distributed DP {epsilon, delta, min_survivors, clip_norm, mode, round_epsilon}; absent: none.
+    privacy: dict | None = None
+    # Per cohort (e.g. micro-32) overrides of key_epoch and privacy; null turns one off there.
+    cohorts: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "GatewayConfig":
@@ -79,7 +145,35 @@ class GatewayConfig:
             raise ConfigError("gateway config: key 'software_devices' must be a path")
         if cfg.min_cohort < 2:
             raise ConfigError("gateway config: key 'min_cohort' must be at least 2")
+        if not isinstance(cfg.cohorts, dict):
+            raise ConfigError("gateway config: key 'cohorts' must map cohort names to settings")
+        for name, over in cfg.cohorts.items():
+            if not isinstance(over, dict) or set(over) - set(COHORT_KEYS):
+                raise ConfigError(f"gateway config: key 'cohorts.{name}' takes {' and '.join(COHORT_KEYS)}")
+        for name in [None, *cfg.cohorts]:
+            where = "" if name is None else f"cohorts.{name}."
+            policy = cfg.epoch_policy(name)
+            cfg.privacy_spec(name)
+            if policy is not None and cfg.max_attempts > MAX_ATTEMPTS_WITH_EPOCHS:
+                raise ConfigError(f"gateway config: key '{where}key_epoch' numbers protocol rounds "
+                                  f"round * {MAX_ATTEMPTS_WITH_EPOCHS} + attempt: max_attempts must be at most "
+                                  f"{MAX_ATTEMPTS_WITH_EPOCHS}")
         return cfg
+
+    def _cohort_setting(self, cohort: str | None, key: str):
+        over = self.cohorts.get(cohort, {}) if cohort is not None else {}
+        if key in over:
+            return over[key], f"cohorts.{cohort}.{key}"
+        return getattr(self, key), key
+
+    def epoch_policy(self, cohort: str | None = None) -> EpochPolicy | None:
+        """The key epoch policy of a cohort, or None for classic rounds with legacy announcements."""
+        doc, where = self._cohort_setting(cohort, "key_epoch")
+        return None if doc is None else epoch_policy(doc, where)
+
+    def privacy_spec(self, cohort: str | None = None) -> PrivacySpec | None:
+        doc, where = self._cohort_setting(cohort, "privacy")
+        return None if doc is None else PrivacySpec.from_dict(doc, where)
 
     @classmethod
     def load(cls, path: str | Path) -> "GatewayConfig":

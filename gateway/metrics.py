@@ -29,6 +29,17 @@ class GatewayMetrics:
                               ["variant"], registry=r)
         self.macro_f1 = Gauge("ztfl_model_macro_f1", "validation macro-F1 of the latest model",
                               ["variant"], registry=r)
+        self.epsilon_spent = Gauge("ztfl_privacy_epsilon_spent", "distributed DP: cumulative epsilon spent",
+                                   ["cohort"], registry=r)
+        self.epsilon_budget = Gauge("ztfl_privacy_epsilon_budget", "distributed DP: the epsilon budget",
+                                    ["cohort"], registry=r)
+        self.key_epoch = Gauge("ztfl_key_epoch", "key epoch id in use", ["cohort"], registry=r)
+        self.key_epoch_age = Gauge("ztfl_key_epoch_age_seconds", "age of the key epoch in use",
+                                   ["cohort"], registry=r)
+        self.key_epoch_rounds = Gauge("ztfl_key_epoch_rounds", "protocol rounds run in the key epoch in use",
+                                      ["cohort"], registry=r)
+        self.key_setups = Counter("ztfl_key_setups", "agents that advertised mask keys new to the gateway",
+                                  ["cohort"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from protocol.config import ACTIVE, RoundConfig
 from protocol.errors import UnknownSender
-from protocol.server import ServerSession
+from protocol.server import ServerSession, StageOutput
 from protocol.stages import Stage
 
 CLIP = 8.0                                  # model deltas are clipped to [-8, 8]
@@ -30,26 +30,35 @@ class Outgoing:
     frame: bytes
 
 
-def cohort_round_config(mask_bits: int, dim: int, threshold: int, max_clients: int) -> RoundConfig:
+def cohort_round_config(mask_bits: int, dim: int, threshold: int, max_clients: int,
+                        key_reuse: bool = False) -> RoundConfig:
     """The round configuration the gateway announces to a cohort."""
     frac = FRAC_BITS[mask_bits]
     return RoundConfig(dim=dim, threshold=threshold, max_clients=max(2, max_clients),
-                       mask_bits=mask_bits, frac_bits=frac, clip_q=int(round(CLIP * 2 ** frac)),
-                       max_weight=CohortAggregation.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE)
+                       mask_bits=mask_bits, frac_bits=frac, clip_q=clip_q(mask_bits),
+                       max_weight=CohortAggregation.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE,
+                       key_reuse=key_reuse)
+
+
+def clip_q(mask_bits: int) -> int:
+    """The per-coordinate bound of an encoded update, in fixed-point units."""
+    return int(round(CLIP * 2 ** FRAC_BITS[mask_bits]))
 
 
 class CohortAggregation:
     @staticmethod
     def max_weight(mask_bits: int, n: int) -> int:
         """Largest integer weight with which n clipped updates cannot wrap the modulus."""
-        clip_q = int(round(CLIP * 2 ** FRAC_BITS[mask_bits]))
-        return max(1, min(MAX_WEIGHT_CAP, ((1 << (mask_bits - 1)) - 1) // (n * clip_q)))
+        return max(1, min(MAX_WEIGHT_CAP, ((1 << (mask_bits - 1)) - 1) // (n * clip_q(mask_bits))))
 
     def __init__(self, round_id: int, epoch: int, mask_bits: int, dim: int, threshold: int,
-                 max_clients: int, identities: dict[int, bytes], server_identity: SigningKey):
-        config = cohort_round_config(mask_bits, dim, threshold, max_clients)
+                 max_clients: int, identities: dict[int, bytes], server_identity: SigningKey,
+                 key_reuse: bool = False, revealed_keys: set[bytes] | None = None):
+        config = cohort_round_config(mask_bits, dim, threshold, max_clients, key_reuse)
+        # revealed_keys: the cohort's mask keys whose secret a round reconstructed (refused for good).
         self.server = ServerSession(config, server_identity,
-                                    {sid: VerifyKey(pk) for sid, pk in identities.items()}, epoch, round_id)
+                                    {sid: VerifyKey(pk) for sid, pk in identities.items()}, epoch, round_id,
+                                    revealed_keys=revealed_keys)
         self.members = frozenset(identities)
         self.fell_out: dict[int, str] = {}
 
@@ -87,12 +96,23 @@ class CohortAggregation:
         stage = self.stage_key
         for sid in expected - got:
             self.fell_out.setdefault(sid, f"dropped out in stage {stage}")
-        out = self.server.close_stage()
+        return self._outgoing(self.server.close_stage())
+
+    def abort(self, reason: str) -> list[Outgoing]:
+        """End the round here (nothing more is unmasked); the ABORT frame for the participants."""
+        return self._outgoing(self.server.abort(reason))
+
+    def _outgoing(self, out: StageOutput) -> list[Outgoing]:
+        """What each client gets is `out.frame_for(client)`: one publication on the broadcast topic
+        when that is the same frame for every recipient, else one frame per client on its own topic
+        (a client must never get both its own frame and the broadcast)."""
+        if not out.unicast:
+            return [Outgoing(None, self.stage_key, out.broadcast)] if out.broadcast is not None else []
         frames = []
-        if out.broadcast is not None:
-            frames.append(Outgoing(None, self.stage_key, out.broadcast))
-        for sid, frame in sorted(out.unicast.items()):
-            frames.append(Outgoing(sid, self.stage_key, frame))
+        for sid in sorted(set(out.recipients) | set(out.unicast)):
+            frame = out.frame_for(sid)
+            if frame is not None:
+                frames.append(Outgoing(sid, self.stage_key, frame))
         return frames
 
     @property

@@ -9,6 +9,11 @@ Round orchestration (one thread, driven by `step()`):
 A round commits when at least one cohort aggregated: each model variant with a decoded
 aggregate gets a new version (file written atomically, then one SQLite transaction). A round
 where every cohort failed is aborted and retried after `retry_delay_s` (up to `max_attempts`).
+
+Per cohort the gateway keeps its key epochs (gateway.epochs: which epoch and protocol round id
+each attempt uses, whether keys are reused) and, with distributed DP configured, its privacy
+ledger (gateway.dp): a cohort whose budget is spent sits out (mode stop), and when no cohort can
+run any more for that reason the gateway stops.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import logging
 import os
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +33,11 @@ from agent.model import ModelSpec, flat_to_tensors, layout
 from agent.topics import CloudTopics, Topics, TopicError
 from agent.transport import MqttTransport
 from agent.wire import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
-                        RoundEnd, VectorMessage, WireError, DetectorBlob)
+                        RoundEnd, VectorMessage, WireError, DetectorBlob, dp_document)
 from gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
 from gateway.config import GatewayConfig
+from gateway.epochs import KeyEpochs
+from gateway.secagg import FRAC_BITS, clip_q
 from gateway.liveness import AgentTable
 from gateway.metrics import GatewayMetrics, StatusServer
 from gateway.registry import ModelVersion, Registry
@@ -74,6 +82,12 @@ class Gateway:
         self._status: dict = {}
         self.done = False
         self.failed = False
+        self.stopped = ""                            # why the gateway stopped before its last round
+        self.key_epochs = KeyEpochs(self.state_dir, config.epoch_policy)
+        self.privacy = None
+        if config.privacy is not None or any("privacy" in c for c in config.cohorts.values()):
+            from gateway.dp import PrivacyBook
+            self.privacy = PrivacyBook(self.state_dir, config.privacy_spec, config.rounds)
         self.bytes_up = self.bytes_down = 0          # payload bytes through this gateway
         self._round_bytes = (0, 0)
         config.broker.client_id = config.broker.client_id or f"gateway-{config.federation}-{config.gateway}"
@@ -282,21 +296,43 @@ class Gateway:
         self.registry.begin_round(self.round, self.attempt)
         self.round_started = now
         self._round_bytes = (self.bytes_up, self.bytes_down)
+        privacy_refusals: dict[str, str] = {}
         for (variant, bits), members in sorted(groups.items()):
+            name = cohort_name(variant, bits)
             if len(members) < self.config.min_cohort or variant not in self.models:
                 log.info("round %d: cohort %s has %d agents, below %d: sits out", self.round,
-                         cohort_name(variant, bits), len(members), self.config.min_cohort)
+                         name, len(members), self.config.min_cohort)
                 continue
             members.sort(key=lambda a: a.hello.agent_id)
             participants = {a.hello.agent_id: Participant(a.hello.agent_id, self._sid(a.hello.agent_id),
                                                           a.identity_pk, a.hello.samples) for a in members}
+            dim = self.models[variant].size
+            threshold = threshold_for(len(participants), self.config.threshold_fraction)
+            dp = self.privacy.cohort(name) if self.privacy is not None else None
+            if dp is not None:
+                params = dp.params_for(dim, FRAC_BITS[bits])
+                refusal = dp.refusal_before_round(len(participants), clip_q(bits), bits)
+                if refusal:
+                    log.warning("round %d: cohort %s sits out: %s", self.round, name, refusal)
+                    privacy_refusals[name] = refusal
+                    continue
+                # A round with fewer survivors than the noise counts on aborts before unmasking.
+                threshold = max(threshold, params.min_survivors)
+            try:
+                plan = self.key_epochs.cohort(name).plan(self.round, self.attempt, now)
+            except ValueError as exc:
+                log.error("round %d.%d: cohort %s sits out: %s", self.round, self.attempt, name, exc)
+                continue
             quoted = any(self._needs_quote(a) for a in members)
-            run = CohortRun(self.round, self.attempt, variant, bits, participants,
-                            threshold_for(len(participants), self.config.threshold_fraction),
+            run = CohortRun(self.round, self.attempt, variant, bits, participants, threshold,
                             self.config.deadlines_s, quoted,
-                            dim=self.models[variant].size, server_identity=self.identity,
+                            dim=dim, server_identity=self.identity,
                             nonce=(self.attestation.issue_nonce(self.round, self.attempt) if quoted
-                                   else os.urandom(32)))
+                                   else os.urandom(32)),
+                            epoch=plan.epoch, protocol_round=plan.protocol_round, key_reuse=plan.key_reuse,
+                            revealed_keys=self.key_epochs.cohort(name).revealed, dp=dp is not None)
+            if dp is not None:
+                run.release_check = partial(self._release, run)
             run.start(now)
             self.cohorts[run.name] = run
             announce = RoundAnnounce(self.round, self.attempt, run.name, variant, bits,
@@ -304,12 +340,43 @@ class Gateway:
                                      [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
                                      run.threshold, run.nonce.hex(), self.config.deadlines_s,
                                      weight_unit=run.weight_unit,
-                                     server_pk=bytes(self.identity.verify_key).hex())
+                                     server_pk=bytes(self.identity.verify_key).hex(),
+                                     # Left out for cohorts without key epochs: agents that predate
+                                     # the fields (firmware) refuse unknown ones.
+                                     epoch=plan.epoch if plan.announced else None,
+                                     protocol_round=plan.protocol_round if plan.announced else None,
+                                     key_reuse=plan.key_reuse if plan.announced else None,
+                                     dp=dp_document(params) if dp is not None else None)
             self._send(self.topics.broadcast("round"), announce.encode())
-            log.info("round %d.%d: cohort %s with %d agents, threshold %d", self.round, self.attempt,
-                     run.name, len(participants), run.threshold)
+            log.info("round %d.%d: cohort %s with %d agents, threshold %d, epoch %d, protocol round %d%s%s",
+                     self.round, self.attempt, run.name, len(participants), run.threshold, plan.epoch,
+                     plan.protocol_round, ", key reuse" if plan.key_reuse else "", ", DP" if dp else "")
+        if not self.cohorts and privacy_refusals and \
+                all(self.privacy.cohort(n).stopped for n in privacy_refusals):
+            return self._stop_for_privacy(privacy_refusals)
         if not self.cohorts:
             self._close_round(now)
+
+    def _release(self, run: CohortRun, survivors: int) -> str:
+        """The privacy ledger's word on releasing this cohort's sum (before any unmasking share)."""
+        refusal = self.privacy.spend(run.name, survivors, run.round, run.attempt)
+        state = self.privacy.cohort(run.name)
+        if refusal:
+            log.error("round %d.%d: cohort %s refused before unmasking, nothing released: %s", run.round,
+                      run.attempt, run.name, refusal)
+            return refusal
+        run.privacy_spent = dict(state.last_round)
+        log.info("round %d.%d: cohort %s releases a sum of %d survivors: epsilon spent %.6g of %g", run.round,
+                 run.attempt, run.name, survivors, state.last_round["epsilon_after"], state.budget.epsilon)
+        return ""
+
+    def _stop_for_privacy(self, refusals: dict[str, str]) -> None:
+        """Every cohort that could run has spent its privacy budget: no round may release more."""
+        self.stopped = "; ".join(f"{n}: {r}" for n, r in sorted(refusals.items()))
+        self.registry.abort_round(self.round, self.attempt, f"stopped: {self.stopped}", {"cohorts": {}})
+        self.metrics.rounds.labels("stopped").inc()
+        log.error("gateway stops before round %d: %s", self.round, self.stopped)
+        self.done = True
 
     def _eligible(self) -> list:
         """Online agents that can take a seat: when they must present evidence, enrolled (an agent
@@ -340,6 +407,12 @@ class Gateway:
                 self._send(self.topics.to_agent(agent, "protocol"), env)
 
     def _close_round(self, now: float) -> None:
+        keys = {}
+        for run in self.cohorts.values():
+            if run.aggregation is not None:
+                agents = {p.sid: a for a, p in run.participants.items()}
+                keys[run.name] = self.key_epochs.finish(run.name, run.aggregation.server, agents)
+                self.metrics.key_setups.labels(run.name).inc(len(keys[run.name]["new_keys"]))
         done = [r for r in self.cohorts.values() if r.state is CohortState.DONE]
         detail = {"cohorts": {}, "seconds": round(now - self.round_started, 3),
                   # Bytes of this round's messages; the new model's broadcast counts in the next round.
@@ -355,7 +428,10 @@ class Gateway:
                 "aggregated": sorted(a for a, (o, _) in run.outcomes().items() if o == "aggregated"),
                 # Root of trust of each attested seat; software-rooted ones proved a key, not code.
                 "roots": {a: self.roots[a] for a in sorted(run.participants) if a in self.roots},
-                "weight": run.result_weight}
+                "weight": run.result_weight,
+                # Epoch, protocol round, key reuse; who advertised new keys, kept theirs, or lost its epoch.
+                "keys": keys.get(run.name),
+                "privacy": run.privacy_spent}
         if not done:
             reason = "; ".join(f"{r.name}: {r.reason}" for r in self.cohorts.values()) or "no cohort could form"
             self.registry.abort_round(self.round, self.attempt, reason, detail)
@@ -376,7 +452,7 @@ class Gateway:
         for variant in sorted({r.variant for r in done}):
             runs = [r for r in done if r.variant == variant]
             # Cohorts of one variant combine by samples (each cohort's weight unit may differ).
-            samples = [r.result_weight * r.weight_unit for r in runs]
+            samples = [r.samples_aggregated for r in runs]
             delta = sum(r.result_mean.astype(np.float64) * n for r, n in zip(runs, samples)) / sum(samples)
             updates[variant] = (delta, int(sum(samples)))
         if self.cloud is not None:
@@ -497,14 +573,30 @@ class Gateway:
     def _refresh_status(self) -> None:
         for state in ("online", "training", "detecting", "offline"):
             self.metrics.agents.labels(state).set(sum(1 for a in self.agents.agents.values() if a.state == state))
+        key_epochs = self.key_epochs.status(time.monotonic())
+        for name, k in key_epochs.items():
+            if "epoch" in k:
+                self.metrics.key_epoch.labels(name).set(k["epoch"])
+            if "age_s" in k:
+                self.metrics.key_epoch_age.labels(name).set(k["age_s"])
+                self.metrics.key_epoch_rounds.labels(name).set(k["rounds_in_epoch"])
+        privacy = self.privacy.status() if self.privacy is not None else {}
+        for name, p in privacy.items():
+            self.metrics.epsilon_spent.labels(name).set(p["epsilon_spent"])
+            self.metrics.epsilon_budget.labels(name).set(p["epsilon_budget"])
         self._status = {
             "federation": self.config.federation, "gateway": self.config.gateway,
             "round": self.round, "attempt": self.attempt, "done": self.done,
             "rounds_target": self.config.rounds,
             "cohorts": {n: {"state": r.state.value, "participants": len(r.participants),
                             "mask_bits": r.mask_bits,
-                            "stage": r.aggregation.stage_key if r.aggregation else "attest"}
+                            "stage": r.aggregation.stage_key if r.aggregation else "attest",
+                            "epoch": r.epoch_id, "protocol_round": r.protocol_round_id,
+                            "key_reuse": r.key_reuse, "dp": r.dp}
                         for n, r in self.cohorts.items()},
+            "key_epochs": key_epochs,
+            "privacy": privacy,
+            "stopped": self.stopped,
             "models": {v: {"version": mv.version, "sha256": mv.sha256, **mv.metrics}
                        for v, mv in self.versions.items()},
             "agents": {a: {"state": i.state, "profile": i.hello.profile,

@@ -45,7 +45,28 @@ def render(status: dict) -> Group:
         cohorts.add_column(col)
     for n, c in status["cohorts"].items():
         cohorts.add_row(n, str(c["mask_bits"]), str(c["participants"]), c["state"], c["stage"])
-    return Group(head, cohorts, models, agents)
+    parts = [head, cohorts, models, agents]
+    if status.get("key_epochs"):
+        epochs = Table(title="key epochs")
+        for col in ("cohort", "epoch", "rounds in epoch", "age (s)", "key reuse", "new key setups"):
+            epochs.add_column(col)
+        for n, k in status["key_epochs"].items():
+            epochs.add_row(n, str(k.get("epoch", "-")),
+                           f"{k['rounds_in_epoch']} of {k['max_rounds']}" if "rounds_in_epoch" in k else "-",
+                           f"{k['age_s']:.0f}" if "age_s" in k else "-",
+                           "classic" if k["classic"] else str(k.get("key_reuse", "-")), str(k["key_setups"]))
+        parts.append(epochs)
+    if status.get("privacy"):
+        privacy = Table(title="differential privacy")
+        for col in ("cohort", "epsilon spent", "budget", "delta", "rounds", "mode", "state"):
+            privacy.add_column(col)
+        for n, d in status["privacy"].items():
+            privacy.add_row(n, f"{d['epsilon_spent']:.4f}", f"{d['epsilon_budget']:g}", f"{d['delta']:g}",
+                            str(d["rounds"]), d["mode"], d["stopped"] or ("exhausted" if d["exhausted"] else "ok"))
+        parts.append(privacy)
+    if status.get("stopped"):
+        parts.append(Table(title=f"stopped: {status['stopped']}"))
+    return Group(*parts)
 
 
 def run(args) -> int:
