@@ -6,6 +6,10 @@
 
 Every check happens before any state changes: a refused frame raises a ProtocolError subclass
 and the session stays where it was (RoundAborted is the exception: it is final).
+
+In a key-reuse round (docs/protocol.md 1.8, 2.7) the frames after ADVERTISE_KEYS are
+authenticated with the session key shared with the server instead of Ed25519, and the
+consistency check uses pairwise tags with the neighbours instead of survivor signatures.
 """
 from __future__ import annotations
 
@@ -19,14 +23,14 @@ from nacl.bindings import (crypto_aead_xchacha20poly1305_ietf_decrypt,
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import fixedpoint, graph, kdf, shamir, wire
+from protocol import fixedpoint, graph, kdf, session, shamir, wire
 from protocol.config import RoundConfig
 from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
                              WrongRound)
 from protocol.keys import EpochKeys
 from protocol.prg import apply_masks, word_dtype
-from protocol.stages import CLIENT_TRANSITIONS, Stage, next_stage
+from protocol.stages import Stage, client_transitions, next_stage
 
 
 def encrypt_share(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -38,6 +42,16 @@ def decrypt_share(key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         return crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext[24:], aad, ciphertext[:24], key)
     except CryptoError:
         raise DecryptionFailed("encrypted share failed authentication") from None
+
+
+@dataclass
+class ClientWork:
+    """Public-key and MAC operations one session performed (what a round costs a small device);
+    X25519 operations are counted by the epoch keys (`EpochKeys.agreements`)."""
+    ed25519_verify: int = 0
+    ed25519_sign: int = 0
+    session_tags: int = 0          # frame tags computed or checked (1.8)
+    consistency_tags: int = 0      # pairwise consistency tags computed or checked (2.7)
 
 
 @dataclass
@@ -81,6 +95,7 @@ class ClientSession:
         self.dealt_shares = False
         self.abort_reason: int | None = None
         self.released: dict[str, frozenset[int]] = {"self_mask": frozenset(), "secret_key": frozenset()}
+        self.work = ClientWork()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -114,17 +129,34 @@ class ClientSession:
         self._update = None
         self._weight = weight
 
+    @property
+    def key_reuse(self) -> bool:
+        """Whether this is a key-reuse round (known once the ROUND_CONFIG was accepted)."""
+        return self._state.config is not None and self._state.config.key_reuse
+
     def receive(self, data: bytes) -> bytes | None:
-        """Handle one frame from the server; return the reply frame, if any."""
-        frame = wire.decode_frame(data, self._max_body())
+        """Handle one frame from the server; return the reply frame, if any.
+
+        Checks in this order (docs/protocol.md 1.8): the frame parses, the sender is the server,
+        its authentication mode is the one this round kind uses for its type, the signature or
+        this client's session tag verifies, epoch and round match, the stage allows the type;
+        then the stage handler's checks."""
+        frame = wire.decode_frame(data, self._max_body(), self._max_recipients())
         msg = frame.message
         if msg.sender != wire.SERVER_ID:
             raise UnknownSender(f"frame from {msg.sender}, expected the server (0)")
-        frame.verify(self.directory[wire.SERVER_ID])
+        key_reuse = self.key_reuse
+        frame.require_auth(wire.expected_auth(msg.TYPE, key_reuse))
+        if frame.auth == wire.AUTH_SIGNATURE:
+            self.work.ed25519_verify += 1
+            frame.verify(self.directory[wire.SERVER_ID])
+        else:
+            self.work.session_tags += 1
+            frame.verify_recipient(self.client_id, self._session_key())
         if msg.epoch != self.epoch or msg.round_id != self.round_id:
             raise WrongRound(f"frame for epoch {msg.epoch} round {msg.round_id}, session is "
                              f"epoch {self.epoch} round {self.round_id}")
-        target = next_stage(CLIENT_TRANSITIONS, self.stage, msg.TYPE)
+        target = next_stage(client_transitions(key_reuse), self.stage, msg.TYPE)
         handler = self._HANDLERS[msg.TYPE]
         try:
             reply, state = handler(self, msg)
@@ -133,9 +165,22 @@ class ClientSession:
             raise
         self._state = state
         self.stage = target
-        return reply.encode(self.identity) if reply is not None else None
+        return self._encode(reply) if reply is not None else None
 
     # ------------------------------------------------------------------ helpers
+    def _session_key(self) -> bytes:
+        return self.keys.session_key(self.client_id, self.directory[wire.SERVER_ID])
+
+    def _encode(self, reply: wire.Message) -> bytes:
+        if wire.expected_auth(reply.TYPE, self.key_reuse) == wire.AUTH_SESSION:
+            self.work.session_tags += 1
+            return reply.encode_tagged(self._session_key())
+        self.work.ed25519_sign += 1
+        return reply.encode(self.identity)
+
+    def _max_recipients(self) -> int:
+        return self._state.config.max_clients if self._state.config else 0xFFFF
+
     def _max_body(self) -> int:
         """The largest body the server may send: a roster of max_clients (of the id space before
         the configuration is known)."""
@@ -158,6 +203,10 @@ class ClientSession:
             raise ConfigurationError("these epoch keys served earlier rounds: a round without key reuse "
                                      "would share their secret (docs/protocol.md 2.7); use new keys")
         state = _RoundState(config=config, config_digest=config.digest())
+        if config.key_reuse:
+            # The session key authenticates every later frame of the round: one X25519 with the
+            # server's identity key the first time these keys serve, none afterwards.
+            self._session_key()
         reply = self._reply(wire.AdvertiseKeys, config_digest=state.config_digest,
                             c_pk=self.keys.c_pk, s_pk=self.keys.s_pk)
         return reply, state
@@ -183,14 +232,23 @@ class ClientSession:
                                       graph.graph_digest(msg, config.key_reuse))[self.client_id]
         # Only neighbours' keys are ever used by this client, so only their signatures matter to
         # it (all of them with the complete graph); this keeps SecAgg+ at O(log n) verifications.
+        # In a key-reuse round an entry already verified with the same keys under the same
+        # identity while this client holds its current keys is not verified again (docs 2.7): the
+        # signature binds those keys to that identity, and a replay can only show them again.
+        newly_verified = []
         for peer in sorted(neighbours):
             entry = roster[peer]
+            known = (peer, self.directory[peer].encode(), entry.c_pk, entry.s_pk)
+            if config.key_reuse and known in self.keys.verified_entries:
+                continue
             signed = wire.advertise_signed_bytes(entry, old.config_digest, self.epoch, self.round_id)
+            self.work.ed25519_verify += 1
             try:
                 self.directory[peer].verify(signed, entry.signature)
             except BadSignatureError:
                 raise BadSignature(f"roster entry of client {peer} is not signed by it "
                                    "(or it saw another configuration)") from None
+            newly_verified.append(known)
         t = config.threshold
         if len(roster) < t:
             raise RoundAborted(f"roster of {len(roster)} is below the threshold {t}")
@@ -219,6 +277,8 @@ class ClientSession:
             aad = wire.share_aad(self.epoch, self.round_id, self.client_id, peer)
             out.append(wire.EncryptedShare(peer, encrypt_share(key, self.randbytes(24), plaintext, aad)))
         self.dealt_shares = not config.key_reuse
+        if config.key_reuse:
+            self.keys.verified_entries.update(newly_verified)
         return self._reply(wire.ShareKeys, shares=tuple(out)), state
 
     def _on_relay(self, msg: wire.SharesRelay):
@@ -271,11 +331,24 @@ class ClientSession:
         if len(survivors) < old.config.threshold:
             raise RoundAborted(f"{len(survivors)} survivors, threshold {old.config.threshold}")
         statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, msg.survivors)
-        signature = self.identity.sign(statement).signature
         state = _RoundState(**{**old.__dict__, "survivors": msg.survivors})
+        if old.config.key_reuse:
+            # One tag per neighbour in U3 under a key only the two of them hold (docs 2.7).
+            tags = tuple((v, self._consistency_tag(old, v, self.client_id, statement))
+                         for v in sorted(survivors & old.neighbours))
+            return self._reply(wire.ConsistencyTags, tags=tags), state
+        self.work.ed25519_sign += 1
+        signature = self.identity.sign(statement).signature
         return self._reply(wire.ConsistencySignature, signature=signature), state
 
+    def _consistency_tag(self, state: _RoundState, peer: int, signer: int, statement: bytes) -> bytes:
+        """tag_signer->other of the pair (this client, peer) for this round's statement."""
+        self.work.consistency_tags += 1
+        epoch_key = self.keys.pairwise_epoch_key(self.client_id, peer, state.roster[peer].s_pk)
+        return session.consistency_tag(session.consistency_key(epoch_key, self.round_id), signer, statement)
+
     def _on_unmask(self, msg: wire.UnmaskRequest):
+        """Classic round: the survivor signatures of this client's group, then the release."""
         old = self._state
         survivors = set(old.survivors)
         statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, old.survivors)
@@ -288,6 +361,7 @@ class ClientSession:
                 raise ConsistencyViolation(f"consistency signature from {signer}, not a survivor")
             if signer not in group:
                 continue
+            self.work.ed25519_verify += 1
             try:
                 self.directory[signer].verify(statement, signature)
             except BadSignatureError:
@@ -296,7 +370,32 @@ class ClientSession:
         if signed < old.config.threshold:
             raise RoundAborted(f"{signed} consistency signatures of this client's group, threshold "
                                f"{old.config.threshold}: no share is released")
-        dropped = set(msg.dropped)
+        return self._release(old, msg.dropped)
+
+    def _on_unmask_tags(self, msg: wire.UnmaskRequestTags):
+        """Key-reuse round: the pairwise tags of the neighbours that confirmed the survivor set this
+        client saw (docs 2.7), then the release."""
+        old = self._state
+        statement = wire.survivors_statement(old.config_digest, self.epoch, self.round_id, old.survivors)
+        confirmers = set(old.survivors) & old.neighbours
+        for peer, tag in msg.tags:
+            if peer not in confirmers:
+                raise ConsistencyViolation(f"consistency tag from {peer}, not a neighbour in the survivor set")
+            # The server never holds the pairwise epoch key: it can neither forge this tag nor
+            # pass off this client's own tag for `peer` (the signer id is in the MAC input).
+            if not session.tags_equal(tag, self._consistency_tag(old, peer, peer, statement)):
+                raise BadSignature(f"consistency tag of {peer} does not verify")
+        if 1 + len(msg.tags) < old.config.threshold:
+            raise RoundAborted(f"{1 + len(msg.tags)} members of this client's group confirmed the survivor "
+                               f"set, threshold {old.config.threshold}: no share is released")
+        return self._release(old, msg.dropped)
+
+    def _release(self, old: _RoundState, dropped_ids):
+        """The unmasking answer once the consistency check passed: self-mask shares of surviving
+        owners in the group, and for dropped neighbours their secret-key shares (classic) or this
+        client's round key with them (key reuse)."""
+        survivors = set(old.survivors)
+        dropped = set(dropped_ids)
         if dropped & survivors:
             raise ConsistencyViolation(f"clients {sorted(dropped & survivors)} are listed as both "
                                        "surviving and dropped")
@@ -338,5 +437,6 @@ class ClientSession:
         wire.SHARES_RELAY: _on_relay,
         wire.CONSISTENCY_REQUEST: _on_consistency,
         wire.UNMASK_REQUEST: _on_unmask,
+        wire.UNMASK_REQUEST_TAGS: _on_unmask_tags,
         wire.ABORT: _on_abort,
     }

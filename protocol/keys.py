@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 
-from protocol import kdf
+from protocol import kdf, session
 
 
 @dataclass
@@ -26,6 +26,11 @@ class EpochKeys:
 
     `agreements` counts the X25519 operations these keys performed (public keys and shared
     secrets), which is what key reuse saves.
+
+    Kept with the keys for key-reuse rounds (docs/protocol.md 1.8, 2.7) and gone with them: the
+    session key with the server (one X25519 per set of keys), and `verified_entries`, the roster
+    entries (id, identity key, c_pk, s_pk) whose signature this client already checked, so a
+    neighbour presenting the same keys again is not verified again.
     """
     epoch: int
     c_sk: bytes
@@ -39,6 +44,9 @@ class EpochKeys:
     # re-keyed gets a fresh agreement.
     _pairwise: dict[tuple[int, bytes], bytes] = field(default_factory=dict, repr=False)
     _share_enc: dict[tuple[int, bytes], bytes] = field(default_factory=dict, repr=False)
+    # (own id, server identity key) -> akey
+    _session: dict[tuple[int, bytes], bytes] = field(default_factory=dict, repr=False)
+    verified_entries: set[tuple[int, bytes, bytes, bytes]] = field(default_factory=set, repr=False)
 
     @property
     def c_pk(self) -> bytes:
@@ -73,6 +81,15 @@ class EpochKeys:
         key = self._share_enc.get(slot)
         if key is None:
             key = self._share_enc[slot] = kdf.share_encryption_key(self.c_sk, peer_c_pk, me, peer, self.epoch)
+            self.agreements += 1
+        return key
+
+    def session_key(self, me: int, server_key: VerifyKey) -> bytes:
+        """akey of this client with the server (docs/protocol.md 1.8): one X25519 per set of keys."""
+        slot = (me, server_key.encode())
+        key = self._session.get(slot)
+        if key is None:
+            key = self._session[slot] = session.client_session_key(self.c_sk, self.c_pk, server_key, me, self.epoch)
             self.agreements += 1
         return key
 

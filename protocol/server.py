@@ -10,6 +10,10 @@
 The caller owns the clock and the transport; this module does no I/O. A refused frame raises a
 ProtocolError subclass and changes nothing. Closing a stage with too few clients aborts the
 round: `close_stage` then returns the ABORT frame and `server.stage` is ABORTED.
+
+In a key-reuse round (docs/protocol.md 1.8, 2.7) the server derives each client's session key
+from the c_pk of its signed ADVERTISE_KEYS and tags the later frames with it instead of signing
+them; the consistency check runs on pairwise tags it relays but cannot check or forge.
 """
 from __future__ import annotations
 
@@ -20,12 +24,12 @@ import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import fixedpoint, graph, kdf, shamir, wire
+from protocol import fixedpoint, graph, kdf, session, shamir, wire
 from protocol.config import RoundConfig
 from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
                              ShamirError, UnknownSender, WrongRound)
 from protocol.prg import apply_masks, default_workers, word_dtype
-from protocol.stages import CLOSE, SERVER_TRANSITIONS, Stage, next_stage
+from protocol.stages import CLOSE, Stage, next_stage, server_transitions
 
 
 @dataclass
@@ -65,13 +69,20 @@ class AggregateResult:
 class ServerSession:
     def __init__(self, config: RoundConfig, identity: SigningKey, directory: Mapping[int, VerifyKey],
                  epoch: int, round_id: int, workers: int | None = None,
-                 revealed_keys: set[bytes] | None = None):
+                 revealed_keys: set[bytes] | None = None,
+                 session_keys: dict[tuple[int, int, bytes], bytes] | None = None):
         self.config = config
         # Mask public keys whose secret was reconstructed earlier in this epoch (shared across
         # rounds by the caller): their owners must re-key before they take part again.
         self.revealed_keys = revealed_keys if revealed_keys is not None else set()
         self.workers = default_workers() if workers is None else workers
         self.identity = identity
+        # Key-reuse rounds: (client, epoch, c_pk) -> session key, shareable across the rounds of
+        # an epoch like `revealed_keys` (a client keeps c_pk for its keys' lifetime).
+        self.session_cache = session_keys if session_keys is not None else {}
+        self.akeys: dict[int, bytes] = {}        # this round's session key of each client in U1
+        self._g_sk: bytes | None = None
+        self.transitions = server_transitions(config.key_reuse)
         self.directory = {cid: key for cid, key in directory.items() if cid != wire.SERVER_ID}
         self.epoch = epoch
         self.round_id = round_id
@@ -80,7 +91,8 @@ class ServerSession:
         # The largest body a client may send in this round (checked before anything is parsed).
         self.max_body = max(wire.MASKED_PREFIX.size + config.words * config.word_bytes,
                             4 + wire.SHARE_ENTRY * config.max_clients,
-                            4 + 2 * wire.UNMASK_ENTRY * config.max_clients)
+                            4 + 2 * wire.UNMASK_ENTRY * config.max_clients,
+                            4 + wire.CONSISTENCY_TAG_ENTRY * config.max_clients)
         self.result: AggregateResult | None = None
         self.abort_reason: str | None = None
         # Per-stage collections; U1..U5 are their key sets.
@@ -90,7 +102,8 @@ class ServerSession:
         self.accumulator: np.ndarray | None = None
         self.masked_from: set[int] = set()
         self.survivors: tuple[int, ...] = ()
-        self.consistency: dict[int, bytes] = {}
+        # sender -> survivor signature (classic) or its tags ((peer, tag), ...) (key reuse)
+        self.consistency: dict[int, object] = {}
         self.dropped: tuple[int, ...] = ()
         self.unmask: dict[int, wire.UnmaskShares] = {}
 
@@ -104,29 +117,55 @@ class ServerSession:
         return frozenset(self.shares)
 
     # ------------------------------------------------------------------ framing
-    def _frame(self, cls, **fields) -> bytes:
-        return cls(wire.SERVER_ID, self.epoch, self.round_id, **fields).encode(self.identity)
+    def _frame(self, cls, recipients=(), **fields) -> bytes:
+        """A server frame: tagged for `recipients` when this round kind tags its type, else signed."""
+        msg = cls(wire.SERVER_ID, self.epoch, self.round_id, **fields)
+        if wire.expected_auth(cls.TYPE, self.config.key_reuse) == wire.AUTH_SESSION:
+            return msg.encode_for({c: self.akeys[c] for c in recipients})
+        return msg.encode(self.identity)
 
     def round_config(self) -> bytes:
         return self._frame(wire.RoundConfigMessage, config=self.config)
 
+    def _session_key(self, client: int, c_pk: bytes) -> bytes:
+        slot = (client, self.epoch, bytes(c_pk))
+        key = self.session_cache.get(slot)
+        if key is None:
+            if self._g_sk is None:
+                self._g_sk = session.server_curve_secret(self.identity)
+            key = session.server_session_key(self._g_sk, c_pk, client, self.epoch)
+            self.session_cache[slot] = key
+        return key
+
     def receive(self, data: bytes) -> None:
-        """Accept one client frame of the current stage."""
+        """Accept one client frame of the current stage.
+
+        Checks in this order: the frame parses, the sender is enrolled, its authentication mode is
+        the one this round kind uses for its type, the signature (or, in a key-reuse round, the
+        session tag under the key of the sender's ADVERTISE_KEYS) verifies, epoch and round match,
+        the stage collects the type; then the stage's own checks."""
         frame = wire.decode_frame(data, self.max_body)
         msg = frame.message
         key = self.directory.get(msg.sender)
         if key is None:
             raise UnknownSender(f"client {msg.sender} is not enrolled")
-        frame.verify(key)
+        frame.require_auth(wire.expected_auth(msg.TYPE, self.config.key_reuse))
+        if frame.auth == wire.AUTH_SIGNATURE:
+            frame.verify(key)
+        else:
+            akey = self.akeys.get(msg.sender)
+            if akey is None:
+                raise UnknownSender(f"client {msg.sender} advertised no keys in this round: no session key")
+            frame.verify_tag(akey)
         if msg.epoch != self.epoch or msg.round_id != self.round_id:
             raise WrongRound(f"frame for epoch {msg.epoch} round {msg.round_id}, round is "
                              f"epoch {self.epoch} round {self.round_id}")
-        next_stage(SERVER_TRANSITIONS, self.stage, msg.TYPE)
+        next_stage(self.transitions, self.stage, msg.TYPE)
         self._COLLECT[msg.TYPE](self, msg, frame)
 
     def close_stage(self) -> StageOutput:
         """End the current stage's collection; returns what to send next."""
-        target = next_stage(SERVER_TRANSITIONS, self.stage, CLOSE)
+        target = next_stage(self.transitions, self.stage, CLOSE)
         try:
             out = self._CLOSE[self.stage](self)
         except RoundAborted as exc:
@@ -159,6 +198,10 @@ class ServerSession:
                 raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
         if len(self.adverts) >= self.config.max_clients:
             raise ConsistencyViolation(f"roster is full ({self.config.max_clients} clients)")
+        if self.config.key_reuse:
+            # The signed advert binds c_pk to the identity: the session key derived from it is
+            # this client's for the rest of the round (a low-order c_pk is refused here).
+            self.akeys[msg.sender] = self._session_key(msg.sender, msg.c_pk)
         self.adverts[msg.sender] = wire.RosterEntry(msg.sender, msg.c_pk, msg.s_pk, frame.signature)
 
     def _close_advertise(self) -> StageOutput:
@@ -169,7 +212,9 @@ class ServerSession:
                                            graph.graph_digest(roster, self.config.key_reuse))
         group = min(len(n) + 1 for n in self.neighbours.values())
         self._require(group, "members in the smallest sharing group")
-        return StageOutput(broadcast=roster.encode(self.identity), recipients=tuple(sorted(self.adverts)))
+        members = tuple(sorted(self.adverts))
+        return StageOutput(broadcast=self._frame(wire.Roster, recipients=members, entries=roster.entries),
+                           recipients=members)
 
     # ------------------------------------------------------------------ ShareKeys
     def _collect_shares(self, msg: wire.ShareKeys, frame) -> None:
@@ -188,7 +233,7 @@ class ServerSession:
         for v in sorted(self.shares):
             relayed = tuple(wire.EncryptedShare(u, self.shares[u][v])
                             for u in sorted(self.neighbours[v] & self.u2))
-            out.unicast[v] = self._frame(wire.SharesRelay, shares=relayed)
+            out.unicast[v] = self._frame(wire.SharesRelay, recipients=(v,), shares=relayed)
         return out
 
     # ------------------------------------------------------------------ MaskedInputCollection
@@ -209,8 +254,10 @@ class ServerSession:
         self._require(len(self.masked_from), "masked inputs")
         self.survivors = tuple(sorted(self.masked_from))
         self.dropped = tuple(sorted(self.u2 - self.masked_from))
-        return StageOutput(broadcast=self._frame(wire.ConsistencyRequest, survivors=self.survivors),
-                           recipients=self.survivors)
+        # A broadcast carries a tag for every roster member (docs 1.8), as a signature would serve them all.
+        request = self._frame(wire.ConsistencyRequest, recipients=tuple(sorted(self.adverts)),
+                              survivors=self.survivors)
+        return StageOutput(broadcast=request, recipients=self.survivors)
 
     # ------------------------------------------------------------------ ConsistencyCheck
     def _collect_consistency(self, msg: wire.ConsistencySignature, frame) -> None:
@@ -225,9 +272,31 @@ class ServerSession:
             raise BadSignature(f"consistency signature of {msg.sender} does not verify") from None
         self.consistency[msg.sender] = msg.signature
 
+    def _collect_consistency_tags(self, msg: wire.ConsistencyTags, frame) -> None:
+        u = msg.sender
+        if u not in self.masked_from:
+            raise UnknownSender(f"client {u} is not a survivor")
+        if u in self.consistency:
+            raise DuplicateMessage(f"second CONSISTENCY_TAGS from {u}")
+        # The tags are MACs under keys only u and each neighbour hold: the server checks the list
+        # is exactly u's neighbours in U3 and relays them; it cannot check or forge them.
+        expected = sorted(self.neighbours[u] & set(self.survivors))
+        if [peer for peer, _ in msg.tags] != expected:
+            raise ConsistencyViolation(f"client {u} must tag exactly its neighbours in the survivor set")
+        self.consistency[u] = msg.tags
+
     def _close_consistency(self) -> StageOutput:
         self._require(len(self.consistency), "consistency signatures")
         signers = tuple(sorted(self.consistency))
+        if self.config.key_reuse:
+            # One request per confirmer u with the tags tag_v->u of every v in U4 that tagged u.
+            received = {v: dict(self.consistency[v]) for v in signers}
+            out = StageOutput()
+            for u in signers:
+                tags = tuple((v, received[v][u]) for v in signers if u in received[v])
+                out.unicast[u] = self._frame(wire.UnmaskRequestTags, recipients=(u,), tags=tags,
+                                             dropped=self.dropped)
+            return out
         request = self._frame(wire.UnmaskRequest,
                               signatures=tuple((c, self.consistency[c]) for c in signers),
                               dropped=self.dropped)
@@ -240,12 +309,9 @@ class ServerSession:
             raise UnknownSender(f"client {u} did not sign the survivor set")
         if u in self.unmask:
             raise DuplicateMessage(f"second unmasking message from {u}")
-        reuse_message = isinstance(msg, wire.UnmaskRoundKeys)
-        if reuse_message != self.config.key_reuse:
-            raise ConsistencyViolation(
-                "a key-reuse round takes UNMASK_ROUND_KEYS, other rounds UNMASK_SHARES")
+        # The round kind's transition table admits UNMASK_ROUND_KEYS (key reuse) or UNMASK_SHARES.
         b_owners = {o for o, _ in msg.self_mask_shares}
-        s_owners = {o for o, _ in (msg.round_keys if reuse_message else msg.secret_key_shares)}
+        s_owners = {o for o, _ in (msg.round_keys if self.config.key_reuse else msg.secret_key_shares)}
         if b_owners & s_owners:
             raise ConsistencyViolation(f"client {u} sent both share kinds for {sorted(b_owners & s_owners)}")
         holds = (self.neighbours[u] & self.u2) | {u}
@@ -311,6 +377,7 @@ class ServerSession:
         wire.SHARE_KEYS: _collect_shares,
         wire.MASKED_INPUT: _collect_masked,
         wire.CONSISTENCY_SIGNATURE: _collect_consistency,
+        wire.CONSISTENCY_TAGS: _collect_consistency_tags,
         wire.UNMASK_SHARES: _collect_unmask,
         wire.UNMASK_ROUND_KEYS: _collect_unmask,
     }

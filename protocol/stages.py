@@ -2,7 +2,9 @@
 
 A transition table maps (stage, event) to the next stage; anything not in the table raises
 InvalidTransition before the session touches its state. Events are message types received (and
-for the server, closing the current stage).
+for the server, closing the current stage). Classic rounds and key-reuse rounds (docs/protocol.md
+2.7) have one table each: they differ in the consistency check (survivor signatures, 0x08 / 0x09,
+against pairwise tags, 0x0D / 0x0E) and in the unmasking answer (0x0A against 0x0C).
 """
 from __future__ import annotations
 
@@ -33,18 +35,30 @@ class Stage(Enum):
 
 CLOSE = "close"   # server event: the current stage's collection window ends
 
-# Client: the server message that drives each stage forward.
-CLIENT_TRANSITIONS: dict[tuple[Stage, object], Stage] = {
-    (Stage.ADVERTISE_KEYS, wire.ROUND_CONFIG): Stage.SHARE_KEYS,
-    (Stage.SHARE_KEYS, wire.ROSTER): Stage.MASKED_INPUT_COLLECTION,
-    (Stage.MASKED_INPUT_COLLECTION, wire.SHARES_RELAY): Stage.CONSISTENCY_CHECK,
-    (Stage.CONSISTENCY_CHECK, wire.CONSISTENCY_REQUEST): Stage.UNMASKING,
-    (Stage.UNMASKING, wire.UNMASK_REQUEST): Stage.DONE,
-}
-for _stage in Stage.order()[:-1]:
-    CLIENT_TRANSITIONS[(_stage, wire.ABORT)] = Stage.ABORTED
 
-# Server: the client message each stage collects (stage unchanged), and closing the stage.
+def _client_table(unmask_request: int) -> dict[tuple[Stage, object], Stage]:
+    """Client: the server message that drives each stage forward."""
+    table = {
+        (Stage.ADVERTISE_KEYS, wire.ROUND_CONFIG): Stage.SHARE_KEYS,
+        (Stage.SHARE_KEYS, wire.ROSTER): Stage.MASKED_INPUT_COLLECTION,
+        (Stage.MASKED_INPUT_COLLECTION, wire.SHARES_RELAY): Stage.CONSISTENCY_CHECK,
+        (Stage.CONSISTENCY_CHECK, wire.CONSISTENCY_REQUEST): Stage.UNMASKING,
+        (Stage.UNMASKING, unmask_request): Stage.DONE,
+    }
+    for stage in Stage.order()[:-1]:
+        table[(stage, wire.ABORT)] = Stage.ABORTED
+    return table
+
+
+def _server_table(collects: dict[Stage, int]) -> dict[tuple[Stage, object], Stage]:
+    """Server: the client message each stage collects (stage unchanged), and closing the stage."""
+    table: dict[tuple[Stage, object], Stage] = {(stage, mtype): stage for stage, mtype in collects.items()}
+    order = Stage.order()
+    for i, stage in enumerate(order[:-1]):
+        table[(stage, CLOSE)] = order[i + 1]
+    return table
+
+
 SERVER_COLLECTS: dict[Stage, int] = {
     Stage.ADVERTISE_KEYS: wire.ADVERTISE_KEYS,
     Stage.SHARE_KEYS: wire.SHARE_KEYS,
@@ -52,14 +66,24 @@ SERVER_COLLECTS: dict[Stage, int] = {
     Stage.CONSISTENCY_CHECK: wire.CONSISTENCY_SIGNATURE,
     Stage.UNMASKING: wire.UNMASK_SHARES,
 }
-SERVER_TRANSITIONS: dict[tuple[Stage, object], Stage] = {}
-for _stage, _mtype in SERVER_COLLECTS.items():
-    SERVER_TRANSITIONS[(_stage, _mtype)] = _stage
-# A key-reuse round collects UNMASK_ROUND_KEYS in Unmasking instead (the session checks which).
-SERVER_TRANSITIONS[(Stage.UNMASKING, wire.UNMASK_ROUND_KEYS)] = Stage.UNMASKING
-_order = Stage.order()
-for _i, _stage in enumerate(_order[:-1]):
-    SERVER_TRANSITIONS[(_stage, CLOSE)] = _order[_i + 1]
+SERVER_COLLECTS_KEY_REUSE: dict[Stage, int] = {
+    **SERVER_COLLECTS,
+    Stage.CONSISTENCY_CHECK: wire.CONSISTENCY_TAGS,
+    Stage.UNMASKING: wire.UNMASK_ROUND_KEYS,
+}
+
+CLIENT_TRANSITIONS = _client_table(wire.UNMASK_REQUEST)
+CLIENT_TRANSITIONS_KEY_REUSE = _client_table(wire.UNMASK_REQUEST_TAGS)
+SERVER_TRANSITIONS = _server_table(SERVER_COLLECTS)
+SERVER_TRANSITIONS_KEY_REUSE = _server_table(SERVER_COLLECTS_KEY_REUSE)
+
+
+def client_transitions(key_reuse: bool) -> dict[tuple[Stage, object], Stage]:
+    return CLIENT_TRANSITIONS_KEY_REUSE if key_reuse else CLIENT_TRANSITIONS
+
+
+def server_transitions(key_reuse: bool) -> dict[tuple[Stage, object], Stage]:
+    return SERVER_TRANSITIONS_KEY_REUSE if key_reuse else SERVER_TRANSITIONS
 
 
 def _name(event) -> str:

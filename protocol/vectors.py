@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +18,13 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from protocol import fixedpoint, graph, kdf, prg, shamir, wire
-from protocol.client import encrypt_share
+from protocol import fixedpoint, graph, kdf, prg, session, shamir, wire
+from protocol.client import ClientSession, encrypt_share
 from protocol.config import ACTIVE, RoundConfig
+from protocol.errors import ProtocolError
+from protocol.keys import EpochKeys
+from protocol.server import ServerSession
+from protocol.stages import Stage
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "vectors"
 
@@ -35,6 +40,24 @@ def fixed(label: str, n: int = 32) -> bytes:
 
 def hx(b: bytes) -> str:
     return bytes(b).hex()
+
+
+class FixedStream:
+    """Random bytes for a replayable round: fixed(label) read front to back, each call taking the
+    next n bytes (the SHA-256 chain of `fixed` continued as far as needed)."""
+
+    def __init__(self, label: str):
+        self.block = label.encode()
+        self.buffer = b""
+        self.used = 0
+
+    def __call__(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.block = hashlib.sha256(self.block).digest()
+            self.buffer += self.block
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        self.used += n
+        return out
 
 
 def kdf_vectors() -> dict:
@@ -312,9 +335,225 @@ def wire_vectors() -> dict:
     }
 
 
+SESSION_EPOCH, SESSION_ROUND = 3, 8
+
+
+def _session_round():
+    """A key-reuse round of 4 clients run by the real sessions with fixed randomness: client 4
+    drops after ShareKeys. Returns (config, server identity, identities, keys, server, clients,
+    received, replies) with every frame each client received and answered, in order."""
+    config, ids, identities, server_identity, c_sk, s_sk, _ = _round_fixture()
+    config = replace(config, key_reuse=True)
+    directory = {c: identities[c].verify_key for c in ids} | {0: server_identity.verify_key}
+    keys = {c: EpochKeys(SESSION_EPOCH, c_sk[c], s_sk[c]) for c in ids}
+    server = ServerSession(config, server_identity, directory, SESSION_EPOCH, SESSION_ROUND, workers=1)
+    clients = {c: ClientSession(c, identities[c], directory, keys[c], SESSION_ROUND,
+                                randbytes=FixedStream(f"session-round-random-{c}"))
+               for c in ids}
+    inputs = {1: [0.5, -0.25, 1.0, 2.0], 2: [-1.5, 0.75, 0.0, 0.125], 3: [4.0, -4.0, 0.5, -0.5],
+              4: [1.0, 1.0, 1.0, 1.0]}
+    weights = {1: 2, 2: 1, 3: 3, 4: 1}
+    for c in ids:
+        clients[c].set_input(inputs[c], weights[c])
+    gone_from = {4: Stage.MASKED_INPUT_COLLECTION}
+    received = {c: [] for c in ids}
+    replies = {c: [] for c in ids}
+    pending = {c: server.round_config() for c in ids}
+    order = Stage.order()
+    while not server.stage.terminal:
+        for c in ids:
+            stop = gone_from.get(c)
+            frame = pending.get(c)
+            if frame is None or (stop is not None and order.index(server.stage) >= order.index(stop)):
+                continue
+            reply = clients[c].receive(frame)
+            received[c].append(frame)
+            replies[c].append(reply)
+            if reply is not None:
+                server.receive(reply)
+        out = server.close_stage()
+        pending = {c: out.frame_for(c) for c in ids}
+    return (config, server_identity, identities, keys, server, clients, received, replies,
+            inputs, weights)
+
+
+def session_vectors() -> dict:
+    """Session-authenticated frames and pairwise consistency tags of key-reuse rounds
+    (docs/protocol.md 1.8, 2.7): the Curve25519 form of server identity keys, a session key, a
+    client tag and a server multi-recipient trailer, vkey and tags of a pair, CONSISTENCY_TAGS and
+    UNMASK_REQUEST_TAGS, a complete round with every frame, and frames a client must refuse."""
+    (config, server_identity, identities, keys, server, clients, received, replies,
+     inputs, weights) = _session_round()
+    epoch, round_id = SESSION_EPOCH, SESSION_ROUND
+    ids = sorted(clients)
+
+    # Curve25519 form of Ed25519 identity keys (the server's, and RFC 8032 test 1), and refusals.
+    rfc8032 = SigningKey(bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
+    conversion = [{"ed25519_seed": hx(k.encode()), "ed25519_pk": hx(k.verify_key.encode()),
+                   "curve25519_pk": hx(session.server_curve_public(k.verify_key)),
+                   "curve25519_sk": hx(session.server_curve_secret(k))}
+                  for k in (server_identity, rfc8032)]
+    refused_keys = [{"ed25519_pk": hx(pk), "error": "KeyAgreementError"}
+                    for pk in (bytes(32), b"\x01" + bytes(31))]
+
+    # The session key of client 1 from both sides.
+    g_pk = session.server_curve_public(server_identity.verify_key)
+    g_sk = session.server_curve_secret(server_identity)
+    k1 = keys[1]
+    shared = kdf.x25519(k1.c_sk, g_pk)
+    akeys = {c: keys[c].session_key(c, server_identity.verify_key) for c in ids}
+    assert session.server_session_key(g_sk, k1.c_pk, 1, epoch) == akeys[1]
+    session_key = {"client": 1, "epoch": epoch, "c_sk": hx(k1.c_sk), "c_pk": hx(k1.c_pk),
+                   "server_curve25519_pk": hx(g_pk), "shared": hx(shared),
+                   "info": hx(session.INFO_SESSION + struct.pack("<HI", 1, epoch) + k1.c_pk),
+                   "akey": hx(akeys[1])}
+
+    # A client frame with its tag, and a server frame with one tag per recipient.
+    masked = wire.MaskedInput(1, epoch, round_id, 32, np.array([1, 2, 0xFFFFFFFF, 7, 3], dtype=np.uint32))
+    c_frame = masked.encode_tagged(akeys[1])
+    c_body = masked.body()
+    client_tag = {"client": 1, "akey": hx(akeys[1]), "type": masked.TYPE, "header": hx(c_frame[:20]),
+                  "body": hx(c_body), "signed": hx(wire.signed_bytes(c_frame[:20], c_body)),
+                  "tag": hx(c_frame[-16:]), "frame": hx(c_frame)}
+    request = wire.ConsistencyRequest(0, epoch, round_id, (1, 2, 3))
+    s_frame = request.encode_for(akeys)
+    s_body = request.body()
+    s_signed = wire.signed_bytes(s_frame[:20], s_body)
+    server_tags = {"type": request.TYPE, "header": hx(s_frame[:20]), "body": hx(s_body), "signed": hx(s_signed),
+                   "recipients": [{"id": c, "c_pk": hx(keys[c].c_pk), "akey": hx(akeys[c]),
+                                   "tag": hx(session.frame_tag(akeys[c], s_signed))} for c in ids],
+                   "trailer": hx(s_frame[20 + len(s_body):]), "frame": hx(s_frame)}
+
+    # Pairwise consistency key and tags of the pair (1, 2) over this round's survivor statement.
+    statement = wire.survivors_statement(config.digest(), epoch, round_id, server.survivors)
+    ekey = keys[1].pairwise_epoch_key(1, 2, keys[2].s_pk)
+    vkey = session.consistency_key(ekey, round_id)
+    pairwise = {"u": 1, "v": 2, "epoch": epoch, "round": round_id, "s_sk_u": hx(keys[1].s_sk),
+                "s_pk_v": hx(keys[2].s_pk), "epoch_key": hx(ekey),
+                "info": hx(session.INFO_PAIRWISE_CONSISTENCY + struct.pack("<I", round_id)),
+                "vkey": hx(vkey), "statement": hx(statement),
+                "tag_u_to_v": hx(session.consistency_tag(vkey, 1, statement)),
+                "tag_v_to_u": hx(session.consistency_tag(vkey, 2, statement))}
+
+    # CONSISTENCY_TAGS and UNMASK_REQUEST_TAGS with fixed tags.
+    fixed_tags = ((2, fixed("tag-1-2", 16)), (3, fixed("tag-1-3", 16)))
+    tags_msg = wire.ConsistencyTags(1, epoch, round_id, fixed_tags)
+    request_msg = wire.UnmaskRequestTags(0, epoch, round_id, ((2, fixed("tag-2-1", 16)), (3, fixed("tag-3-1", 16))),
+                                         (4,))
+    messages = [{"name": "consistency_tags", "type": tags_msg.TYPE, "sender": 1, "body": hx(tags_msg.body()),
+                 "frame": hx(tags_msg.encode_tagged(akeys[1]))},
+                {"name": "unmask_request_tags", "type": request_msg.TYPE, "sender": 0, "to": 1,
+                 "body": hx(request_msg.body()), "frame": hx(request_msg.encode_for({1: akeys[1]}))}]
+
+    # The round: every frame each client received and sent, in order.
+    result = server.result
+    round_vector = {
+        "config": hx(config.encode()), "epoch": epoch, "round": round_id,
+        "server_identity_seed": hx(server_identity.encode()),
+        "drops": {"4": Stage.MASKED_INPUT_COLLECTION.value},
+        "survivors": list(result.survivors), "dropped": list(result.dropped),
+        "total": [int(w) for w in result.total], "total_weight": result.total_weight,
+        "clients": [{"id": c, "identity_seed": hx(identities[c].encode()), "c_sk": hx(keys[c].c_sk),
+                     "s_sk": hx(keys[c].s_sk), "random_label": f"session-round-random-{c}",
+                     "random_bytes_used": clients[c].randbytes.used,
+                     "self_mask_seed": hx(clients[c]._state.seed),
+                     "input": inputs[c], "weight": weights[c], "akey": hx(akeys[c]),
+                     "neighbours": sorted(clients[c]._state.neighbours),
+                     "final_stage": clients[c].stage.value,
+                     "received": [hx(f) for f in received[c]],
+                     "replies": [hx(r) if r is not None else None for r in replies[c]]}
+                    for c in ids],
+    }
+
+    # Frames client 1 must refuse, each after `after` honest frames of the round.
+    c1 = received[1]
+    honest_roster = wire.decode_frame(c1[1]).message
+    honest_request = wire.decode_frame(c1[4]).message
+    flipped = bytearray(c1[1])
+    tag_pos = len(flipped) - 4 * wire.RECIPIENT_TAG_ENTRY + 2 + 2     # client 1's tag (first of 4)
+    flipped[tag_pos] ^= 0x01
+    bad_auth = bytearray(c1[1])
+    bad_auth[6] = 2
+
+    def request_with(tags) -> bytes:
+        return wire.UnmaskRequestTags(0, epoch, round_id, tuple(tags), honest_request.dropped).encode_for(
+            {1: akeys[1]})
+
+    def tag_of(signer, peer, rnd) -> bytes:
+        ek = keys[signer].pairwise_epoch_key(signer, peer, keys[peer].s_pk)
+        st = wire.survivors_statement(config.digest(), epoch, rnd, server.survivors)
+        return session.consistency_tag(session.consistency_key(ek, rnd), signer, st)
+
+    old_round = SESSION_ROUND - 1
+    negatives = [
+        ("round_config_with_session_tags", 0,
+         wire.RoundConfigMessage(0, epoch, round_id, config).encode_for({1: akeys[1]}), "BadSignature"),
+        ("roster_signed_instead_of_tagged", 1, honest_roster.encode(server_identity), "BadSignature"),
+        ("roster_without_a_tag_for_this_client", 1,
+         honest_roster.encode_for({c: akeys[c] for c in (2, 3, 4)}), "BadSignature"),
+        ("roster_with_a_flipped_tag_bit", 1, bytes(flipped), "BadSignature"),
+        ("roster_with_auth_field_2", 1, bytes(bad_auth), "MalformedMessage"),
+        ("consistency_request_of_an_earlier_round", 3,
+         wire.ConsistencyRequest(0, epoch, old_round, server.survivors).encode_for(akeys), "WrongRound"),
+        ("unmask_request_tags_forged_by_the_server", 4,
+         request_with([(2, session.frame_tag(akeys[1], b"forged")), honest_request.tags[1]]), "BadSignature"),
+        ("unmask_request_tags_reflecting_the_clients_own_tag", 4,
+         request_with([(2, tag_of(1, 2, round_id)), honest_request.tags[1]]), "BadSignature"),
+        ("unmask_request_tags_replaying_an_earlier_rounds_tags", 4,
+         request_with([(2, tag_of(2, 1, old_round)), (3, tag_of(3, 1, old_round))]), "BadSignature"),
+        ("unmask_request_tags_from_a_dropped_client", 4,
+         request_with(list(honest_request.tags) + [(4, tag_of(4, 1, round_id))]), "ConsistencyViolation"),
+        ("unmask_request_tags_below_the_threshold", 4, request_with(honest_request.tags[:1]), "RoundAborted"),
+        ("unmask_request_0x09_tagged_in_a_key_reuse_round", 4,
+         wire.UnmaskRequest(0, epoch, round_id, (), honest_request.dropped).encode_for({1: akeys[1]}),
+         "InvalidTransition"),
+        ("unmask_request_0x09_signed_in_a_key_reuse_round", 4,
+         wire.UnmaskRequest(0, epoch, round_id, (), honest_request.dropped).encode(server_identity),
+         "BadSignature"),
+    ]
+    refusals = []
+    for name, after, frame, error in negatives:
+        refusals.append({"name": name, "client": 1, "after": after, "frame": hx(frame), "error": error})
+    _check_refusals(round_vector, refusals)
+    return {"curve25519_conversion": conversion, "curve25519_refused": refused_keys,
+            "session_key": session_key, "client_tag": client_tag, "server_tags": server_tags,
+            "pairwise_consistency": pairwise, "messages": messages, "round": round_vector,
+            "refusals": refusals}
+
+
+def replay_client(round_vector: dict, client_id: int, frames: int) -> ClientSession:
+    """A fresh session of `client_id` fed the first `frames` frames it received in the round."""
+    entry = next(c for c in round_vector["clients"] if c["id"] == client_id)
+    config = RoundConfig.decode(bytes.fromhex(round_vector["config"]))
+    server = SigningKey(bytes.fromhex(round_vector["server_identity_seed"]))
+    directory = {c["id"]: SigningKey(bytes.fromhex(c["identity_seed"])).verify_key
+                 for c in round_vector["clients"]} | {0: server.verify_key}
+    keys = EpochKeys(round_vector["epoch"], bytes.fromhex(entry["c_sk"]), bytes.fromhex(entry["s_sk"]))
+    client = ClientSession(client_id, SigningKey(bytes.fromhex(entry["identity_seed"])), directory, keys,
+                           round_vector["round"], randbytes=FixedStream(entry["random_label"]),
+                           accept_threshold_override=config.threshold_override)
+    client.set_input(entry["input"], entry["weight"])
+    for frame in entry["received"][:frames]:
+        client.receive(bytes.fromhex(frame))
+    return client
+
+
+def _check_refusals(round_vector: dict, refusals: list[dict]) -> None:
+    """Every refusal written is refused with the error it names (the generator checks itself)."""
+    for case in refusals:
+        client = replay_client(round_vector, case["client"], case["after"])
+        try:
+            client.receive(bytes.fromhex(case["frame"]))
+        except ProtocolError as exc:
+            if type(exc).__name__ != case["error"]:
+                raise AssertionError(f"{case['name']}: {type(exc).__name__} ({exc}), expected {case['error']}")
+        else:
+            raise AssertionError(f"{case['name']}: accepted")
+
+
 GENERATORS = {"kdf": kdf_vectors, "prg": prg_vectors, "shamir": shamir_vectors,
               "fixedpoint": fixedpoint_vectors, "masking": masking_vectors, "graph": graph_vectors,
-              "wire": wire_vectors, "epochs": epochs_vectors}
+              "wire": wire_vectors, "epochs": epochs_vectors, "session": session_vectors}
 
 
 def build() -> dict[str, str]:

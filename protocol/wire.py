@@ -1,12 +1,17 @@
-"""The versioned binary wire format (docs/protocol.md, 1.6).
+"""The versioned binary wire format (docs/protocol.md, 1.6 and 1.8).
 
-frame = header (20 bytes, little-endian) || body || Ed25519 signature (64 bytes)
-signed bytes = header || SHA-256(body)
+frame = header (20 bytes, little-endian) || body || trailer
+signed bytes = header || SHA-256(body)          (what a signature or a session tag covers)
+trailer, by the header's `auth` field:
+    0: Ed25519 signature (64 bytes)
+    1: session tags (1.8): a client's frame ends with one 16-byte tag; a server's frame with
+       count u16 || count x (recipient id u16 || tag 16), ids strictly ascending
 
 Every message is a dataclass carrying the header fields (sender, epoch, round_id) and its own
-body fields; `encode(signing_key)` gives the frame and `decode_frame(data)` parses one. Decoders
-check every size against the bytes at hand before building anything, consume the body exactly,
-and raise MalformedMessage (or UnsupportedVersion) on any deviation.
+body fields; `encode(signing_key)` gives a signed frame, `encode_tagged(akey)` a client's tagged
+frame, `encode_for(akeys)` a server's tagged frame, and `decode_frame(data)` parses any of them.
+Decoders check every size against the bytes at hand before building anything, consume the body
+and the trailer exactly, and raise MalformedMessage (or UnsupportedVersion) on any deviation.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from protocol import session
 from protocol.config import MAX_DIM, RoundConfig
 from protocol.errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
 from protocol.prg import word_dtype
@@ -26,9 +32,14 @@ from protocol.shamir import PRIME, SHARE_BYTES
 
 MAGIC = b"ZS"
 VERSION = 1
-HEADER = struct.Struct("<2sBBHHIII")   # magic, version, type, sender, reserved, epoch, round, body_len
+HEADER = struct.Struct("<2sBBHHIII")   # magic, version, type, sender, auth, epoch, round, body_len
 HEADER_BYTES = HEADER.size             # 20
 SIGNATURE_BYTES = 64
+AUTH_SIGNATURE = 0                     # the frame ends with an Ed25519 signature
+AUTH_SESSION = 1                       # the frame ends with session tags (key-reuse rounds, 1.8)
+TAG_BYTES = session.TAG_BYTES          # 16
+RECIPIENT_TAG_ENTRY = 2 + TAG_BYTES    # 18: recipient id, tag
+MIN_FRAME = HEADER_BYTES + TAG_BYTES   # the shortest trailer is one client tag
 KEY_BYTES = 32
 CIPHERTEXT_BYTES = 24 + 2 * SHARE_BYTES + 16   # nonce || 66-byte plaintext || tag = 106
 SERVER_ID = 0
@@ -47,6 +58,13 @@ UNMASK_REQUEST = 0x09
 UNMASK_SHARES = 0x0A
 ABORT = 0x0B
 UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
+CONSISTENCY_TAGS = 0x0D    # key-reuse rounds: replaces CONSISTENCY_SIGNATURE
+UNMASK_REQUEST_TAGS = 0x0E  # key-reuse rounds: replaces UNMASK_REQUEST, one frame per client
+
+# Every frame of a classic round is Ed25519-signed. In a key-reuse round every frame carries session
+# tags (docs/protocol.md 1.8) except these: ROUND_CONFIG (it announces the round kind), ABORT, and
+# ADVERTISE_KEYS (it binds c_pk, hence the session key, to the identity).
+ALWAYS_SIGNED = frozenset({ROUND_CONFIG, ABORT, ADVERTISE_KEYS})
 
 ABORT_TOO_FEW_CLIENTS = 1
 ABORT_RECONSTRUCTION_FAILED = 2
@@ -119,6 +137,15 @@ def share_aad(epoch: int, round_id: int, sender: int, recipient: int) -> bytes:
     return SHARE_AAD_CONTEXT + struct.pack("<IIHH", epoch, round_id, sender, recipient)
 
 
+def expected_auth(mtype: int, key_reuse: bool) -> int:
+    """The authentication a frame of this type must carry in a round of this kind."""
+    return AUTH_SESSION if key_reuse and mtype not in ALWAYS_SIGNED else AUTH_SIGNATURE
+
+
+def signed_bytes(header: bytes, body) -> bytes:
+    return bytes(header) + hashlib.sha256(body).digest()
+
+
 # ---------------------------------------------------------------------------------- messages
 @dataclass(frozen=True)
 class Message:
@@ -130,14 +157,37 @@ class Message:
     def body(self) -> bytes:
         raise MalformedMessage(f"{type(self).__name__} has no body encoder")
 
-    def header(self, body_len: int) -> bytes:
-        return HEADER.pack(MAGIC, VERSION, self.TYPE, self.sender, 0, self.epoch, self.round_id, body_len)
+    def header(self, body_len: int, auth: int = AUTH_SIGNATURE) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, self.TYPE, self.sender, auth, self.epoch, self.round_id, body_len)
 
     def encode(self, signing_key: SigningKey) -> bytes:
+        """An Ed25519-signed frame (auth 0)."""
         body = self.body()
         head = self.header(len(body))
-        signature = signing_key.sign(head + hashlib.sha256(body).digest()).signature
+        signature = signing_key.sign(signed_bytes(head, body)).signature
         return head + body + signature
+
+    def encode_tagged(self, akey: bytes) -> bytes:
+        """A client's session-tagged frame (auth 1): one tag under its session key."""
+        if self.sender == SERVER_ID:
+            raise MalformedMessage("a server frame carries one tag per recipient: use encode_for")
+        body = self.body()
+        head = self.header(len(body), AUTH_SESSION)
+        return head + body + session.frame_tag(akey, signed_bytes(head, body))
+
+    def encode_for(self, akeys: dict[int, bytes]) -> bytes:
+        """The server's session-tagged frame (auth 1): one tag per recipient id, ascending."""
+        if self.sender != SERVER_ID:
+            raise MalformedMessage("only the server's frames carry recipient tags")
+        ids = _ascending(sorted(akeys), "recipient tags")
+        if not ids:
+            raise MalformedMessage("a tagged server frame has at least one recipient")
+        body = self.body()
+        head = self.header(len(body), AUTH_SESSION)
+        signed = signed_bytes(head, body)
+        trailer = struct.pack("<H", len(ids)) + b"".join(
+            struct.pack("<H", cid) + session.frame_tag(akeys[cid], signed) for cid in ids)
+        return head + body + trailer
 
 
 @dataclass(frozen=True)
@@ -451,6 +501,70 @@ class UnmaskRoundKeys(Message):
         return cls(sender, epoch, round_id, tuple(shares), tuple(keys))
 
 
+CONSISTENCY_TAG_ENTRY = 2 + TAG_BYTES   # 18: peer id, tag
+
+
+def _encode_tag_list(tags, what: str) -> bytes:
+    _ascending([peer for peer, _ in tags], what)
+    return b"".join(struct.pack("<H", peer) + _sized(tag, TAG_BYTES, "tag") for peer, tag in tags)
+
+
+def _parse_tag_list(reader: _Reader, count: int, what: str) -> tuple[tuple[int, bytes], ...]:
+    tags = []
+    for _ in range(count):
+        (peer,) = reader.unpack("<H")
+        tags.append((peer, reader.take(TAG_BYTES)))
+    _ascending([peer for peer, _ in tags], what)
+    return tuple(tags)
+
+
+@dataclass(frozen=True)
+class ConsistencyTags(Message):
+    """Key-reuse rounds (docs/protocol.md 2.7): client u's pairwise consistency tags, one for each
+    neighbour v in U3, instead of a survivor signature."""
+    tags: tuple[tuple[int, bytes], ...] = ()     # (peer v, tag_u->v), ascending
+    TYPE: ClassVar[int] = CONSISTENCY_TAGS
+
+    def body(self) -> bytes:
+        return struct.pack("<HH", len(self.tags), 0) + _encode_tag_list(self.tags, "CONSISTENCY_TAGS")
+
+    @classmethod
+    def parse(cls, sender, epoch, round_id, body):
+        r = _Reader(body, "CONSISTENCY_TAGS")
+        count, reserved = r.unpack("<HH")
+        if reserved:
+            raise MalformedMessage("CONSISTENCY_TAGS: reserved field set")
+        r.expect_entries(count, CONSISTENCY_TAG_ENTRY)
+        tags = _parse_tag_list(r, count, "CONSISTENCY_TAGS")
+        r.done()
+        return cls(sender, epoch, round_id, tags)
+
+
+@dataclass(frozen=True)
+class UnmaskRequestTags(Message):
+    """Key-reuse rounds: the unmasking request to one client u, with the tags tag_v->u of every
+    neighbour v whose CONSISTENCY_TAGS arrived, and the dropped clients (U2 minus U3)."""
+    tags: tuple[tuple[int, bytes], ...] = ()     # (from v, tag_v->u), ascending
+    dropped: tuple[int, ...] = ()
+    TYPE: ClassVar[int] = UNMASK_REQUEST_TAGS
+
+    def body(self) -> bytes:
+        dropped = _ascending(self.dropped, "UNMASK_REQUEST_TAGS dropped")
+        return (struct.pack("<HH", len(self.tags), len(dropped))
+                + _encode_tag_list(self.tags, "UNMASK_REQUEST_TAGS tags")
+                + struct.pack(f"<{len(dropped)}H", *dropped))
+
+    @classmethod
+    def parse(cls, sender, epoch, round_id, body):
+        r = _Reader(body, "UNMASK_REQUEST_TAGS")
+        n_tags, n_dropped = r.unpack("<HH")
+        r.expect_entries(1, n_tags * CONSISTENCY_TAG_ENTRY + 2 * n_dropped)
+        tags = _parse_tag_list(r, n_tags, "UNMASK_REQUEST_TAGS tags")
+        dropped = _client_ids(r, n_dropped, "UNMASK_REQUEST_TAGS dropped")
+        r.done()
+        return cls(sender, epoch, round_id, tags, dropped)
+
+
 @dataclass(frozen=True)
 class Abort(Message):
     reason: int = ABORT_PROTOCOL_VIOLATION
@@ -471,23 +585,54 @@ class Abort(Message):
 
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
     RoundConfigMessage, AdvertiseKeys, Roster, ShareKeys, SharesRelay, MaskedInput,
-    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares, Abort, UnmaskRoundKeys)}
+    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares, Abort, UnmaskRoundKeys,
+    ConsistencyTags, UnmaskRequestTags)}
 
 
 # ---------------------------------------------------------------------------------- frames
 @dataclass(frozen=True, eq=False)
 class SignedFrame:
-    """A decoded frame: the message, plus what its signature covers."""
+    """A decoded frame: the message, what its authenticator covers, and the authenticator: an
+    Ed25519 signature (auth 0), a client's session tag or a server's recipient tags (auth 1)."""
     message: Message
     signed: bytes       # header || SHA-256(body)
-    signature: bytes
+    signature: bytes    # auth 0: 64 bytes; auth 1: empty
+    auth: int = AUTH_SIGNATURE
+    tag: bytes = b""                                # auth 1, client frame
+    tags: tuple[tuple[int, bytes], ...] = ()        # auth 1, server frame: (recipient, tag)
+
+    def _describe(self) -> str:
+        return f"{type(self.message).__name__} from {self.message.sender}"
+
+    def require_auth(self, auth: int) -> None:
+        if self.auth != auth:
+            want = "an Ed25519 signature" if auth == AUTH_SIGNATURE else "session tags"
+            raise BadSignature(f"{self._describe()}: wrong authentication mode (this round expects {want})")
 
     def verify(self, verify_key: VerifyKey) -> Message:
+        """Check the Ed25519 signature of an auth-0 frame."""
+        self.require_auth(AUTH_SIGNATURE)
         try:
             verify_key.verify(self.signed, self.signature)
         except BadSignatureError:
-            raise BadSignature(f"{type(self.message).__name__} from {self.message.sender}: "
-                               "signature does not verify") from None
+            raise BadSignature(f"{self._describe()}: signature does not verify") from None
+        return self.message
+
+    def verify_tag(self, akey: bytes) -> Message:
+        """Check a client frame's session tag (the server's side)."""
+        self.require_auth(AUTH_SESSION)
+        if not session.tags_equal(self.tag, session.frame_tag(akey, self.signed)):
+            raise BadSignature(f"{self._describe()}: session tag does not verify")
+        return self.message
+
+    def verify_recipient(self, recipient: int, akey: bytes) -> Message:
+        """Check the tag a server frame carries for `recipient` (the client's side)."""
+        self.require_auth(AUTH_SESSION)
+        mine = [tag for cid, tag in self.tags if cid == recipient]
+        if not mine:
+            raise BadSignature(f"{self._describe()}: no session tag for client {recipient}")
+        if not session.tags_equal(mine[0], session.frame_tag(akey, self.signed)):
+            raise BadSignature(f"{self._describe()}: session tag for client {recipient} does not verify")
         return self.message
 
 
@@ -498,49 +643,71 @@ class FrameHeader:
     epoch: int
     round_id: int
     body_len: int
+    auth: int = AUTH_SIGNATURE
 
 
-def peek(data: bytes) -> FrameHeader:
-    """The header of a frame, for routing, without parsing the body or checking the signature."""
-    if len(data) < HEADER_BYTES + SIGNATURE_BYTES:
-        raise MalformedMessage(f"frame of {len(data)} bytes is shorter than header and signature")
-    magic, version, mtype, sender, reserved, epoch, round_id, body_len = HEADER.unpack_from(data)
+def _header(data: bytes) -> tuple:
+    """Header fields after the checks every frame gets: length, magic, version, type, auth."""
+    if len(data) < MIN_FRAME:
+        raise MalformedMessage(f"frame of {len(data)} bytes is shorter than a header and a tag")
+    magic, version, mtype, sender, auth, epoch, round_id, body_len = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise MalformedMessage(f"bad magic {magic!r}")
     if version != VERSION:
         raise UnsupportedVersion(f"protocol version {version}, this side speaks {VERSION}")
     if mtype not in MESSAGE_TYPES:
         raise MalformedMessage(f"unknown message type 0x{mtype:02x}")
-    return FrameHeader(mtype, sender, epoch, round_id, body_len)
+    if auth not in (AUTH_SIGNATURE, AUTH_SESSION):
+        raise MalformedMessage(f"unknown authentication mode {auth}")
+    return mtype, sender, auth, epoch, round_id, body_len
 
 
-def decode_frame(data: bytes, max_body: int = MAX_BODY) -> SignedFrame:
-    """Parse one frame; the signature is checked later by whoever knows the sender's key."""
+def peek(data: bytes) -> FrameHeader:
+    """The header of a frame, for routing, without parsing the body or checking the authenticator."""
+    mtype, sender, auth, epoch, round_id, body_len = _header(data)
+    return FrameHeader(mtype, sender, epoch, round_id, body_len, auth)
+
+
+def _recipient_tags(data: bytes, start: int, max_recipients: int) -> tuple[tuple[int, bytes], ...]:
+    """The trailer of a server's tagged frame: count u16, then count x (id u16, tag 16)."""
+    if len(data) < start + 2:
+        raise MalformedMessage("tagged server frame: no recipient count")
+    (count,) = struct.unpack_from("<H", data, start)
+    if not 1 <= count <= max_recipients:
+        raise MalformedMessage(f"tagged server frame: {count} recipient tags, allowed 1..{max_recipients}")
+    if len(data) != start + 2 + RECIPIENT_TAG_ENTRY * count:
+        raise MalformedMessage(f"frame is {len(data)} bytes, header and {count} recipient tags announce "
+                               f"{start + 2 + RECIPIENT_TAG_ENTRY * count}")
+    reader = _Reader(memoryview(data)[start + 2:], "recipient tags")
+    tags = _parse_tag_list(reader, count, "recipient tags")
+    reader.done()
+    return tags
+
+
+def decode_frame(data: bytes, max_body: int = MAX_BODY, max_recipients: int = 0xFFFF) -> SignedFrame:
+    """Parse one frame; the signature or tag is checked later by whoever holds the key."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessage("a frame is bytes")
     data = bytes(data) if not isinstance(data, bytes) else data
-    if len(data) < HEADER_BYTES + SIGNATURE_BYTES:
-        raise MalformedMessage(f"frame of {len(data)} bytes is shorter than header and signature")
-    magic, version, mtype, sender, reserved, epoch, round_id, body_len = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise MalformedMessage(f"bad magic {magic!r}")
-    if version != VERSION:
-        raise UnsupportedVersion(f"protocol version {version}, this side speaks {VERSION}")
-    cls = MESSAGE_TYPES.get(mtype)
-    if cls is None:
-        raise MalformedMessage(f"unknown message type 0x{mtype:02x}")
-    if reserved:
-        raise MalformedMessage("reserved header field set")
+    mtype, sender, auth, epoch, round_id, body_len = _header(data)
     if body_len > max_body:
         raise MalformedMessage(f"body of {body_len} bytes exceeds the limit of {max_body}")
-    if len(data) != HEADER_BYTES + body_len + SIGNATURE_BYTES:
-        raise MalformedMessage(f"frame is {len(data)} bytes, header announces "
-                               f"{HEADER_BYTES + body_len + SIGNATURE_BYTES}")
+    end = HEADER_BYTES + body_len
+    signature, tag, tags = b"", b"", ()
+    if auth == AUTH_SIGNATURE:
+        if len(data) != end + SIGNATURE_BYTES:
+            raise MalformedMessage(f"frame is {len(data)} bytes, header announces {end + SIGNATURE_BYTES}")
+        signature = data[end:]
+    elif sender != SERVER_ID:
+        if len(data) != end + TAG_BYTES:
+            raise MalformedMessage(f"frame is {len(data)} bytes, header announces {end + TAG_BYTES}")
+        tag = data[end:]
+    else:
+        tags = _recipient_tags(data, end, max_recipients)
     # A view, not a copy: a masked vector is parsed in place.
-    body = memoryview(data)[HEADER_BYTES:HEADER_BYTES + body_len]
-    message = cls.parse(sender, epoch, round_id, body)
-    signed = data[:HEADER_BYTES] + hashlib.sha256(body).digest()
-    return SignedFrame(message, signed, data[HEADER_BYTES + body_len:])
+    body = memoryview(data)[HEADER_BYTES:end]
+    message = MESSAGE_TYPES[mtype].parse(sender, epoch, round_id, body)
+    return SignedFrame(message, signed_bytes(data[:HEADER_BYTES], body), signature, auth, tag, tags)
 
 
 def advertise_signed_bytes(entry: RosterEntry, config_digest: bytes, epoch: int, round_id: int) -> bytes:

@@ -11,7 +11,7 @@ from protocol.config import SEMI_HONEST, RoundConfig
 from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from dataclasses import replace
 
-from protocol.errors import ConfigurationError, ConsistencyViolation
+from protocol.errors import BadSignature, ConfigurationError, ConsistencyViolation, InvalidTransition
 from protocol.simulate import Cohort, expected_sums, run_round
 from protocol.stages import Stage
 
@@ -62,8 +62,8 @@ def test_one_key_setup_serves_many_rounds_with_exact_aggregates():
     fleet = Fleet(EpochPolicy(max_rounds=10))
     first = fleet.round(1)
     assert_exact(first)
-    # Round 1: 2 public keys + (share-encryption + pairwise) agreement per peer.
-    assert all(n == 2 + 2 * (len(IDS) - 1) for n in first.x25519.values())
+    # Round 1: 2 public keys + (share-encryption + pairwise) agreement per peer + the session key.
+    assert all(n == 3 + 2 * (len(IDS) - 1) for n in first.x25519.values())
     keys = {c: fleet.keyrings[c].keys for c in IDS}
     for round_id in (2, 3, 4):
         run = fleet.round(round_id)
@@ -78,7 +78,7 @@ def test_per_round_policy_agrees_keys_every_round():
     for round_id in (1, 2, 3):
         run = fleet.round(round_id)
         assert_exact(run)
-        assert all(n == 2 + 2 * (len(IDS) - 1) for n in run.x25519.values())
+        assert all(n == 3 + 2 * (len(IDS) - 1) for n in run.x25519.values())
     assert fleet.schedule.epoch == 3          # the gateway also starts an epoch per round
     assert [r for r, _ in fleet.keyrings[1].rekeys] == [1, 2, 3]
 
@@ -145,10 +145,21 @@ def test_server_refuses_the_wrong_unmasking_message_for_the_round_kind():
     run = fleet.round(1)
     server = run.server
     server.unmask.clear()
-    wrong = wire.UnmaskShares(1, server.epoch, server.round_id, (), ()).encode(fleet.cohort.identities[1])
+    wrong = wire.UnmaskShares(1, server.epoch, server.round_id, (), ())
     server.stage = Stage.UNMASKING
-    with pytest.raises(ConsistencyViolation, match="key-reuse"):
-        server.receive(wrong)
+    with pytest.raises(InvalidTransition, match="UnmaskShares"):
+        server.receive(wrong.encode_tagged(server.akeys[1]))
+    # Signed, it is not even authenticated: a key-reuse round tags everything after the adverts.
+    with pytest.raises(BadSignature, match="wrong authentication mode"):
+        server.receive(wrong.encode(fleet.cohort.identities[1]))
+    classic_fleet = Fleet(EpochPolicy(max_rounds=10), config=CLASSIC)
+    classic = classic_fleet.round(1).server
+    classic.unmask.clear()
+    classic.stage = Stage.UNMASKING
+    wrong = wire.UnmaskRoundKeys(1, classic.epoch, classic.round_id, (), ()).encode(
+        classic_fleet.cohort.identities[1])
+    with pytest.raises(InvalidTransition, match="UnmaskRoundKeys"):
+        classic.receive(wrong)
 
 
 def test_keys_that_served_several_rounds_are_refused_in_a_classic_round():
@@ -282,4 +293,4 @@ def test_secagg_plus_neighbours_stay_the_same_within_an_epoch_so_no_agreement_is
         x25519.append(sum(keys[c].agreements - before[c] for c in ids))
     assert graphs[0] == graphs[1] == graphs[2]
     assert all(len(n) == 4 for n in graphs[0].values())
-    assert x25519[0] == 12 * (2 + 2 * 4) and x25519[1:] == [0, 0]
+    assert x25519[0] == 12 * (3 + 2 * 4) and x25519[1:] == [0, 0]

@@ -66,7 +66,7 @@ def test_every_truncation_of_a_frame_is_malformed(rnd):
 def test_bad_magic_version_type_reserved_and_length_are_refused(rnd):
     frame = bytearray(rnd.to_clients[1])
     cases = [(0, b"X", MalformedMessage), (2, b"\x02", UnsupportedVersion), (3, b"\x7f", MalformedMessage),
-             (6, b"\x01", MalformedMessage), (16, struct.pack("<I", 29), MalformedMessage),
+             (6, b"\x02", MalformedMessage), (16, struct.pack("<I", 29), MalformedMessage),
              (16, struct.pack("<I", 2**31), MalformedMessage)]
     for offset, patch, error in cases:
         bad = bytearray(frame)
@@ -388,7 +388,9 @@ def test_peek_reads_the_routing_header_only(rnd):
     head = wire.peek(frame)
     assert (head.type, head.sender, head.epoch, head.round_id) == (wire.ROUND_CONFIG, 0, 1, 7)
     with pytest.raises(MalformedMessage):
-        wire.peek(frame[:50])
+        wire.peek(frame[:wire.MIN_FRAME - 1])
+    with pytest.raises(MalformedMessage):
+        wire.peek(frame[:6] + b"\x02\x00" + frame[8:])        # neither signed nor tagged
     with pytest.raises(UnsupportedVersion):
         wire.peek(frame[:2] + b"\x09" + frame[3:])
 

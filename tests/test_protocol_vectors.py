@@ -165,8 +165,9 @@ def test_wire_frames_decode_verify_and_reencode_byte_for_byte():
         seed = h(data["identity_seeds"][str(entry["sender"])])
         assert msg.encode(SigningKey(seed)) == frame
         seen.add(msg.TYPE)
-    # UNMASK_ROUND_KEYS (key-reuse rounds) has its frame in epochs.json.
-    assert seen == set(wire.MESSAGE_TYPES) - {wire.UNMASK_ROUND_KEYS}
+    # The key-reuse messages have their frames in epochs.json (0x0C) and session.json (0x0D, 0x0E).
+    assert seen == set(wire.MESSAGE_TYPES) - {wire.UNMASK_ROUND_KEYS, wire.CONSISTENCY_TAGS,
+                                              wire.UNMASK_REQUEST_TAGS}
 
 
 def test_share_encryption_vectors():
