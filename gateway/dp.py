@@ -17,7 +17,10 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from agent.files import atomic_write_bytes
+from agent.model import flat_to_tensors
 from gateway.config import PrivacySpec
 from privacy.accountant import BudgetExceeded, PrivacyLedger, TooFewSurvivors, calibrate, epsilon_for
 from privacy.params import DpParams, PrivacyBudget
@@ -65,7 +68,7 @@ class CohortPrivacy:
             return f"the noise does not fit {mask_bits}-bit words: use 64-bit masks or a larger epsilon"
         projected = self.ledger.projected(params, params.min_survivors)
         if projected > self.budget.epsilon + TOLERANCE:
-            message = (f"privacy budget spent: epsilon {self.ledger.epsilon_spent:.6g} of {self.budget.epsilon:g} "
+            message = (f"privacy budget exhausted: epsilon spent {self.ledger.epsilon_spent:.6g} of {self.budget.epsilon:g} "
                        f"at delta {self.budget.delta:g}; one more round would reach {projected:.6g}")
             if self.spec.mode == "stop":
                 self.stopped, self._status = message, None
@@ -100,7 +103,7 @@ class CohortPrivacy:
 
     def status(self) -> dict:
         if self._status is None:
-            self._status = self._make_status()
+            self._status = _plain(self._make_status())
         return self._status
 
     def _make_status(self) -> dict:
@@ -116,6 +119,28 @@ class CohortPrivacy:
             out["epsilon_per_round"] = epsilon_for(self.params, 1, self.budget.delta)
             out["dim"], out["frac_bits"] = self.params.dim, self.params.frac_bits
         return out
+
+
+def _plain(value):
+    """numpy scalars (the accountant returns them) as Python numbers, for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def clamp_variances(flat: np.ndarray, shape_table) -> int:
+    """The noise lands on every float of an update, BatchNorm running variances included; a
+    negative variance would make the model undefined (NaN on export). They are clamped to 0:
+    post-processing of the released sum, which costs no privacy. Returns how many were clamped."""
+    clamped = 0
+    for name, values in flat_to_tensors(flat, shape_table).items():
+        if name.endswith("running_var"):
+            negative = values < 0
+            clamped += int(negative.sum())
+            values[negative] = 0.0
+    return clamped
 
 
 class PrivacyBook:

@@ -458,8 +458,13 @@ class Gateway:
         if self.cloud is not None:
             self._report_up(updates, detail, now)
             return
-        self._commit({v: (self.models[v].astype(np.float64) + d).astype(np.float32)
-                      for v, (d, _) in updates.items()}, detail, now)
+        new_models = {v: (self.models[v].astype(np.float64) + d).astype(np.float32) for v, (d, _) in updates.items()}
+        for variant in {r.variant for r in done if r.dp}:
+            from gateway.dp import clamp_variances
+            if clamp_variances(new_models[variant], self.layouts[variant]):
+                log.info("round %d: negative BatchNorm variances of %s after the noise clamped to 0", self.round,
+                         variant)
+        self._commit(new_models, detail, now)
 
     def _report_up(self, updates: dict, detail: dict, now: float) -> None:
         """Parent mode: send each variant's fog aggregate to the cloud, then wait for its model."""
