@@ -50,8 +50,62 @@ def _protocol_seeds() -> list[bytes]:
         wire.UnmaskShares(2, 7, 3, ((1, share), (2, share)), ((3, share),)),
         wire.UnmaskRoundKeys(2, 7, 3, ((1, share),), ((3, bytes(16)),)),
         wire.Abort(0, 7, 3, wire.ABORT_TIMEOUT),
+        wire.ConsistencyTags(2, 7, 3, ((1, bytes(16)), (4, bytes(range(16))))),
+        wire.UnmaskRequestTags(0, 7, 3, ((1, bytes(16)), (4, bytes(range(16)))), (3,)),
     ]
     return [m.encode(key) for m in msgs]
+
+
+SESSION_KEY = bytes(range(32, 64))
+
+
+def _tagged_seeds() -> list[bytes]:
+    """Key-reuse frames (docs/protocol.md 1.8): a client's with its tag, the server's with one tag
+    per recipient (one and several)."""
+    import numpy as np
+
+    from protocol import wire
+
+    k32, sig = bytes(range(32)), bytes(64)
+    akeys = {1: SESSION_KEY, 2: bytes(32), 4: bytes(range(32))}
+    return [
+        wire.MaskedInput(1, 7, 3, 32, np.arange(9, dtype=np.uint32)).encode_tagged(SESSION_KEY),
+        wire.ConsistencyTags(2, 7, 3, ((1, bytes(16)), (4, bytes(range(16))))).encode_tagged(SESSION_KEY),
+        wire.UnmaskRoundKeys(2, 7, 3, (), ((3, bytes(16)),)).encode_tagged(SESSION_KEY),
+        wire.Roster(0, 7, 3, tuple(wire.RosterEntry(i, k32, k32, sig) for i in (1, 2, 4))).encode_for(akeys),
+        wire.ConsistencyRequest(0, 7, 3, (1, 2, 4)).encode_for(akeys),
+        wire.UnmaskRequestTags(0, 7, 3, ((2, bytes(16)),), (3,)).encode_for({1: SESSION_KEY}),
+    ]
+
+
+def _tagged_frame(data: bytes):
+    """A key-reuse frame as client 1 handles it: parsed, then its own tag looked up and checked
+    (server frames), or the sender's tag checked (client frames)."""
+    from protocol.wire import SERVER_ID, decode_frame
+    frame = decode_frame(data, max_recipients=8)
+    if frame.message.sender == SERVER_ID:
+        return frame.verify_recipient(1, SESSION_KEY)
+    return frame.verify_tag(SESSION_KEY)
+
+
+def _body_parser(cls_name: str) -> Callable[[bytes], object]:
+    def decode(data: bytes):
+        from protocol import wire
+        return getattr(wire, cls_name).parse(1, 7, 3, data)
+    decode.__name__ = f"{cls_name}.parse"
+    return decode
+
+
+def _consistency_tags_seeds() -> list[bytes]:
+    from protocol import wire
+    return [wire.ConsistencyTags(2, 7, 3, ((1, bytes(16)), (4, bytes(range(16))))).body(),
+            wire.ConsistencyTags(2, 7, 3, ()).body()]
+
+
+def _unmask_request_tags_seeds() -> list[bytes]:
+    from protocol import wire
+    return [wire.UnmaskRequestTags(0, 7, 3, ((2, bytes(16)), (9, bytes(range(16)))), (3, 5)).body(),
+            wire.UnmaskRequestTags(0, 7, 3, (), (3,)).body()]
 
 
 def _decode_frame(data: bytes):
@@ -313,6 +367,11 @@ def catalogue() -> list[Target]:
         Target("protocol.peek", _peek, proto, _protocol_seeds, "protocol"),
         Target("protocol.round_config", _round_config, proto, _round_config_seeds, "protocol"),
         Target("protocol.share_value", _share_value, proto, lambda: [(7).to_bytes(33, "little")], "protocol"),
+        Target("protocol.tagged_frame", _tagged_frame, proto, _tagged_seeds, "protocol"),
+        Target("protocol.consistency_tags", _body_parser("ConsistencyTags"), proto, _consistency_tags_seeds,
+               "protocol"),
+        Target("protocol.unmask_request_tags", _body_parser("UnmaskRequestTags"), proto,
+               _unmask_request_tags_seeds, "protocol"),
         Target("attestation.evidence", _decode_evidence, attest, _evidence_seeds, "attestation"),
         Target("attestation.quote_evidence", _attestation_message("QuoteEvidence"), attest, _evidence_seeds,
                "attestation"),
