@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,21 @@ class FirmwareClient:
                                      env=environment(path), text=True)
         self.stage: str | None = None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the MicroPython process has used so far (Linux: its process CPU clock), or None.
+        Unlike wall time it hardly grows when other jobs share the machine's cores."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED): another process's CPU clock.
+            return time.clock_gettime(((~self.proc.pid) << 3) | 2)
+        except OSError:
+            return None
+
     def call(self, timeout: float = 120, **cmd) -> dict:
+        """One command; the reply gains `cpu_us`, the interpreter's CPU time for it (JSON and hex
+        handling of the driver included), where the platform can tell."""
+        cpu0 = self.cpu_seconds()
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         # One command, one reply line: nothing is left buffered between calls, so waiting on the
@@ -103,7 +118,10 @@ class FirmwareClient:
         if not line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             raise MicroPythonError(f"firmware client exited: {err}")
+        cpu1 = self.cpu_seconds()
         reply = json.loads(line)
+        if cpu0 is not None and cpu1 is not None:
+            reply["cpu_us"] = round((cpu1 - cpu0) * 1e6)
         self.stage = reply.get("stage", self.stage)
         if reply.get("error") == "Crash":
             raise MicroPythonError(reply["message"])
@@ -115,6 +133,21 @@ class FirmwareClient:
                          directory={str(k): bytes(v).hex() for k, v in directory.items()}, epoch=epoch,
                          c_sk=c_sk.hex(), s_sk=s_sk.hex(), round_id=round_id,
                          random=random.hex() if random else None)
+
+    def start_keyring(self, max_rounds: int = 100, max_seconds: float = 86400.0) -> dict:
+        """A keyring in the firmware process (ztfw.keyring): later sessions take their keys from it."""
+        return self.call(op="keyring", max_rounds=max_rounds, max_seconds=max_seconds)
+
+    def open_keyring_session(self, client_id: int, identity_seed: bytes, directory: dict[int, bytes], epoch: int,
+                             round_id: int, key_reuse: bool, now: float = 0.0) -> dict:
+        """A session whose keys come from the keyring (`reused_keys` in the reply: the last round's)."""
+        return self.call(op="session", keyring=True, client_id=client_id, identity_seed=identity_seed.hex(),
+                         directory={str(k): bytes(v).hex() for k, v in directory.items()}, epoch=epoch,
+                         round_id=round_id, key_reuse=key_reuse, now=now)
+
+    def finish(self) -> dict:
+        """keyring.finish(session): `ended` (the round ended the keys' epoch), `agreements`, `rekeys`."""
+        return self.call(op="finish")
 
     def set_input(self, values, weight: int = 1) -> None:
         self.call(op="input", values=[float(v) for v in values], weight=weight)
@@ -145,6 +178,42 @@ class FirmwareClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def drive_round(server, clients: dict, drop_before: dict | None = None) -> dict[int, dict[str, dict]]:
+    """One round through a CPython `protocol.server.ServerSession`, with CPython
+    `protocol.client.ClientSession`s and `FirmwareClient`s side by side (inputs already set).
+    `drop_before[c] = Stage`: client c gets nothing from that stage on (a dropout). Returns, per
+    firmware client and stage, its reply (`us`, `cpu_us`, `stage`). A firmware client refusing a
+    frame of the honest server raises MicroPythonError; the round stops early if the server aborts."""
+    from protocol.stages import Stage
+    drop_before = drop_before or {}
+    order = Stage.order()
+    replies: dict[int, dict[str, dict]] = {c: {} for c, cl in clients.items() if isinstance(cl, FirmwareClient)}
+    out = server.round_config()
+    for stage in order[:-1]:
+        for c, client in clients.items():
+            stop = drop_before.get(c)
+            if stop is not None and order.index(stage) >= order.index(stop):
+                continue
+            frame = out if isinstance(out, bytes) else out.frame_for(c)
+            if frame is None:
+                continue
+            if isinstance(client, FirmwareClient):
+                r = client.call(op="receive", frame=frame.hex())
+                if "error" in r:
+                    raise MicroPythonError(f"firmware client {c} refused the {stage.value} frame: "
+                                           f"{r['error']}: {r.get('message', '')}")
+                replies[c][stage.value] = r
+                reply = bytes.fromhex(r["reply"]) if r.get("reply") else None
+            else:
+                reply = client.receive(frame)
+            if reply is not None:
+                server.receive(reply)
+        out = server.close_stage()
+        if server.stage == Stage.ABORTED:
+            break
+    return replies
 
 
 def firmware_device_config(agent_id: str, federation: str, gateway: str, host: str, port: int,

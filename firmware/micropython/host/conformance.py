@@ -332,9 +332,152 @@ def _sha256(data):
     return hashlib.sha256(data).digest()
 
 
+class FixedStream:
+    """The vectors' replayable randomness (protocol.vectors.FixedStream): a SHA-256 chain from
+    a label, read front to back."""
+
+    def __init__(self, label):
+        self.block = label.encode()
+        self.buffer = b""
+        self.used = 0
+
+    def __call__(self, n):
+        while len(self.buffer) < n:
+            self.block = _sha256(self.block)
+            self.buffer += self.block
+        out = self.buffer[:n]
+        self.buffer = self.buffer[n:]
+        self.used += n
+        return out
+
+
+def _replay(rv, entry, frames):
+    """A fresh firmware session of one client of the session.json round, fed its first
+    `frames` received frames; returns (session, [reply bytes or None])."""
+    from ztfw.secagg_client import ClientSession, StreamedFrame
+    from ztfw.secagg_keys import EpochKeys
+    directory = {c["id"]: ed25519.public_key(u(c["identity_seed"])) for c in rv["clients"]}
+    directory[0] = ed25519.public_key(u(rv["server_identity_seed"]))
+    keys = EpochKeys(rv["epoch"], u(entry["c_sk"]), u(entry["s_sk"]))
+    randbytes = FixedStream(entry["random_label"])
+    session = ClientSession(entry["id"], u(entry["identity_seed"]), directory, keys, rv["round"],
+                            randbytes=randbytes)
+    session.set_input(array("f", entry["input"]), entry["weight"])
+    replies = []
+    for frame in entry["received"][:frames]:
+        reply = session.receive(u(frame))
+        if isinstance(reply, StreamedFrame):
+            reply = reply.to_bytes()
+        replies.append(reply)
+    return session, replies, randbytes
+
+
+def session_file(d):
+    """Session-authenticated frames of key-reuse rounds (docs/protocol.md 1.8): the server key's
+    Curve25519 form, session keys and tags, pairwise consistency tags, the two new messages,
+    a complete key-reuse round replayed byte for byte, and every refusal with its error."""
+    from ztfw import session_auth
+    from ztfw.secagg_errors import ProtocolError
+    for c in d["curve25519_conversion"]:
+        check(ed25519.public_key(u(c["ed25519_seed"])) == u(c["ed25519_pk"]), "conversion: identity key")
+        curve = session_auth.ed25519_pk_to_x25519(u(c["ed25519_pk"]))
+        check(h(curve) == c["curve25519_pk"], "conversion: curve25519 public key")
+        check(h(x25519.public_key(u(c["curve25519_sk"]))) == c["curve25519_pk"], "conversion: curve25519 secret key")
+    for c in d["curve25519_refused"]:
+        try:
+            session_auth.ed25519_pk_to_x25519(u(c["ed25519_pk"]))
+            check(False, "conversion of %s accepted" % c["ed25519_pk"][:16])
+        except ProtocolError as e:
+            check(type(e).__name__ == c["error"], "conversion refused with %s" % type(e).__name__)
+    sk = d["session_key"]
+    c_pk = x25519.public_key(u(sk["c_sk"]))
+    check(h(c_pk) == sk["c_pk"], "session key: c_pk")
+    check(h(kdf.agree(u(sk["c_sk"]), u(sk["server_curve25519_pk"]))) == sk["shared"], "session key: shared")
+    check(session_auth.INFO_SESSION + struct.pack("<HI", sk["client"], sk["epoch"]) + c_pk == u(sk["info"]),
+          "session key: info")
+    server_pk = ed25519.public_key(u(d["round"]["server_identity_seed"]))
+    check(session_auth.ed25519_pk_to_x25519(server_pk) == u(sk["server_curve25519_pk"]), "session key: server")
+    akey = session_auth.session_key(u(sk["c_sk"]), c_pk, server_pk, sk["client"], sk["epoch"])
+    check(h(akey) == sk["akey"], "session key: akey")
+    ct = d["client_tag"]
+    head = u(ct["header"])
+    check(h(head + _sha256(u(ct["body"]))) == ct["signed"], "client tag: signed bytes")
+    check(h(session_auth.frame_tag(u(ct["akey"]), head, _sha256(u(ct["body"])))) == ct["tag"], "client tag")
+    ep, rd = struct.unpack_from("<II", head, 8)
+    frame = wire.encode_tagged_frame(ct["type"], ct["client"], ep, rd, u(ct["body"]), u(ct["akey"]))
+    check(h(frame) == ct["frame"], "client tag: frame")
+    fr = wire.decode_frame(frame, 1 << 16)
+    check(fr.auth == wire.AUTH_SESSION and fr.tags == [(ct["client"], u(ct["tag"]))], "client tag: decoded")
+    st = d["server_tags"]
+    fr = wire.decode_frame(u(st["frame"]), 1 << 16, len(st["recipients"]))
+    check(h(fr.signed) == st["signed"] and h(fr.body) == st["body"], "server tags: signed bytes")
+    trailer = struct.pack("<H", len(st["recipients"]))
+    for r in st["recipients"]:
+        tag = session_auth.frame_tag(u(r["akey"]), fr.signed[:20], fr.signed[20:])
+        check(h(tag) == r["tag"], "server tags: tag for %d" % r["id"])
+        trailer += struct.pack("<H", r["id"]) + tag
+        try:
+            fr.check_tag(u(r["akey"]), r["id"])
+            check(True, "")
+        except ProtocolError as e:
+            check(False, "server tags: %d refused: %s" % (r["id"], e))
+    check(h(trailer) == st["trailer"] and u(st["frame"]).endswith(trailer), "server tags: trailer")
+    try:
+        wire.decode_frame(u(st["frame"]), 1 << 16, len(st["recipients"]) - 1)
+        check(False, "server tags: more recipients than allowed accepted")
+    except MalformedMessage:
+        check(True, "")
+    pc = d["pairwise_consistency"]
+    shared = kdf.agree(u(pc["s_sk_u"]), u(pc["s_pk_v"]))
+    ekey = kdf.pairwise_epoch_key(shared, pc["u"], pc["v"], pc["epoch"])
+    check(h(ekey) == pc["epoch_key"], "pairwise consistency: epoch key")
+    vkey = session_auth.consistency_key(ekey, pc["round"])
+    check(h(vkey) == pc["vkey"], "pairwise consistency: vkey")
+    check(session_auth.INFO_CONSISTENCY + struct.pack("<I", pc["round"]) == u(pc["info"]), "pairwise consistency: info")
+    statement = u(pc["statement"])
+    check(h(session_auth.consistency_tag(vkey, pc["u"], statement)) == pc["tag_u_to_v"], "tag u->v")
+    check(h(session_auth.consistency_tag(vkey, pc["v"], statement)) == pc["tag_v_to_u"], "tag v->u")
+    for m in d["messages"]:
+        fr = wire.decode_frame(u(m["frame"]), 1 << 16)
+        check(fr.mtype == m["type"] and h(fr.body) == m["body"], "message %s: frame" % m["name"])
+        if m["type"] == wire.CONSISTENCY_TAGS:
+            count = struct.unpack_from("<H", fr.body, 0)[0]
+            tags = [(struct.unpack_from("<H", fr.body, 4 + 18 * i)[0], fr.body[6 + 18 * i:22 + 18 * i])
+                    for i in range(count)]
+            check(h(wire.consistency_tags_body(tags)) == m["body"], "message %s: body" % m["name"])
+        else:
+            tags, dropped = wire.parse_unmask_request_tags(fr.body)
+            rebuilt = struct.pack("<HH", len(tags), len(dropped)) + b"".join(
+                struct.pack("<H", v) + t for v, t in tags) + struct.pack("<%dH" % len(dropped), *dropped)
+            check(h(rebuilt) == m["body"], "message %s: body" % m["name"])
+    rv = d["round"]
+    check(wire.RoundConfig(u(rv["config"])).key_reuse, "round: key-reuse configuration")
+    for entry in rv["clients"]:
+        session, replies, randbytes = _replay(rv, entry, len(entry["received"]))
+        cid = entry["id"]
+        for i, (got, want) in enumerate(zip(replies, entry["replies"])):
+            check((h(got) if got is not None else None) == want, "round: client %d reply %d" % (cid, i))
+        check(len(replies) == len(entry["replies"]), "round: client %d reply count" % cid)
+        check(session.stage == entry["final_stage"], "round: client %d stage %s" % (cid, session.stage))
+        check(randbytes.used == entry["random_bytes_used"], "round: client %d random bytes" % cid)
+        check(sorted(session._state.neighbours) == entry["neighbours"], "round: client %d neighbours" % cid)
+    for case in d["refusals"]:
+        entry = [c for c in rv["clients"] if c["id"] == case["client"]][0]
+        session, _, _ = _replay(rv, entry, case["after"])
+        stage = session.stage
+        try:
+            session.receive(u(case["frame"]))
+            check(False, "refusal %s: accepted" % case["name"])
+        except ProtocolError as e:
+            check(type(e).__name__ == case["error"], "refusal %s: %s (%s), expected %s"
+                  % (case["name"], type(e).__name__, e, case["error"]))
+            if case["error"] != "RoundAborted":
+                check(session.stage == stage, "refusal %s: stage changed" % case["name"])
+
+
 FILES = {"kdf.json": kdf_file, "prg.json": prg_file, "shamir.json": shamir_file,
          "fixedpoint.json": fixedpoint_file, "masking.json": masking_file, "graph.json": graph_file,
-         "wire.json": wire_file, "epochs.json": epochs_file}
+         "wire.json": wire_file, "epochs.json": epochs_file, "session.json": session_file}
 
 vectors = json.loads(sys.stdin.read())
 for name in sorted(vectors):

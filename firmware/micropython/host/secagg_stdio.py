@@ -4,6 +4,10 @@
 #
 #   {"op": "session", "client_id": 3, "identity_seed": hex, "directory": {"0": hex, ...},
 #    "epoch": 1, "c_sk": hex, "s_sk": hex, "round_id": 1, "random": hex | null}
+#                                    -> with "keyring": true (and "key_reuse", "now") the keys
+#                                       come from the keyring instead: kept across rounds
+#   {"op": "keyring", "max_rounds": 100, "max_seconds": 86400.0}   -> a new keyring
+#   {"op": "finish"}                 -> keyring.finish(session): {"ended": bool}
 #   {"op": "input", "values": [floats], "weight": 1}
 #   {"op": "receive", "frame": hex}  -> {"reply": hex | null, "stage": ...} or {"error": Class, ...}
 #   {"op": "model", "blob": path, "records": path}   -> load the global micro model and records
@@ -23,8 +27,10 @@ import time
 from array import array
 from binascii import hexlify, unhexlify
 
+from ztfw import ed25519
 from ztfw.local_update import delta_source, training_steps
 from ztfw.agent_wire import ModelBlob
+from ztfw.keyring import ClientKeyring, EpochPolicy
 from ztfw.micro_model import MAX_PARAMS, FloatMLP
 from ztfw.records import Records
 from ztfw.secagg_client import ClientSession, StreamedFrame
@@ -48,8 +54,8 @@ class FixedRandom:
 
 
 def write_streamed(frame, stage, t0):
-    """{"reply": "<hex>", "stage": ..., "us": ...} with the frame's hex written chunk by chunk;
-    returns the time taken (the second masking pass included, hex encoding too)."""
+    """{"reply": "<hex>", "stage": ..., "us": ...} with the frame's hex written chunk by chunk
+    (the masking pass runs while it is written); returns the time taken, hex encoding included."""
     sys.stdout.write('{"reply": "')
     frame.write_to(lambda chunk: sys.stdout.write(hexlify(chunk).decode()))
     us = time.ticks_diff(time.ticks_us(), t0)
@@ -64,6 +70,8 @@ def live_heap():
 
 def main():
     session = None
+    keyring = None
+    publics = {}
     state = {"mlp": None, "blob": None}
     busy_us = 0
     peak = 0
@@ -78,9 +86,17 @@ def main():
         streamed = None
         t0 = time.ticks_us()
         try:
-            if op == "session":
+            if op == "keyring":
+                keyring = ClientKeyring(EpochPolicy(cmd.get("max_rounds", 100), cmd.get("max_seconds", 86400.0)))
+            elif op == "session":
                 directory = {int(k): unhexlify(v) for k, v in cmd["directory"].items()}
-                if cmd.get("c_sk"):
+                reused = False
+                if cmd.get("keyring"):
+                    before = keyring.keys
+                    keys = keyring.keys_for(cmd["epoch"], cmd["round_id"], cmd.get("now", 0.0),
+                                            cmd.get("key_reuse", False))
+                    reused = keys is before
+                elif cmd.get("c_sk"):
                     keys = EpochKeys(cmd["epoch"], unhexlify(cmd["c_sk"]), unhexlify(cmd["s_sk"]))
                 else:
                     # Fresh epoch keys, as the agent makes them when a round is announced.
@@ -88,9 +104,17 @@ def main():
                 kw = {}
                 if cmd.get("random"):
                     kw["randbytes"] = FixedRandom(unhexlify(cmd["random"]))
-                session = ClientSession(cmd["client_id"], unhexlify(cmd["identity_seed"]), directory,
-                                        keys, cmd["round_id"], **kw)
-                out = {"c_pk": hexlify(keys.c_pk).decode(), "s_pk": hexlify(keys.s_pk).decode()}
+                seed = unhexlify(cmd["identity_seed"])
+                if seed not in publics:
+                    # As the agent does: the identity's public key is derived once, not per round.
+                    publics[seed] = ed25519.public_key(seed)
+                session = ClientSession(cmd["client_id"], seed, directory, keys, cmd["round_id"],
+                                        identity_public=publics[seed], **kw)
+                out = {"c_pk": hexlify(keys.c_pk).decode(), "s_pk": hexlify(keys.s_pk).decode(),
+                       "reused_keys": reused}
+            elif op == "finish":
+                out = {"ended": keyring.finish(session), "agreements": session.keys.agreements,
+                       "work": session.work, "rekeys": [[r, why] for r, why in keyring.rekeys]}
             elif op == "input":
                 session.set_input(array("f", cmd["values"]), cmd.get("weight", 1))
             elif op == "model":
@@ -118,7 +142,9 @@ def main():
             elif op == "heap":
                 out = {"live": live_heap()}
             elif op == "stats":
-                out = {"busy_us": busy_us, "peak_live": peak}
+                out = {"busy_us": busy_us, "peak_live": peak,
+                       "agreements": session.keys.agreements if session is not None else 0,
+                       "work": session.work if session is not None else {}}
             else:
                 out = {"error": "UnknownOp"}
         except ProtocolError as e:

@@ -323,7 +323,8 @@ class Agent:
         # last round; anything else: new keys (protocol.epochs rules).
         keys = self.keyring.keys_for(msg.epoch, msg.protocol_round, self.clock.seconds(), msg.key_reuse)
         self.stats["keys_ms"] += _since(t0)
-        self.session = ClientSession(sid, self.seed, directory, keys, msg.protocol_round)
+        self.session = ClientSession(sid, self.seed, directory, keys, msg.protocol_round,
+                                     identity_public=self.public)
         self.announce = msg
         if self.cfg.get("attest"):
             # Device-key evidence over the round's nonce, bound like a TPM quote to the attestation

@@ -93,6 +93,10 @@ class MaskedStream:
         else:
             acc = [0] * chunk
         w = self.weight
+        frac_bits = self.frac_bits
+        clip_q = self.clip_q
+        scale = float(1 << frac_bits)
+        inside = float(clip_q)
         start = 0
         while start < self.words:
             n = min(chunk, self.words - start)
@@ -100,7 +104,13 @@ class MaskedStream:
             if n_vals:
                 self.source(start, n_vals, values)
             for i in range(n_vals):
-                acc[i] = (w * quantize(values[i], self.frac_bits, self.clip_q)) & mod
+                v = values[i] * scale
+                # Fast path: strictly inside the clip range, round() needs no clipping (NaN and
+                # infinity fail the comparison and take quantize(), which refuses them).
+                if -inside < v < inside:
+                    acc[i] = (w * round(v)) & mod
+                else:
+                    acc[i] = (w * quantize(values[i], frac_bits, clip_q)) & mod
             if n_vals < n:
                 acc[n_vals] = w   # the last word of the vector is the weight
             view = memoryview(ks)[:wb * n]
