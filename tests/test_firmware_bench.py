@@ -1,21 +1,43 @@
-"""`ztfl bench firmware` runs a whole round with a firmware client and reports its parts
-(a smoke test on a tiny model: the figures themselves belong to the benchmark, not to tests)."""
+"""`ztfl bench firmware` runs classic and key-reuse rounds with a firmware client and reports
+their parts and work counts (a smoke test on a tiny model: the figures themselves belong to the
+benchmark, not to tests)."""
 from __future__ import annotations
 
 import json
 
 from ztfl.cli import main as ztfl_main
 
+STAGES = {"AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "ConsistencyCheck", "Unmasking"}
 
-def test_bench_firmware_reports_each_part_of_the_round(capsys):
+
+def test_bench_firmware_compares_per_round_keys_with_key_reuse(capsys):
     assert ztfl_main(["bench", "firmware", "--features", "12", "--classes", "3", "--samples", "8",
-                      "--clients", "3", "--json"]) == 0
+                      "--clients", "3", "--rounds", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["aggregated"] == [1, 2, 3]
-    assert set(out["times_ms"]) == {"keys", "train", "AdvertiseKeys", "ShareKeys", "MaskedInputCollection",
-                                    "ConsistencyCheck", "Unmasking"}
+    assert set(out["times_ms"]) == {"keys", "train"} | STAGES
     assert all(v > 0 for v in out["times_ms"].values())
-    # The MASKED_INPUT frame: header, prefix, dim + 1 words of 4 bytes, signature.
+    # The MASKED_INPUT frame of a classic round: header, prefix, dim + 1 words of 4 bytes, signature.
     assert out["upload_bytes"] == 20 + 8 + 4 * (out["dim"] + 1) + 64
     assert 0 < out["code_heap"] < out["live_heap_after_training"] <= out["peak_live_heap"]
     assert out["esp32_estimate_s"] == round(out["client_work_ms"] * out["esp32_factor"] / 1000, 1)
+    (cohort,) = out["cohorts"]
+    assert cohort["clients"] == 3 and cohort["aggregated"] is True
+    classic, first, later = (cohort[k] for k in ("classic_per_round_keys", "key_reuse_first_round",
+                                                 "key_reuse_later_rounds"))
+    # Classic, fresh keys: ROUND_CONFIG, ROSTER, 2 entries, SHARES_RELAY, CONSISTENCY_REQUEST,
+    # UNMASK_REQUEST, 3 survivor signatures; 6 signatures; 2 key pairs + 2 x 2 agreements.
+    assert (classic["ed25519_verify"], classic["ed25519_sign"], classic["x25519"]) == (10, 6, 6)
+    # The first key-reuse round: ROUND_CONFIG and the 2 entries, one signature, the agreements
+    # and the session key; later rounds: ROUND_CONFIG and ADVERTISE_KEYS only, no X25519.
+    assert (first["ed25519_verify"], first["ed25519_sign"], first["x25519"]) == (3, 1, 7)
+    assert (later["ed25519_verify"], later["ed25519_sign"], later["x25519"]) == (1, 1, 0)
+    assert later["session_tags"] == 8 and later["consistency_tags"] == 4
+    # A key-reuse upload ends with a 16-byte session tag instead of the signature.
+    assert later["upload_bytes"] == out["upload_bytes"] - 64 + 16
+    for run in (classic, first, later):
+        assert set(run["cpu_ms"]) == set(run["wall_ms"]) == {"keys"} | STAGES
+        assert run["protocol_wall_ms"] > 0 and run["train_wall_ms"] > 0
+    assert set(cohort["reduction_pct"]) == {"protocol_cpu", "protocol_wall", "with_training_cpu",
+                                            "with_training_wall"}
+    assert set(cohort["esp32_estimate_s"]) == {"classic_protocol", "key_reuse_protocol", "training"}

@@ -83,19 +83,30 @@ class FirmwareClient:
     to CPython ones without a broker."""
 
     def __init__(self, heapsize: str | None = None, path: Path | str = FIRMWARE_DIR,
-                 script: Path | None = None):
+                 script: Path | None = None, measure_cpu: bool = False):
         """`path`: where the firmware modules are imported from (the sources, or a bundle's
-        compiled lib/); `script`: the driver (host/secagg_stdio.py, or a compiled copy)."""
+        compiled lib/); `script`: the driver (host/secagg_stdio.py, or a compiled copy);
+        `measure_cpu`: give every reply `cpu_us`, the interpreter's CPU time for the command."""
         self.proc = subprocess.Popen(command(script or FIRMWARE_DIR / "host" / "secagg_stdio.py", heapsize),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=environment(path), text=True)
         self.stage: str | None = None
+        self.measure_cpu = measure_cpu and sys.platform.startswith("linux")
 
     def cpu_seconds(self) -> float | None:
-        """CPU time the MicroPython process has used so far (Linux: its process CPU clock), or None.
-        Unlike wall time it hardly grows when other jobs share the machine's cores."""
-        if not sys.platform.startswith("linux"):
-            return None
+        """CPU time the MicroPython process has used so far (its Linux process CPU clock), read
+        once it waits for the next command: the clock of a running process may lag. Unlike wall
+        time it hardly grows when other jobs share the machine's cores."""
+        deadline = time.monotonic() + 1.0
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.proc.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return None
+            if state == "S":
+                break
+            time.sleep(0.0002)
         try:
             # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED): another process's CPU clock.
             return time.clock_gettime(((~self.proc.pid) << 3) | 2)
@@ -103,9 +114,9 @@ class FirmwareClient:
             return None
 
     def call(self, timeout: float = 120, **cmd) -> dict:
-        """One command; the reply gains `cpu_us`, the interpreter's CPU time for it (JSON and hex
-        handling of the driver included), where the platform can tell."""
-        cpu0 = self.cpu_seconds()
+        """One command and its reply (with `cpu_us` when measuring: JSON and hex handling of the
+        driver included)."""
+        cpu0 = self.cpu_seconds() if self.measure_cpu else None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         # One command, one reply line: nothing is left buffered between calls, so waiting on the
@@ -118,7 +129,7 @@ class FirmwareClient:
         if not line:
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             raise MicroPythonError(f"firmware client exited: {err}")
-        cpu1 = self.cpu_seconds()
+        cpu1 = self.cpu_seconds() if cpu0 is not None else None
         reply = json.loads(line)
         if cpu0 is not None and cpu1 is not None:
             reply["cpu_us"] = round((cpu1 - cpu0) * 1e6)

@@ -16,6 +16,8 @@
 #                                       becomes the session's input
 #   {"op": "heap"}                   -> live heap after a collection
 #   {"op": "stats"}                  -> time spent in receive() and the largest live heap seen
+#   {"op": "track_heap", "on": false} -> stop (or restart) the heap collection after every
+#                                       command that finds the largest live heap (timing runs)
 # Every reply carries "us": the time the operation took in the firmware code.
 # A masked-input reply is written out chunk by chunk, as the board streams it to the broker.
 import gc
@@ -75,6 +77,7 @@ def main():
     state = {"mlp": None, "blob": None}
     busy_us = 0
     peak = 0
+    track = True
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -141,6 +144,8 @@ def main():
                     out = {"reply": hexlify(reply).decode() if reply is not None else None}
             elif op == "heap":
                 out = {"live": live_heap()}
+            elif op == "track_heap":
+                track = bool(cmd.get("on", True))
             elif op == "stats":
                 out = {"busy_us": busy_us, "peak_live": peak,
                        "agreements": session.keys.agreements if session is not None else 0,
@@ -165,9 +170,10 @@ def main():
                 busy_us += us
             out["us"] = us
             sys.stdout.write(json.dumps(out) + "\n")
-        live = live_heap()
-        if live > peak:
-            peak = live
+        if track:
+            live = live_heap()
+            if live > peak:
+                peak = live
 
 
 main()
