@@ -25,6 +25,12 @@ API (one session object per role and round; frames in, frames out):
 and leaves the session unchanged (`RoundAborted` is final). `wire.decode_frame` parses frames
 for routing (type, sender, epoch, round) without any key.
 
+Key-reuse rounds (`RoundConfig(..., key_reuse=True)`, docs/protocol.md 1.8, 2.7) need nothing more
+from the caller: both sessions derive the client's session key from its epoch keys and the server's
+identity key, tag the frames after ADVERTISE_KEYS instead of signing them, and the unmasking request
+becomes one frame per client (`StageOutput.unicast`). `session.work` counts a client's Ed25519 and
+tag operations.
+
 Key epochs (protocol.epochs): the agent gets its keys from a `ClientKeyring` per round
 (`keyring.keys_for(wire.peek(config_frame).epoch, round_id, now)`, then `keyring.finish(session)`),
 the gateway its epoch id from an `EpochSchedule` (`epoch_for(round_id, now)`, pass
