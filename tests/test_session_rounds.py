@@ -11,7 +11,7 @@ from protocol import session, wire
 from protocol.config import SEMI_HONEST, RoundConfig
 from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, InvalidTransition,
-                             MalformedMessage, RoundAborted, UnknownSender)
+                             KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender, WrongRound)
 from protocol.keys import EpochKeys
 from protocol.simulate import Cohort, expected_sums, run_round
 from protocol.stages import Stage
@@ -132,7 +132,6 @@ def test_a_verbatim_frame_of_another_round_is_refused():
     first.run()
     second = at(reuse_round(round_id=8, cohort=first.cohort), Stage.SHARE_KEYS)
     old_roster = first.history[Stage.SHARE_KEYS][1]
-    from protocol.errors import WrongRound
     # Same keys, so the old tag still verifies: the round id in the header refuses it.
     assert_client_refuses(second, 1, old_roster, WrongRound)
 
@@ -233,6 +232,14 @@ def test_server_refuses_client_frames_in_the_wrong_mode_or_under_another_key():
     assert_server_refuses(fresh, advert.encode_tagged(bytes(32)), BadSignature)
     rnd.server.receive(reply)
     assert_server_refuses(rnd, reply, DuplicateMessage)
+
+
+def test_server_refuses_an_advert_whose_c_pk_gives_no_session_key():
+    rnd = reuse_round()
+    advert = message(rnd.clients[1].receive(rnd.to_clients[1]))
+    low = wire.AdvertiseKeys(1, 1, 7, advert.config_digest, bytes(32), advert.s_pk)
+    assert_server_refuses(rnd, low.encode(rnd.cohort.identities[1]), KeyAgreementError)
+    assert rnd.server.akeys == {}
 
 
 def test_server_refuses_a_tagged_frame_from_a_client_without_an_advert():
