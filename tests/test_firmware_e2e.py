@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig
 from gateway.registry import Registry
 from gateway.server import Gateway
 from protocol.fixedpoint import quantize
+from attestation.software_identity import new_device_key
 from ztfl.firmware_records import partition_records, write_device_dir
 from ztfl.micropython_host import (firmware_device_config, provision_firmware_devices, run_json,
                                    start_firmware_agent)
@@ -172,3 +173,110 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
         info = status["agents"][agent_id]
         assert info["profile"] == "esp32" and info["cohort"] == "micro-32"
         assert info["model_version"] >= 0
+
+
+def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, datasets_dir, tmp_path):
+    """Three firmware agents, the micro-32 cohort in key-reuse rounds (epochs of two rounds):
+    rounds 1 and 2 share one key setup, round 3 starts a new epoch; every round commits with all
+    three aggregated."""
+    data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
+            "count": 3, "alpha": 0.5, "seed": 3}
+    gateway = RecordingGateway(GatewayConfig.from_dict({
+        "federation": "plant", "gateway": "fog1", "broker": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+        "state_dir": str(tmp_path / "gw"), "data": data, "rounds": 3, "min_agents": 3, "min_cohort": 3,
+        "heartbeat_s": 1.0, "round_interval_s": 0.2, "cohorts": {"micro-32": {"key_epoch": {"max_rounds": 2}}},
+        "deadlines_s": {"advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
+    procs = []
+    try:
+        for i in range(3):
+            records, classes = partition_records({**data, "index": i})
+            seed, public = new_device_key()
+            cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
+                                         seed, public, max_samples=16)
+            procs.append(start_firmware_agent(write_device_dir(tmp_path / f"esp-{i}", cfg, records),
+                                              tmp_path / f"esp-{i}.log"))
+        gateway.start()
+        deadline = time.monotonic() + 240
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            while not gateway.done and time.monotonic() < deadline:
+                gateway.step()
+                assert all(p.poll() is None for p in procs), "a firmware agent exited"
+        finally:
+            torch.set_num_threads(threads)
+    finally:
+        gateway.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    logs = {f: (tmp_path / f).read_text(errors="replace")[-1500:] for f in os.listdir(tmp_path) if f.endswith(".log")}
+    assert gateway.done and not gateway.failed, logs
+    reg = Registry(tmp_path / "gw")
+    rounds = [r for r in reg.rounds() if r["status"] == "committed"]
+    reg.close()
+    assert [r["round"] for r in rounds] == [1, 2, 3], logs
+    agents = ["esp-0", "esp-1", "esp-2"]
+    keys = {r["round"]: r["cohorts"]["micro-32"]["keys"] for r in rounds}
+    assert all(k["key_reuse"] for k in keys.values())
+    assert keys[1]["epoch"] == keys[2]["epoch"] < keys[3]["epoch"]
+    assert keys[1]["new_keys"] == agents and keys[2]["kept_keys"] == agents and keys[2]["new_keys"] == []
+    assert keys[3]["new_keys"] == agents
+    assert all(r["cohorts"]["micro-32"]["aggregated"] == agents for r in rounds)
+
+
+def test_firmware_agent_declines_a_round_with_differential_privacy(mosquitto, tmp_path):
+    """The firmware adds no DP noise: a round announced with `dp` is declined with a logged reason
+    and no key material is made or sent; the same round without `dp` is taken."""
+    import json as _json
+    import threading
+
+    import paho.mqtt.client as paho
+
+    from agent.wire import RoundAnnounce
+    seed, public = new_device_key()
+    rng = np.random.default_rng(0)
+    from ztfl.firmware_records import encode_records
+    cfg = firmware_device_config("esp-9", "plant", "fog1", "127.0.0.1", mosquitto.port, ["normal", "dos"],
+                                 seed, public, heartbeat_s=0.5)
+    device = write_device_dir(tmp_path / "esp-9", cfg,
+                              encode_records(rng.random((8, 6)).astype(np.float32), rng.integers(0, 2, 8)))
+    seen, ready = [], threading.Event()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_connect = lambda cl, u, f, rc, p=None: (cl.subscribe("ztfl/plant/fog1/agents/esp-9/#", 1), ready.set())
+    watcher.on_message = lambda cl, u, m: seen.append((m.topic, m.payload))
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    agent = start_firmware_agent(device, tmp_path / "agent.log")
+    try:
+        assert ready.wait(5)
+        deadline = time.monotonic() + 20
+        while not any(t.endswith("/heartbeat") for t, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server_pk = "11" * 32
+        ann = RoundAnnounce(round=4, attempt=0, cohort="micro-32", model_variant="micro", mask_bits=32,
+                            model_version=0, model_sha256="0" * 64, participants=[["esp-9", 1, public.hex()],
+                                                                                ["esp-8", 2, "22" * 32]],
+                            threshold=2, nonce="00" * 16, deadlines_s={}, server_pk=server_pk, epoch=9,
+                            protocol_round=1024, key_reuse=True,
+                            dp={"mechanism": "skellam", "clip_norm": 1.0, "noise_variance": 4.0, "frac_bits": 16,
+                                "dim": 10, "min_survivors": 2})
+        watcher.publish("ztfl/plant/fog1/broadcast/round", ann.encode(), qos=1)
+        deadline = time.monotonic() + 20
+        log = tmp_path / "agent.log"
+        while "declined" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = log.read_text(errors="replace")
+        assert "round 4.0 micro-32 declined: the round asks for differential-privacy noise, which this firmware " \
+               "does not implement" in text, text
+        time.sleep(1.0)
+        # Still online, no state other than its heartbeats and hello: nothing for the round.
+        assert {t.rsplit("/", 1)[1] for t, _ in seen} <= {"hello", "heartbeat"}
+        states = [_json.loads(p)["state"] for t, p in seen if t.endswith("/heartbeat")]
+        assert "training" not in states
+        assert agent.poll() is None
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+        watcher.loop_stop()
+        watcher.disconnect()

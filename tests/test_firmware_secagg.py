@@ -305,3 +305,74 @@ def test_firmware_abort_is_final(lone_firmware_client):
     assert fw.stage == "Aborted"
     assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key)) == \
         (None, "InvalidTransition")
+
+
+def test_firmware_checks_only_its_groups_consistency_signatures():
+    """docs/protocol.md 2.2: a client verifies the survivor signatures of its own group only.
+    A forged signature of a non-member is not looked at (it releases nothing about non-members);
+    a forged one of a member is refused, and the stage stays where it was."""
+    import hashlib
+    from protocol import graph
+    config = RoundConfig(dim=16, threshold=2, max_clients=5, mask_bits=32, neighbors=2, security=0)
+    ids, fw_id = [1, 2, 3, 4, 5], 5
+    cohort = Cohort.create(ids, epoch=EPOCH)
+    server = ServerSession(config, cohort.server_identity, cohort.directory, EPOCH, ROUND)
+    clients = {c: ClientSession(c, cohort.identities[c], cohort.directory, cohort.epoch_keys[c], ROUND)
+               for c in ids if c != fw_id}
+    for s in clients.values():
+        s.set_input(np.zeros(16, dtype=np.float32), 1)
+
+    def resigned(message) -> bytes:
+        return message.encode(cohort.server_identity)
+
+    with FirmwareClient() as fw:
+        keys = cohort.epoch_keys[fw_id]
+        fw.open_session(fw_id, cohort.identities[fw_id].encode(), {k: bytes(v) for k, v in cohort.directory.items()},
+                        EPOCH, keys.c_sk, keys.s_sk, ROUND)
+        fw.set_input([0.25] * 16, 1)
+        out = server.round_config()
+        roster = None
+        for stage in Stage.order()[:-1]:
+            for c in ids:
+                frame = out if isinstance(out, bytes) else out.frame_for(c)
+                if frame is None:
+                    continue
+                if c != fw_id:
+                    reply = clients[c].receive(frame)
+                else:
+                    msg = wire.decode_frame(frame).message
+                    if isinstance(msg, wire.Roster):
+                        roster = msg
+                    if isinstance(msg, wire.UnmaskRequest):
+                        group = graph.neighbours(ids, 2, roster.digest())[fw_id] | {fw_id}
+                        outsider = next(s for s, _ in msg.signatures if s not in group)
+                        member = next(s for s, _ in msg.signatures if s in group and s != fw_id)
+
+                        def forge(victim):
+                            sigs = tuple((s, hashlib.sha512(sig).digest() if s == victim else sig)
+                                         for s, sig in msg.signatures)
+                            return resigned(wire.UnmaskRequest(0, EPOCH, ROUND, sigs, msg.dropped))
+
+                        assert fw.receive(forge(member)) == (None, "BadSignature")
+                        assert fw.stage == "Unmasking"
+                        frame = forge(outsider)
+                    reply, error = fw.receive(frame)
+                    assert error is None, error
+                if reply:
+                    server.receive(reply)
+            out = server.close_stage()
+        assert fw.stage == "Done"
+    assert server.result is not None and server.result.survivors == tuple(ids)
+
+
+def test_firmware_refuses_the_unmask_request_of_the_other_round_kind(lone_firmware_client):
+    """0x0E belongs to key-reuse rounds: a classic round refuses it even in stage Unmasking,
+    as it refuses it in any other stage (and a key-reuse round refuses 0x09: session.json)."""
+    import hashlib
+    fw, server_key, _ = lone_firmware_client
+    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))[1] is None
+    body = struct.pack("<HH", 0, 0)
+    head = struct.pack("<2sBBHHIII", b"ZS", 1, wire.UNMASK_REQUEST_TAGS, 0, 0, EPOCH, ROUND, len(body))
+    frame = head + body + server_key.sign(head + hashlib.sha256(body).digest()).signature
+    assert fw.receive(frame) == (None, "InvalidTransition") and fw.stage == "ShareKeys"
