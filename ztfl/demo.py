@@ -6,6 +6,10 @@ hardware profiles, each a separate process, federating the CNN-LSTM on NSL-KDD s
 to show dropout recovery. Radio links and real boards are what is simulated here: the profiles
 are assigned, not detected, and every process runs on this host.
 
+The CPython cohorts run key epochs (one key setup for --key-epoch-rounds rounds); the firmware
+cohort keeps classic rounds unless --firmware-key-epochs. --dp-epsilon turns on distributed
+differential privacy for the CPython cohorts and reports the epsilon spent.
+
 Writes to --out: summary.json, the final global model (torch weights + preprocessing JSON, and
 int8 ONNX when the exporter is installed), accuracy.png and bytes.png.
 """
@@ -43,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(their own micro-32 cohort; 0: none)")
     parser.add_argument("--no-attestation", action="store_true",
                         help="run without swtpm quotes (by default each Linux agent has its own swtpm)")
+    parser.add_argument("--key-epoch-rounds", type=int, default=4,
+                        help="rounds one key setup serves in the CPython cohorts (1: a key agreement per round; "
+                             "0: classic rounds as before key epochs)")
+    parser.add_argument("--firmware-key-epochs", action="store_true",
+                        help="the ESP32 cohort runs key epochs too (firmware with key-reuse support)")
+    parser.add_argument("--dp-epsilon", type=float, default=None,
+                        help="distributed DP for the CPython cohorts: the (epsilon, 1e-5) budget of the whole run")
+    parser.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of one agent's update (with --dp-epsilon)")
+    parser.add_argument("--dp-min-survivors", type=int, default=3,
+                        help="honest survivors per round the DP noise counts on (with --dp-epsilon)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -90,6 +104,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
                                              [firmware_agent_id(i) for i in fw_indices])
         gw_cfg["software_devices"] = str(work / "provision" / "gateway" / "devices.yaml")
         gw_cfg["allow_software_rooted"] = True
+    gw_cfg.update(epochs_and_privacy(args))
     gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
     (work / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
     logs = work / "logs"
@@ -119,6 +134,26 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
         from ztfl.micropython_host import launch_firmware_agents
         agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data, fw_indices, logs, keys=fw_keys)
     return gateway, agents, gw_state
+
+
+def epochs_and_privacy(args) -> dict:
+    """gateway.yaml keys for key epochs and DP from the demo's options."""
+    cfg: dict = {}
+    rounds = getattr(args, "key_epoch_rounds", 0)
+    if rounds:
+        cfg["key_epoch"] = {"max_rounds": rounds, "max_seconds": 3600}
+    if getattr(args, "dp_epsilon", None):
+        cfg["privacy"] = {"epsilon": args.dp_epsilon, "delta": 1e-5, "min_survivors": args.dp_min_survivors,
+                          "clip_norm": args.dp_clip, "mode": "stop"}
+    # The firmware cohort: classic rounds and no DP until its firmware supports them.
+    micro = {}
+    if rounds and not getattr(args, "firmware_key_epochs", False):
+        micro["key_epoch"] = None
+    if "privacy" in cfg:
+        micro["privacy"] = None
+    if micro:
+        cfg["cohorts"] = {"micro-32": micro}
+    return cfg
 
 
 def start_gateway(work: Path) -> subprocess.Popen:
@@ -152,7 +187,7 @@ def write_outputs(out: Path, gw_state: Path, status: dict, model_size: str = "sm
             "participants": sorted({a for c in cohorts.values() for a in c["participants"]}),
             "dropouts": sorted({a for c in cohorts.values() for a in c["dropped"]}),
             "cohorts": {n: {"mask_bits": c["mask_bits"], "state": c["state"], "aggregated": c["aggregated"],
-                            "dropped": c["dropped"]} for n, c in cohorts.items()},
+                            "dropped": c["dropped"], **_keys_and_privacy(c)} for n, c in cohorts.items()},
             "accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"),
             "seconds": r.get("seconds"), "bytes_up": r.get("bytes_up"), "bytes_down": r.get("bytes_down"),
         })
@@ -177,10 +212,25 @@ def write_outputs(out: Path, gw_state: Path, status: dict, model_size: str = "sm
     export_int8(model, pipe, out / "global_model.int8.onnx")
     summary = {"rounds": rounds, "final_model": {"variant": "cnn-lstm", "version": latest.version,
                                                  "sha256": latest.sha256, **latest.metrics},
-               "agents": status.get("agents", {})}
+               "agents": status.get("agents", {}),
+               # Per cohort: the key epoch in use and its age; with DP, epsilon spent and the budget.
+               "key_epochs": status.get("key_epochs", {}), "privacy": status.get("privacy", {}),
+               "stopped": status.get("stopped", "")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plots(out, rounds)
     return summary
+
+
+def _keys_and_privacy(cohort: dict) -> dict:
+    """A round's key epoch facts and privacy spend for one cohort (absent before key epochs)."""
+    out = {}
+    keys = cohort.get("keys")
+    if keys:
+        out.update(epoch=keys["epoch"], key_reuse=keys["key_reuse"], new_keys=len(keys["new_keys"]),
+                   epoch_ended=keys["epoch_ended"])
+    if cohort.get("privacy"):
+        out["epsilon_after"] = cohort["privacy"]["epsilon_after"]
+    return out
 
 
 def _plots(out: Path, rounds: list[dict]) -> None:
@@ -263,6 +313,13 @@ def run(args) -> int:
                           f"{ {n: c['mask_bits'] for n, c in r['cohorts'].items()} }")
         for a, info in status.get("agents", {}).items():
             console.print(f"  {a}: {info['state']}, alerts {info['alerts']} {info['alerts_by_label']}")
+        for n, k in summary["key_epochs"].items():
+            console.print(f"  {n}: " + ("classic rounds" if k["classic"] else
+                          f"key epoch {k.get('epoch')} ({k.get('rounds_in_epoch')} of {k['max_rounds']} rounds, "
+                          f"{k.get('age_s', 0):.0f} s old)") + f", {k['key_setups']} key setups")
+        for n, d in summary["privacy"].items():
+            console.print(f"  {n}: epsilon spent {d['epsilon_spent']:.4f} of {d['epsilon_budget']:g} "
+                          f"(delta {d['delta']:g}){', ' + d['stopped'] if d['stopped'] else ''}")
         console.print(f"outputs in {out}")
     finally:
         for p in agents:
