@@ -11,10 +11,14 @@ import struct
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+import pytest
+from nacl.bindings import (crypto_core_ed25519_add, crypto_scalarmult, crypto_scalarmult_base,
+                           crypto_sign_ed25519_pk_to_curve25519)
 from nacl.signing import SigningKey
 
 from ztfl.micropython_host import run_json
+
+P = 2 ** 255 - 19
 
 _EVAL = r"""
 import sys, json
@@ -83,6 +87,7 @@ def _server_frame(mtype, body, keys: dict[int, bytes], epoch=9, rnd=4, ids=None,
 
 def test_session_keys_tags_and_trailers_match_an_independent_construction():
     server = SigningKey(bytes(range(100, 132)))
+    mixed = crypto_core_ed25519_add(bytes(server.verify_key), (P - 1).to_bytes(32, "little"))
     others = [SigningKey.generate() for _ in range(4)]
     c_sk = os.urandom(32)
     c_pk = crypto_scalarmult_base(c_sk)
@@ -138,7 +143,7 @@ def test_session_keys_tags_and_trailers_match_an_independent_construction():
     ]
     payload = {
         "server_keys": [bytes(server.verify_key).hex()] + [bytes(k.verify_key).hex() for k in others]
-        + [bytes(32).hex(), (b"\x01" + bytes(31)).hex()],
+        + [bytes(32).hex(), (b"\x01" + bytes(31)).hex(), mixed.hex(), (P + 3).to_bytes(32, "little").hex()],
         "session": {"epoch": epoch, "c_sk": c_sk.hex(), "client_id": client_id, "server_pk": bytes(server.verify_key).hex(),
                     "mtype": 0x06, "round": rnd, "body": body.hex(), "ekey": ekey.hex(), "signer": 5,
                     "statement": statement.hex()},
@@ -148,8 +153,13 @@ def test_session_keys_tags_and_trailers_match_an_independent_construction():
     out = run_json(_EVAL, payload)
     expected_curve = [bytes(k.verify_key.to_curve25519_public_key()).hex() for k in [server] + others]
     assert out["curve"][:5] == expected_curve
-    # y = 0 is a point of order 4, y = 1 the neutral element: refused, as libsodium does.
-    assert out["curve"][5:] == ["KeyAgreementError", "KeyAgreementError"]
+    # y = 0 is a point of order 4, y = 1 the neutral element; a key plus the point of order 2 is
+    # outside the prime-order subgroup; y = p + 3 is a non-canonical encoding: all refused, as
+    # libsodium refuses them.
+    assert out["curve"][5:] == ["KeyAgreementError"] * 4
+    for bad in (bytes(32), b"\x01" + bytes(31), mixed):
+        with pytest.raises(RuntimeError):
+            crypto_sign_ed25519_pk_to_curve25519(bad)
     assert out["akey"] == akey.hex()
     assert out["agreements"] == 3
     head = _header(0x06, client_id, 1, epoch, rnd, len(body))

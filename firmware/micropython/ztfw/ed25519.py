@@ -149,6 +149,12 @@ def has_small_order(p):
     return p[0] % P == 0
 
 
+def in_prime_order_subgroup(p):
+    """[L]P is the neutral element (x = 0, y = z): P has no small-order component."""
+    q = _mul(L, p)
+    return q[0] % P == 0 and (q[1] - q[2]) % P == 0
+
+
 # -- fixed-base tables ----------------------------------------------------------------------
 _tables = {}
 

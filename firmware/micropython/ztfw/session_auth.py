@@ -29,15 +29,18 @@ def hkdf(ikm, info, length):
 
 
 def ed25519_pk_to_x25519(public):
-    """u = (1 + y) / (1 - y) mod p of an Ed25519 public key (libsodium
-    crypto_sign_ed25519_pk_to_curve25519); a key that is not a curve point, or a point of small
-    order (the neutral element among them), is refused."""
+    """u = (1 + y) / (1 - y) mod p of an Ed25519 public key, refusing what libsodium's
+    crypto_sign_ed25519_pk_to_curve25519 refuses: a non-canonical encoding or a point off the
+    curve, a point of small order (the neutral element among them), a point outside the
+    prime-order subgroup."""
     try:
         point = ed25519.decode_point(public)
     except ed25519.SignatureError as e:
         raise KeyAgreementError("server identity key: %s" % e)
     if ed25519.has_small_order(point):
         raise KeyAgreementError("server identity key is a point of small order")
+    if not ed25519.in_prime_order_subgroup(point):
+        raise KeyAgreementError("server identity key is outside the prime-order subgroup")
     y = point[1]
     one_minus_y = (1 - y) % P
     # pow(a, -1, m) is 0 on MicroPython: Fermat inverse.
