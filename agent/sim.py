@@ -179,7 +179,7 @@ class SimFleet:
             if a.session.wants_input and config is not None:
                 frames = frames + a.session.provide_input(sim_update(self.seed, a.index, config.dim), 1)
             self._send(a, frames)
-        except ProtocolError as exc:
+        except (ProtocolError, ValueError) as exc:      # ValueError: an update the announced DP refuses
             self.rejected += 1
             print(f"{a.name}: frame refused: {type(exc).__name__}: {exc}", file=sys.stderr)
 

@@ -187,6 +187,7 @@ DP_MECHANISMS = ("skellam",)
 def dp_params(doc: dict):
     """privacy.DpParams from an announcement's `dp` object; WireError on any bad or missing field."""
     from privacy.params import DpParams
+    from protocol.config import MAX_DIM
     if not isinstance(doc, dict):
         raise WireError("dp: expected an object")
     unknown = set(doc) - set(DP_FIELDS)
@@ -198,9 +199,15 @@ def dp_params(doc: dict):
         _check_type(f"dp.{name}", doc[name], expected)
     if doc["mechanism"] not in DP_MECHANISMS:
         raise WireError(f"dp: unsupported mechanism {doc['mechanism']!r:.40}")
+    for name, top in (("frac_bits", 62), ("dim", MAX_DIM), ("min_survivors", 0xFFFF)):
+        if not 0 <= doc[name] <= top:
+            raise WireError(f"dp: field '{name}' must be in 0..{top}")
     try:
-        return DpParams(float(doc["clip_norm"]), doc["frac_bits"], doc["dim"], float(doc["noise_variance"]),
-                        doc["min_survivors"])
+        clip_norm, variance = float(doc["clip_norm"]), float(doc["noise_variance"])
+    except OverflowError:                          # a JSON integer beyond the float range
+        raise WireError("dp: fields 'clip_norm' and 'noise_variance' must be finite numbers") from None
+    try:
+        return DpParams(clip_norm, doc["frac_bits"], doc["dim"], variance, doc["min_survivors"])
     except ValueError as exc:
         raise WireError(f"dp: {exc}") from exc
 

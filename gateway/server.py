@@ -398,13 +398,14 @@ class Gateway:
         self.transport.publish(topic, payload)
 
     def _dispatch(self, run: CohortRun, outgoing) -> None:
+        # Stages may address every client with a frame of its own: look agents up once.
+        agent_of = {p.sid: a for a, p in run.participants.items()} if outgoing else {}
         for out in outgoing:
             env = Envelope(run.round, run.attempt, run.name, out.stage, out.frame).encode()
             if out.to is None:
                 self._send(self.topics.broadcast("protocol"), env)
             else:
-                agent = next(a for a, p in run.participants.items() if p.sid == out.to)
-                self._send(self.topics.to_agent(agent, "protocol"), env)
+                self._send(self.topics.to_agent(agent_of[out.to], "protocol"), env)
 
     def _close_round(self, now: float) -> None:
         keys = {}

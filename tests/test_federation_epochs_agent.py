@@ -47,6 +47,8 @@ def test_announcement_key_epoch_and_dp_fields_round_trip_and_are_checked():
                      ({"dp": {**doc["dp"], "mechanism": "gaussian"}}, "mechanism"),
                      ({"dp": {**doc["dp"], "noise_variance": -1.0}}, "noise_variance"),
                      ({"dp": {**doc["dp"], "dim": True}}, "dim"),
+                     ({"dp": {**doc["dp"], "dim": 10 ** 400}}, "dim"),
+                     ({"dp": {**doc["dp"], "clip_norm": 10 ** 400}}, "clip_norm"),
                      ({"dp": {k: v for k, v in doc["dp"].items() if k != "clip_norm"}}, "clip_norm"),
                      ({"dp": {**doc["dp"], "seed": 7}}, "seed")]:
         with pytest.raises(WireError, match=why):
