@@ -105,6 +105,9 @@ class SimFleet:
         self.rejected = 0
         self.ended = False
         self.cpu_seconds = 0.0
+        # CPU seconds of the agents' work per gateway stage (frame handled, reply built and sent),
+        # plus "announce" (seating every agent): where a fleet's time goes.
+        self.cpu_by_stage: dict[str, float] = {}
 
     def start(self) -> None:
         self.transport.start()
@@ -173,6 +176,8 @@ class SimFleet:
     def _answer(self, a: SimAgent, body: bytes) -> None:
         if a.session is None:
             return
+        c0 = time.process_time()
+        stage = STAGE_OF_FRAME.get(frame_type(body), "other")
         try:
             frames = a.session.receive(body)
             config = a.session.session.config
@@ -182,6 +187,8 @@ class SimFleet:
         except (ProtocolError, ValueError) as exc:      # ValueError: an update the announced DP refuses
             self.rejected += 1
             print(f"{a.name}: frame refused: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            self.cpu_by_stage[stage] = self.cpu_by_stage.get(stage, 0.0) + time.process_time() - c0
 
     def _end_session(self, a: SimAgent) -> None:
         if a.session is not None:
@@ -202,6 +209,7 @@ class SimFleet:
                     online = Heartbeat(a.name, "online", end.round, -1, 0, 0)
                     self.transport.publish(self.topics.agent(a.name, "heartbeat"), online.encode())
             return
+        c0 = time.process_time()
         ann = RoundAnnounce.decode(payload)
         peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
         for name, sid, _ in ann.participants:
@@ -219,6 +227,7 @@ class SimFleet:
             a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
                                          peers=peers, round_id=ann.keying.protocol_round, keys=keys,
                                          key_reuse=ann.keying.key_reuse, dp=ann.dp_params)
+        self.cpu_by_stage["announce"] = self.cpu_by_stage.get("announce", 0.0) + time.process_time() - c0
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -261,6 +270,7 @@ class SimFleet:
                 "masked_sent": sum(a.sent_masked for a in self.agents.values()),
                 "key_setups": sum(a.keyrings.key_setups(c) for a in self.agents.values() for c in a.keyrings.by_cohort),
                 "cpu_seconds": round(self.cpu_seconds, 3),
+                "cpu_by_stage": {k: round(v, 3) for k, v in sorted(self.cpu_by_stage.items())},
                 "bytes_out": self.transport.bytes_out, "bytes_in": self.transport.bytes_in,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 

@@ -24,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
@@ -101,11 +102,24 @@ def _spawn_fleets(broker_url: str, n: int, procs: int, dim: int, seed: int, drop
     return fleets
 
 
+def _process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process of ours (the broker), from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropout: float,
                              external_agents: int = 0, neighbors: int | None = None, procs: int = 2,
-                             seed: int = 0, timeout: float = 3600) -> dict:
+                             seed: int = 0, timeout: float = 3600, broker_pid: int | None = None) -> dict:
     """Run one round; `external_agents` are simulated agents started elsewhere (another board)
-    with indices above `local_agents` that the round waits for as well."""
+    with indices above `local_agents` that the round waits for as well. `broker_pid`: the
+    broker's process, when it runs here, to report its CPU seconds."""
+    load_before = os.getloadavg()[0]
     topics = Topics(FEDERATION, "fog1")
     total = local_agents + external_agents
     neighbors = default_neighbors(total) if neighbors is None else neighbors
@@ -137,6 +151,7 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
                              SigningKey.generate())
         run.neighbors = neighbors
         c_start, t_start = time.process_time(), time.monotonic()
+        broker_cpu_start = _process_cpu_seconds(broker_pid)
         run.start(t_start)
         ann = RoundAnnounce(1, 0, run.name, "cnn-lstm", 32, 0, "00" * 32,
                             [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
@@ -174,6 +189,7 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
                 stage, stage_t, stage_c = current, now, time.process_time()
         round_seconds = time.monotonic() - t_start
         round_cpu = time.process_time() - c_start
+        broker_cpu_end = _process_cpu_seconds(broker_pid)
         transport.publish(topics.broadcast("round"),
                           RoundEnd(1, 0, run.name, "committed" if run.state is CohortState.DONE else "aborted",
                                    0, run.reason).encode())
@@ -199,10 +215,17 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
         "gateway_cpu_seconds": round(round_cpu, 3), "gateway_peak_rss_mb": round(peak_rss_mb, 1),
         "fleet_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in fleet_reports), 3),
         "fleet_peak_rss_mb": [r.get("peak_rss_mb") for r in fleet_reports],
+        # The agents' CPU seconds per stage they answered ("announce": being seated).
+        "fleet_cpu_by_stage": {k: round(sum(r.get("cpu_by_stage", {}).get(k, 0.0) for r in fleet_reports), 3)
+                               for k in sorted({k for r in fleet_reports for k in r.get("cpu_by_stage", {})})},
+        "broker_cpu_seconds": (round(broker_cpu_end - broker_cpu_start, 3)
+                               if broker_cpu_start is not None and broker_cpu_end is not None else None),
         "broker_bytes_in": transport.bytes_out + sum(r.get("bytes_out", 0) for r in fleet_reports),
         "broker_bytes_out": transport.bytes_in + sum(r.get("bytes_in", 0) for r in fleet_reports),
         "gateway_rejected": rejected, "agents_rejected": sum(r.get("rejected", 0) for r in fleet_reports),
         "agents_refusals_sample": [line for r in fleet_reports for line in r.get("stderr_tail", [])][:3],
+        # Other jobs' load shows in both; this run's own processes add about 2 to the second.
+        "load_average_1min_before": round(load_before, 2),
         "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "survivors": 0, "exact": False,
     }
@@ -243,7 +266,8 @@ def run(args) -> int:
     try:
         report = run_round_through_broker(url, args.agents, args.dim, args.dropout,
                                           neighbors=None if args.neighbors < 0 else args.neighbors,
-                                          procs=args.procs, seed=args.seed, timeout=args.timeout)
+                                          procs=args.procs, seed=args.seed, timeout=args.timeout,
+                                          broker_pid=broker.proc.pid if broker is not None else None)
     finally:
         if broker is not None:
             broker.stop()

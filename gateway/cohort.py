@@ -100,6 +100,10 @@ class CohortRun:
     dp: bool = False
     release_check: Callable[[int], str] | None = None
     privacy_spent: dict | None = None      # the accounted release: survivors, epsilon after
+    # Whether a frame arrived or the offline set changed since completion was last checked: the
+    # check costs O(cohort) and ticks come once per batch of messages, so it runs only on news.
+    _news: bool = field(default=True, repr=False)
+    _gone: frozenset = field(default=frozenset(), repr=False)
 
     @property
     def name(self) -> str:
@@ -175,9 +179,15 @@ class CohortRun:
         if self.state is not CohortState.AGGREGATING:
             return []
         agg = self.aggregation
-        gone = {p.sid for a, p in self.participants.items() if a in offline}
-        if not (agg.stage_complete(gone) or now >= self.stage_deadline):
+        gone = frozenset(self.participants[a].sid for a in offline if a in self.participants)
+        if gone != self._gone:
+            self._gone, self._news = gone, True
+        if now < self.stage_deadline and not self._news:
             return []
+        self._news = False
+        if not (now >= self.stage_deadline or agg.stage_complete(gone)):
+            return []
+        self._news = True                  # the next stage may be complete already
         closing = agg.server.stage
         out = agg.close_stage()
         if closing is Stage.CONSISTENCY_CHECK and agg.server.stage is Stage.UNMASKING and self.release_check:
@@ -203,6 +213,7 @@ class CohortRun:
         if self.state is not CohortState.AGGREGATING:
             raise CohortTransitionError(f"cohort {self.name} is {self.state.value}, not aggregating")
         self.aggregation.receive(p.sid, frame)
+        self._news = True
 
     def _finish_outcomes(self) -> None:
         if self.aggregation is None:
