@@ -301,8 +301,9 @@ class Agent:
             self.store.save()
         if self.encoded is None or self.model is None:
             return self._reject("round announced before pipeline and model arrived")
-        if self.announce is not None and \
-                (self.announce.round, self.announce.attempt, self.announce.cohort) == (ann.round, ann.attempt, ann.cohort):
+        current = self.announce
+        if current is not None and (current.round, current.attempt, current.cohort) == \
+                (ann.round, ann.attempt, ann.cohort):
             return  # redelivered while the session runs
         self._end_session()               # a round whose end we never heard of
         try:

@@ -68,8 +68,9 @@ class CohortPrivacy:
             return f"the noise does not fit {mask_bits}-bit words: use 64-bit masks or a larger epsilon"
         projected = self.ledger.projected(params, params.min_survivors)
         if projected > self.budget.epsilon + TOLERANCE:
-            message = (f"privacy budget exhausted: epsilon spent {self.ledger.epsilon_spent:.6g} of {self.budget.epsilon:g} "
-                       f"at delta {self.budget.delta:g}; one more round would reach {projected:.6g}")
+            message = (f"privacy budget exhausted: epsilon spent {self.ledger.epsilon_spent:.6g} of "
+                       f"{self.budget.epsilon:g} at delta {self.budget.delta:g}; one more round would reach "
+                       f"{projected:.6g}")
             if self.spec.mode == "stop":
                 self.stopped, self._status = message, None
                 return message
