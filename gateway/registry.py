@@ -4,12 +4,15 @@ and the model files themselves, written atomically.
 A round is committed in one SQLite transaction that also records the new model versions, and
 the model files are renamed into place (after fsync) *before* that transaction: a crash leaves
 either the old state or the new one, never a registry row pointing at a half-written file.
-After a restart the gateway resumes from `last_committed_round()` and `latest_models()`.
+What a crash can leave is a model file no version points at (written, never committed) or the
+temporary file of a write cut short; `remove_uncommitted_files()` clears both at start. After a
+restart the gateway resumes from `last_committed_round()` and `latest_models()`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -36,6 +39,12 @@ CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY, profile TEXT NOT NULL, model_variant TEXT NOT NULL, mask_bits INTEGER NOT NULL,
     samples INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL);
 """
+
+
+# The names write_model_file gives, and the temporary names agent.files.atomic_write_bytes uses
+# on the way: only these are ever removed from the models directory.
+MODEL_FILE = re.compile(r"v\d{6}-[0-9a-f]{12}\.npy")
+MODEL_TEMP_FILE = re.compile(r"\.v\d{6}-[0-9a-f]{12}\.npy\..+")
 
 
 class RegistryError(RuntimeError):
@@ -88,6 +97,26 @@ class Registry:
         path = self.state_dir / "models" / variant / f"v{version:06d}-{digest[:12]}.npy"
         atomic_write_bytes(path, data)
         return path, digest
+
+    def remove_uncommitted_files(self) -> list[Path]:
+        """Delete model files that no committed version names (a crash between writing the file
+        and the commit) and temporary files of interrupted writes; returns what was removed.
+        Only the gateway that owns the state directory calls this, at start, before it writes:
+        a file written for a commit in progress would look uncommitted too."""
+        root = self.state_dir / "models"
+        if not root.is_dir():
+            return []
+        # Compared by variant directory and file name: the stored paths are absolute, and a state
+        # directory that was moved must not lose its committed files.
+        committed = {(Path(p).parent.name, Path(p).name) for (p,) in self.db.execute("SELECT path FROM models")}
+        removed = []
+        for variant_dir in sorted(d for d in root.iterdir() if d.is_dir()):
+            for path in sorted(variant_dir.iterdir()):
+                uncommitted = MODEL_FILE.fullmatch(path.name) and (variant_dir.name, path.name) not in committed
+                if path.is_file() and (uncommitted or MODEL_TEMP_FILE.fullmatch(path.name)):
+                    path.unlink()
+                    removed.append(path)
+        return removed
 
     def latest_models(self) -> dict[str, ModelVersion]:
         rows = self.db.execute(

@@ -120,6 +120,8 @@ class Gateway:
         self.layouts = {v: layout(s.build()) for v, s in self.specs.items()}
 
     def _load_models(self) -> None:
+        for path in self.registry.remove_uncommitted_files():
+            log.warning("removed %s: left by a write or a round that never committed", path)
         latest = self.registry.latest_models()
         for variant, spec in self.specs.items():
             if variant in latest:

@@ -70,15 +70,21 @@ class Federation:
                 path.write_text("".join(line for _, line in zip(range(2000), f)))
         return path
 
-    def start_gateway(self, max_file_bytes: int | None = None) -> subprocess.Popen:
+    def start_gateway(self, max_file_bytes: int | None = None, crash_at: str | None = None,
+                      prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """`crash_at`: a point of the commit path where the gateway SIGKILLs itself
+        (tests/faults/crash_gateway.py); `prefix`: a command the gateway is exec'd by (a mount
+        namespace), so that the process started is the gateway itself."""
         (self.state / "http.port").unlink(missing_ok=True)
 
         def limits():
             if max_file_bytes is not None:     # a full disk, for this process only
                 resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
+        entry = ([str(Path(__file__).with_name("crash_gateway.py")), crash_at] if crash_at
+                 else ["-m", "ztfl.cli", "gateway"])
         self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "ztfl.cli", "gateway", "--config", str(self.work / "gateway.yaml")],
+            [*prefix, sys.executable, *entry, "--config", str(self.work / "gateway.yaml")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=limits,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         # The log is written by this process, through a pipe: a disk-full fault on the gateway
