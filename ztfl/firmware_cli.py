@@ -27,7 +27,7 @@ from ztfl.micropython_host import FIRMWARE_DIR
 
 PACKAGE = "ztfw"
 # Compiled to native code by the board itself (viper): shipped as source.
-SOURCE_MODULES = {"wordops_viper.py"}
+SOURCE_MODULES = {"wordops_viper.py", "sha512_viper.py"}
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 REQUIRED_CONFIG = ("agent_id", "profile", "federation", "gateway", "broker", "device_key")
 

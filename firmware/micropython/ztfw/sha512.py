@@ -1,10 +1,25 @@
-"""SHA-512 (FIPS 180-4) in plain MicroPython.
+"""SHA-512 (FIPS 180-4) for MicroPython.
 
-The port's hashlib has no sha512, and Ed25519 needs it. Arithmetic is on Python
-ints masked to 64 bits, which works unchanged on 32-bit ports (big ints) and
-64-bit ones.
+The port's hashlib has no sha512, and Ed25519 needs it. The compression function runs in
+viper where the port has the emitter (`sha512_viper`: 32-bit halves, native code, no heap);
+elsewhere on Python ints masked to 64 bits, which works unchanged on 32-bit ports (big ints)
+and 64-bit ones. Both give the same digests (tests compare them with hashlib).
 """
 import struct
+from array import array
+
+try:
+    from ztfw.sha512_viper import compress as _compress_viper
+except (ImportError, SyntaxError, ValueError):
+    _compress_viper = None
+
+_use_viper = _compress_viper is not None
+
+
+def use_viper(flag):
+    """Select the viper (True) or plain-Python (False) compression; tests compare both."""
+    global _use_viper
+    _use_viper = bool(flag) and _compress_viper is not None
 
 _M = 0xFFFFFFFFFFFFFFFF
 
@@ -71,11 +86,60 @@ def _compress(h, block):
     h[7] = (h[7] + hh) & _M
 
 
+# The viper path's constants and scratch: 32-bit halves, high first (built once).
+_K32 = None
+_W32 = None
+
+
+def _halves(words):
+    out = array("I", bytes(8 * len(words)))
+    for i, v in enumerate(words):
+        out[2 * i] = v >> 32
+        out[2 * i + 1] = v & 0xFFFFFFFF
+    return out
+
+
+class _Viper:
+    """State as 16 32-bit words, compressed by sha512_viper."""
+
+    def __init__(self, state=None):
+        global _K32, _W32
+        if _K32 is None:
+            _K32 = _halves(_K)
+            _W32 = array("I", bytes(4 * 162))
+        self.h = state if state is not None else _halves(_IV)
+
+    def compress(self, block):
+        _compress_viper(self.h, block, _W32, _K32)
+
+    def copy(self):
+        return _Viper(array("I", self.h))
+
+    def digest(self):
+        return struct.pack(">16I", *self.h)
+
+
+class _Python:
+    """State as 8 Python ints of 64 bits."""
+
+    def __init__(self, state=None):
+        self.h = state if state is not None else list(_IV)
+
+    def compress(self, block):
+        _compress(self.h, block)
+
+    def copy(self):
+        return _Python(list(self.h))
+
+    def digest(self):
+        return struct.pack(">8Q", *self.h)
+
+
 class sha512:
     """hashlib-style object: update(data), digest()."""
 
     def __init__(self, data=b""):
-        self._h = list(_IV)
+        self._state = _Viper() if _use_viper else _Python()
         self._buf = bytearray()
         self._length = 0
         if data:
@@ -89,19 +153,19 @@ class sha512:
             n = len(buf) - len(buf) % 128
             mv = memoryview(buf)
             for i in range(0, n, 128):
-                _compress(self._h, bytes(mv[i:i + 128]))
+                self._state.compress(bytes(mv[i:i + 128]))
             self._buf = bytearray(mv[n:])
 
     def digest(self):
-        h = list(self._h)
+        state = self._state.copy()
         tail = bytearray(self._buf)
         tail.append(0x80)
         pad = (112 - len(tail)) % 128
         tail.extend(bytes(pad))
         tail.extend(struct.pack(">QQ", 0, (self._length * 8) & _M))
         for i in range(0, len(tail), 128):
-            _compress(h, bytes(tail[i:i + 128]))
-        return struct.pack(">8Q", *h)
+            state.compress(bytes(tail[i:i + 128]))
+        return state.digest()
 
 
 def digest(data):
