@@ -7,10 +7,13 @@ import argparse
 import json
 import sys
 
+import torch
+
 from models import bundle
 from models.datasets import FORMATS
 from models.params import num_trainable
 from models.prepare import prepare
+from models.preprocess import SCALINGS
 from models.training import TrainConfig, evaluate, train_local
 
 
@@ -31,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-class-weights", action="store_true")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--window", type=int, default=1, help="ToN_IoT: readings per row")
+    p.add_argument("--scaling", choices=SCALINGS, default="log-minmax",
+                   help="numeric columns: log1p of heavy-tailed ones then min-max (default), or plain min-max")
     p.add_argument("--max-rows", type=int, default=None, help="stratified subsample (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-attack", choices=("fgsm", "pgd"), default=None,
@@ -41,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    prep = prepare(args.data, args.format, args.target, args.val_fraction, args.seed, args.max_rows, args.window)
+    prep = prepare(args.data, args.format, args.target, args.val_fraction, args.seed, args.max_rows, args.window,
+                   args.scaling)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too
     model = bundle.new_model(args.kind, prep.pipeline, args.size)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       adversarial=None if args.adversarial == "none" else args.adversarial,
@@ -53,7 +60,7 @@ def run(args) -> int:
     report = {"format": args.format, "target": args.target, "model": args.kind, "size": args.size,
               "parameters": num_trainable(model), "rows_read": prep.n_rows_read,
               "rows_unique": prep.n_rows_unique, "train_rows": len(prep.train), "val_rows": len(prep.val),
-              "features": prep.pipeline.n_features, "classes": prep.pipeline.classes,
+              "features": prep.pipeline.n_features, "scaling": args.scaling, "classes": prep.pipeline.classes,
               "adversarial": args.adversarial, "epochs": args.epochs, "epoch_losses": result.epoch_losses,
               "train_seconds": round(result.seconds, 2), "validation": metrics, "out": str(args.out),
               # enough to rebuild the same validation split (models.prepare.validation_split)

@@ -28,19 +28,21 @@ def subsample(table: LabeledTable, max_rows: int | None, seed: int) -> LabeledTa
 
 
 def prepare_table(table: LabeledTable, target: str = "multiclass", val_fraction: float = 0.2,
-                  seed: int = 0, max_rows: int | None = None, window: int = 1) -> Prepared:
+                  seed: int = 0, max_rows: int | None = None, window: int = 1,
+                  scaling: str = "log-minmax") -> Prepared:
     n_read = len(table)
     table = subsample(deduplicate(table), max_rows, seed)
     train_idx, val_idx = stratified_split(table.category, val_fraction, seed)
-    pipeline = Pipeline.fit(table.take(train_idx), target=target, window=window)
+    pipeline = Pipeline.fit(table.take(train_idx), target=target, window=window, scaling=scaling)
     return Prepared(pipeline, pipeline.encode(table.take(train_idx)), pipeline.encode(table.take(val_idx)),
                     n_read, len(table))
 
 
 def prepare(path: str | Path, fmt: str, target: str = "multiclass", val_fraction: float = 0.2,
-            seed: int = 0, max_rows: int | None = None, window: int = 1) -> Prepared:
+            seed: int = 0, max_rows: int | None = None, window: int = 1,
+            scaling: str = "log-minmax") -> Prepared:
     kwargs = {"window": window} if fmt == "ton-iot" else {}
-    return prepare_table(load(path, fmt, **kwargs), target, val_fraction, seed, max_rows, window)
+    return prepare_table(load(path, fmt, **kwargs), target, val_fraction, seed, max_rows, window, scaling)
 
 
 def encode_file(path: str | Path, fmt: str, pipeline: Pipeline, max_rows: int | None = None,

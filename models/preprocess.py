@@ -9,6 +9,7 @@ Layout of an encoded row (float32, every value in [0, 1]):
     so new categories encode without error.
 A numeric column with more than two distinct training values is *continuous*: adversarial
 perturbations touch only those; 0/1 flags and one-hots stay valid.
+`scaling="minmax"` fits plain min-max scaling (no log1p) for every numeric column.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from models.datasets import NORMAL, LabeledTable, MissingColumnError
 PIPELINE_VERSION = 1
 LOG_THRESHOLD = 100.0
 TARGETS = ("binary", "multiclass")
+SCALINGS = ("log-minmax", "minmax")
 
 
 class PipelineError(ValueError):
@@ -61,9 +63,12 @@ class Pipeline:
 
     # --- fitting ------------------------------------------------------------------------
     @classmethod
-    def fit(cls, table: LabeledTable, target: str = "multiclass", window: int = 1) -> "Pipeline":
+    def fit(cls, table: LabeledTable, target: str = "multiclass", window: int = 1,
+            scaling: str = "log-minmax") -> "Pipeline":
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, not {scaling!r}")
         numeric, categorical = [], []
         for col in table.features.columns:
             s = table.features[col]
@@ -76,7 +81,7 @@ class Pipeline:
             median = float(np.median(finite)) if finite.size else 0.0
             v = np.where(np.isfinite(v), v, median)
             lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-            log = lo >= 0.0 and hi > LOG_THRESHOLD
+            log = scaling == "log-minmax" and lo >= 0.0 and hi > LOG_THRESHOLD
             if log:
                 lo, hi = math.log1p(lo), math.log1p(hi)
             n_distinct = len(np.unique(v)) if v.size else 0
@@ -86,7 +91,9 @@ class Pipeline:
         else:
             seen = sorted(set(table.category) - {NORMAL})
             classes = [NORMAL, *seen]
-        return cls(table.fmt, target, classes, numeric, categorical, table.device, window)
+        # Recorded only when not the default, so default pipelines stay byte-identical.
+        extra = {"scaling": scaling} if scaling != "log-minmax" else {}
+        return cls(table.fmt, target, classes, numeric, categorical, table.device, window, extra=extra)
 
     # --- encoding -----------------------------------------------------------------------
     @property

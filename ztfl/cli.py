@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "epochs": ("protocol.bench_epochs", "per-round client cost with and without key reuse"),
     "dp": ("privacy.experiment", "accuracy against epsilon: distributed DP federated training on real data"),
     "model": ("models.bench", "IDS model size, latency and int8 agreement"),
+    "adversarial": ("models.adversarial_comparison", "robust accuracy with and without adversarial training"),
     "attest": ("attestation.bench", "TPM quote and verification latency"),
     "gateway": ("gateway.bench", "gateway rounds through the broker"),
     "firmware": ("ztfl.firmware_bench", "ESP32 agent round work in the MicroPython unix port"),
