@@ -9,14 +9,26 @@ try:
 except ImportError:
     _aes = None
 
+try:
+    from ztfw.wordops_viper import ctr_fill as _ctr_fill
+except (ImportError, SyntaxError, ValueError):
+    _ctr_fill = None
+
 _ECB = 1
 _use_cryptolib = _aes is not None
+_use_viper = _ctr_fill is not None
 
 
 def use_cryptolib(flag):
     """Select the port's cryptolib (True) or the pure fallback (False); tests compare both."""
     global _use_cryptolib
     _use_cryptolib = bool(flag) and _aes is not None
+
+
+def use_viper(flag):
+    """Counter blocks written in viper (True) or in Python (False); tests compare both."""
+    global _use_viper
+    _use_viper = bool(flag) and _ctr_fill is not None
 _CHUNK_BLOCKS = 32
 _M128 = (1 << 128) - 1
 
@@ -42,11 +54,15 @@ class AesCtr:
         c = self._counter
         low = c & 0xFFFFFFFF
         if low + _CHUNK_BLOCKS <= 0xFFFFFFFF:
-            # Fast path: only the low 32 bits change within this chunk.
+            # Fast path: only the low 32 bits change within this chunk (in Python, these
+            # blocks cost more than encrypting them).
             blocks[0:16] = c.to_bytes(16, "big")
-            for i in range(1, _CHUNK_BLOCKS):
-                blocks[16 * i:16 * i + 12] = blocks[0:12]
-                blocks[16 * i + 12:16 * i + 16] = (low + i).to_bytes(4, "big")
+            if _use_viper:
+                _ctr_fill(blocks, _CHUNK_BLOCKS)
+            else:
+                for i in range(1, _CHUNK_BLOCKS):
+                    blocks[16 * i:16 * i + 12] = blocks[0:12]
+                    blocks[16 * i + 12:16 * i + 16] = (low + i).to_bytes(4, "big")
         else:
             for i in range(_CHUNK_BLOCKS):
                 blocks[16 * i:16 * i + 16] = ((c + i) & _M128).to_bytes(16, "big")
