@@ -51,6 +51,18 @@ def sim_identity(seed: int, i: int) -> SigningKey:
     return SigningKey(np.random.default_rng([seed, i, 1]).bytes(32))
 
 
+def sim_device_seed(seed: int, i: int) -> bytes:
+    """Agent i's provisioned Ed25519 device key (the ESP32 kind of identity), for `--attest`."""
+    return np.random.default_rng([seed, i, 3]).bytes(32)
+
+
+def sim_devices(seed: int, indices) -> list[dict]:
+    """The devices.yaml entries `ztfl provision` would write for these agents' device keys."""
+    from attestation.software_identity import public_key_of
+    return [{"agent_id": agent_name(i), "profile": "esp32", "root": "software",
+             "device_public_key": public_key_of(sim_device_seed(seed, i)).hex()} for i in indices]
+
+
 def sim_update(seed: int, i: int, dim: int) -> np.ndarray:
     """The update agent i contributes: small normal deltas, as a trained model's would be."""
     return np.random.default_rng([seed, i, 2]).normal(0.0, 0.05, size=dim).astype(np.float32)
@@ -75,7 +87,7 @@ class SimFleet:
                  client_id: str = "", heartbeat_s: float = 0.0, stall: tuple[str, ...] = (),
                  stall_only: set[int] | None = None, resume_file: str | None = None,
                  drop_plan: dict[int, tuple[int, str]] | None = None, duplicate: bool = False,
-                 miss_plan: dict[int, tuple[int, str]] | None = None):
+                 miss_plan: dict[int, tuple[int, str]] | None = None, attest: bool = False):
         """Fault injection for tests, all off by default:
         `heartbeat_s` > 0: heartbeat every agent (a production gateway marks silent agents offline);
         `stall[i]`: in attempt i of a round, agents (those in `stall_only`, default all) hold the
@@ -84,7 +96,9 @@ class SimFleet:
         `drop_plan[agent index] = (round, stage)`: that agent dies when that stage's frame arrives;
         `duplicate`: every frame is received twice and published twice (QoS 1 redelivery);
         `miss_plan[agent index] = (round, stage)`: that agent goes offline when that stage's frame
-        arrives and comes back online once the round ended."""
+        arrives and comes back online once the round ended;
+        `attest`: every seated agent answers the announcement's nonce with device-key evidence
+        (`sim_devices` lists the keys for the gateway); `stall[i] == "attest"` holds it."""
         self.topics = Topics(federation, gateway)
         self.dim, self.seed = dim, seed
         self.heartbeat_s, self.stall = heartbeat_s, tuple(stall)
@@ -92,6 +106,8 @@ class SimFleet:
         self.drop_plan, self.duplicate = dict(drop_plan or {}), duplicate
         self.miss_plan = dict(miss_plan or {})
         self.held: list[tuple[SimAgent, bytes]] = []
+        self.attest = attest
+        self.held_evidence: list[tuple[str, bytes]] = []      # (topic, evidence) not yet sent
         self.dead: set[str] = set()
         self.next_heartbeat = 0.0
         self.stalled = 0
@@ -168,6 +184,9 @@ class SimFleet:
         return self.resume_file is not None and os.path.exists(self.resume_file)
 
     def _release_held(self) -> None:
+        evidence, self.held_evidence = self.held_evidence, []
+        for topic, payload in evidence:
+            self.transport.publish(topic, payload)    # late: a gateway that moved on refuses it
         held, self.held = self.held, []
         for a, body in held:
             if a.session is not None:
@@ -227,7 +246,22 @@ class SimFleet:
             a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
                                          peers=peers, round_id=ann.keying.protocol_round, keys=keys,
                                          key_reuse=ann.keying.key_reuse, dp=ann.dp_params)
+            if self.attest:
+                self._attest(a, ann)
         self.cpu_by_stage["announce"] = self.cpu_by_stage.get("announce", 0.0) + time.process_time() - c0
+
+    def _attest(self, a: SimAgent, ann: RoundAnnounce) -> None:
+        from attestation.software_identity import sign_software_quote
+        from gateway.attest import attestation_round
+        evidence = sign_software_quote(sim_device_seed(self.seed, a.index), bytes.fromhex(ann.nonce),
+                                       attestation_round(ann.round, ann.attempt), bytes(a.identity.verify_key))
+        topic = self.topics.agent(a.name, "attest")
+        if ann.attempt < len(self.stall) and self.stall[ann.attempt] == "attest" and \
+                (self.stall_only is None or a.index in self.stall_only) and not self._resumed():
+            self.stalled += 1
+            self.held_evidence.append((topic, evidence.to_bytes()))
+            return
+        self.transport.publish(topic, evidence.to_bytes())
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -258,7 +292,7 @@ class SimFleet:
                 msg = self.transport.get(0.2)
                 if msg is not None:
                     self.handle(msg.topic, msg.payload)
-                if self.held and self._resumed():
+                if (self.held or self.held_evidence) and self._resumed():
                     self._release_held()
                 if self.heartbeat_s and time.monotonic() >= self.next_heartbeat:
                     self.next_heartbeat = time.monotonic() + self.heartbeat_s
@@ -294,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duplicate", action="store_true", help="receive and publish every frame twice")
     p.add_argument("--miss-plan", default="", help="index:round:stage,... agents offline from that point "
                                                    "until the round ends")
+    p.add_argument("--attest", action="store_true", help="answer each round's nonce with device-key evidence")
     p.add_argument("--serve", action="store_true", help="keep going after a round ends (until --timeout)")
     args = p.parse_args(argv)
     indices = list(range(args.first_id, args.first_id + args.agents))
@@ -305,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                      drop_plan={int(i): (int(r), st) for i, r, st in
                                 (x.split(":") for x in args.drop_plan.split(",") if x)},
                      miss_plan={int(i): (int(r), st) for i, r, st in
-                                (x.split(":") for x in args.miss_plan.split(",") if x)})
+                                (x.split(":") for x in args.miss_plan.split(",") if x)},
+                     attest=args.attest)
     print(json.dumps(fleet.run(args.timeout, until_round_end=not args.serve)), flush=True)
     return 0 if fleet.ended else 1
 
