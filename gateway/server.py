@@ -81,6 +81,7 @@ class Gateway:
         self.roots: dict[str, str] = {}              # agent -> root of trust of its seat this round
         self._status: dict = {}
         self.done = False
+        self.stop_requested = False                  # SIGTERM: stop now, also with --serve or lingering
         self.failed = False
         self.stopped = ""                            # why the gateway stopped before its last round
         self.key_epochs = KeyEpochs(self.state_dir, config.epoch_policy)
@@ -619,11 +620,11 @@ class Gateway:
     def run_forever(self, stop_when_done: bool = True) -> int:
         self.start()
         try:
-            while not (self.done and stop_when_done):
+            while not ((self.done and stop_when_done) or self.stop_requested):
                 self.step()
             # Agents report their final state (heartbeats) while the status stays readable.
             end = time.monotonic() + self.config.linger_s
-            while time.monotonic() < end:
+            while time.monotonic() < end and not self.stop_requested:
                 self.step()
         except (OSError, sqlite3.Error) as exc:
             # A full disk or a read-only state directory: model files are renamed into place
