@@ -17,6 +17,10 @@ def test_round_with_dropouts_is_exact_and_reports_every_stage(mosquitto):
     # Each survivor's masked input (501 words of 4 bytes) went through the broker at least once.
     assert report["broker_bytes_in"] > 9 * 501 * 4
     assert report["gateway_rejected"] == 0 and report["agents_rejected"] == 0
+    # Where the agents' time went: every stage they answered, summing to at most their CPU time.
+    by_stage = report["fleet_cpu_by_stage"]
+    assert set(by_stage) == {"announce", "advertise", "share", "masked", "consistency", "unmask"}
+    assert 0 < sum(by_stage.values()) <= report["fleet_cpu_seconds"]
 
 
 def test_bench_cli_uses_neighbourhoods_above_forty_agents():
@@ -27,6 +31,8 @@ def test_bench_cli_uses_neighbourhoods_above_forty_agents():
     report = json.loads(out.stdout)
     assert report["neighbors"] == 12 and report["threshold"] == 9 and report["exact"]
     assert report["survivors"] == 48 - report["dropped"] == 46
+    # The private broker's CPU seconds in the round (clock ticks of 10 ms: may round to 0 here).
+    assert report["broker_cpu_seconds"] is not None and report["broker_cpu_seconds"] >= 0
 
 
 def test_agents_started_elsewhere_join_the_round(mosquitto):
