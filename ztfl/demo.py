@@ -6,9 +6,9 @@ hardware profiles, each a separate process, federating the CNN-LSTM on NSL-KDD s
 to show dropout recovery. Radio links and real boards are what is simulated here: the profiles
 are assigned, not detected, and every process runs on this host.
 
-The CPython cohorts run key epochs (one key setup for --key-epoch-rounds rounds); the firmware
-cohort keeps classic rounds unless --firmware-key-epochs. --dp-epsilon turns on distributed
-differential privacy for the CPython cohorts and reports the epsilon spent.
+Every cohort runs key epochs (one key setup for --key-epoch-rounds rounds), the ESP32 cohort
+too unless --firmware-classic. --dp-epsilon turns on distributed differential privacy for the
+CPython cohorts (the firmware declines DP rounds) and reports the epsilon spent.
 
 Writes to --out: summary.json, the final global model (torch weights + preprocessing JSON, and
 int8 ONNX when the exporter is installed), accuracy.png and bytes.png.
@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-epoch-rounds", type=int, default=4,
                         help="rounds one key setup serves in the CPython cohorts (1: a key agreement per round; "
                              "0: classic rounds as before key epochs)")
-    parser.add_argument("--firmware-key-epochs", action="store_true",
-                        help="the ESP32 cohort runs key epochs too (firmware with key-reuse support)")
+    parser.add_argument("--firmware-classic", action="store_true",
+                        help="the ESP32 cohort runs classic rounds (a key agreement per round) instead of key epochs")
     parser.add_argument("--dp-epsilon", type=float, default=None,
                         help="distributed DP for the CPython cohorts: the (epsilon, 1e-5) budget of the whole run")
     parser.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of one agent's update (with --dp-epsilon)")
@@ -145,9 +145,9 @@ def epochs_and_privacy(args) -> dict:
     if getattr(args, "dp_epsilon", None):
         cfg["privacy"] = {"epsilon": args.dp_epsilon, "delta": 1e-5, "min_survivors": args.dp_min_survivors,
                           "clip_norm": args.dp_clip, "mode": "stop"}
-    # The firmware cohort: classic rounds and no DP until its firmware supports them.
+    # The firmware cohort: key epochs unless asked otherwise; no DP (the firmware adds no noise).
     micro = {}
-    if rounds and not getattr(args, "firmware_key_epochs", False):
+    if rounds and getattr(args, "firmware_classic", False):
         micro["key_epoch"] = None
     if "privacy" in cfg:
         micro["privacy"] = None
