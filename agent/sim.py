@@ -39,7 +39,8 @@ from protocol.errors import ProtocolError
 MAX_PAYLOAD = 64 * 1024 * 1024
 # The gateway stage in which a frame of this type reaches an agent (gateway.secagg.STAGE_KEYS).
 STAGE_OF_FRAME = {wire.ROUND_CONFIG: "advertise", wire.ROSTER: "share", wire.SHARES_RELAY: "masked",
-                  wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask"}
+                  wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask",
+                  wire.UNMASK_REQUEST_TAGS: "unmask"}      # key-reuse rounds' per-client request
 
 
 def agent_name(i: int) -> str:

@@ -207,6 +207,11 @@ def _json_seeds() -> list[bytes]:
             Alert("pi-01", 17, "dos", 0.93, 2).encode(),
             RoundAnnounce(3, 0, "cnn-lstm-64", "cnn-lstm", 64, 2, "00" * 32, [["pi-01", 1, "ab" * 32]], 2,
                           "cd" * 32, {"masked": 60.0}, 1, "ef" * 32).encode(),
+            # with the optional key-epoch and DP fields, so mutations reach their checks too
+            RoundAnnounce(3, 1, "cnn-lstm-64", "cnn-lstm", 64, 2, "00" * 32, [["pi-01", 1, "ab" * 32]], 2,
+                          "cd" * 32, {"masked": 60.0}, 1, "ef" * 32, epoch=257, protocol_round=769,
+                          key_reuse=True, dp={"mechanism": "skellam", "clip_norm": 1.0, "noise_variance": 4.0e9,
+                                              "frac_bits": 16, "dim": 3061, "min_survivors": 3}).encode(),
             RoundEnd(3, 0, "cnn-lstm-64", "committed", 3).encode()]
 
 
