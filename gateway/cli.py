@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,14 +15,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
+def _is_state_error(exc: BaseException, state_dir: Path) -> bool:
+    """Whether a failure while the gateway starts is its state directory refusing to be written:
+    the registry database (any SQLite error) or an OS error on a path inside the directory. Other
+    failures (a missing dataset, a port in use) are not, and keep their own error."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    if not isinstance(exc, OSError) or exc.filename is None:
+        return False
+    path, root = Path(str(exc.filename)).absolute(), state_dir.absolute()
+    return path == root or root in path.parents
+
+
 def run(args) -> int:
     # Our loggers at the chosen level; libraries (onnxruntime's quantiser...) only warnings.
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
     from gateway.config import GatewayConfig
-    from gateway.server import Gateway
-    gateway = Gateway(GatewayConfig.load(args.config))
+    from gateway.server import STATE_WRITE_FAILED, Gateway
+    config = GatewayConfig.load(args.config)
+    try:
+        gateway = Gateway(config)
+    except (OSError, sqlite3.Error) as exc:
+        # The same stop as a state write failing mid-round (Gateway.run_forever), one line and
+        # exit code 3, rather than a traceback: nothing was committed, so nothing is lost.
+        if not _is_state_error(exc, Path(config.state_dir)):
+            raise
+        logging.getLogger("ztfl.gateway").error(
+            "cannot write the gateway state in %s (%s: %s): disk full or read-only? "
+            "The gateway did not start; nothing was changed", config.state_dir, type(exc).__name__, exc)
+        return STATE_WRITE_FAILED
 
     def _stop(*_):
         gateway.done = True
