@@ -11,7 +11,10 @@ masking.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numpy as np
+from nacl.bindings import crypto_sign_PUBLICKEYBYTES as KEY_BYTES
 from nacl.signing import SigningKey, VerifyKey
 
 from privacy import DpParams, add_noise, clip_l2
@@ -28,11 +31,49 @@ def frame_type(frame: bytes) -> int:
     return frame[3] if len(frame) >= wire.HEADER_BYTES else -1
 
 
+class PeerKeys(Mapping):
+    """The identity verify keys of a round's participants by id, each VerifyKey built on first use.
+
+    A client uses the server's key and its neighbours' (about 2 log2 N of the N participants);
+    building all N per round cost more than the neighbourhood's own work at N = 1,000. The
+    sizes are checked here, up front, as building every key would have: a malformed key in the
+    announcement is still refused when the round starts, not later."""
+
+    def __init__(self, raw: dict[int, bytes]):
+        for sid, pk in raw.items():
+            if not isinstance(pk, bytes):
+                raise TypeError(f"identity key of {sid} must be bytes")
+            if len(pk) != KEY_BYTES:
+                raise ValueError(f"identity key of {sid} is {len(pk)} bytes, expected {KEY_BYTES}")
+        self._raw = raw
+        self._built: dict[int, VerifyKey] = {}
+
+    def __getitem__(self, sid: int) -> VerifyKey:
+        key = self._built.get(sid)
+        if key is None:
+            key = self._built[sid] = VerifyKey(self._raw[sid])
+        return key
+
+    def __contains__(self, sid) -> bool:
+        return sid in self._raw
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @property
+    def built(self) -> int:
+        """How many VerifyKey objects exist so far."""
+        return len(self._built)
+
+
 class AgentAggregation:
     def __init__(self, sid: int, identity: SigningKey, server_pk: bytes, peers: dict[int, bytes],
                  round_id: int, keys: EpochKeys, key_reuse: bool = False, dp: DpParams | None = None,
                  rng: np.random.Generator | None = None):
-        directory = {wire.SERVER_ID: VerifyKey(server_pk), **{s: VerifyKey(pk) for s, pk in peers.items()}}
+        directory = PeerKeys({wire.SERVER_ID: server_pk, **peers})
         self.session = ClientSession(sid, identity, directory, keys, round_id)
         self.key_reuse = key_reuse
         self.dp = dp

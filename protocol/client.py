@@ -220,16 +220,15 @@ class ClientSession:
         mine = roster.get(self.client_id)
         if mine is None or mine.c_pk != self.keys.c_pk or mine.s_pk != self.keys.s_pk:
             raise ConsistencyViolation("the roster does not hold this client's advertised keys")
-        seen_keys: set[bytes] = set()
-        for entry in msg.entries:
-            if entry.client_id not in self.directory:
-                raise UnknownSender(f"roster names unenrolled client {entry.client_id}")
-            for key in (entry.c_pk, entry.s_pk):
-                if key in seen_keys:
-                    raise DuplicateMessage(f"public key of client {entry.client_id} appears twice in the roster")
-                seen_keys.add(key)
-        neighbours = graph.neighbours(list(roster), config.neighbors,
-                                      graph.graph_digest(msg, config.key_reuse))[self.client_id]
+        directory = self.directory
+        if not all(cid in directory for cid in roster):
+            self._refuse_roster(msg.entries)
+        # Every key distinct: one set built in C; the entry-by-entry walk only names the culprit.
+        keys = [e.c_pk for e in msg.entries] + [e.s_pk for e in msg.entries]
+        if len(set(keys)) != len(keys):
+            self._refuse_roster(msg.entries)
+        neighbours = graph.neighbours_of(self.client_id, list(roster), config.neighbors,
+                                         graph.graph_digest(msg, config.key_reuse))
         # Only neighbours' keys are ever used by this client, so only their signatures matter to
         # it (all of them with the complete graph); this keeps SecAgg+ at O(log n) verifications.
         # In a key-reuse round an entry already verified with the same keys under the same
@@ -280,6 +279,17 @@ class ClientSession:
         if config.key_reuse:
             self.keys.verified_entries.update(newly_verified)
         return self._reply(wire.ShareKeys, shares=tuple(out)), state
+
+    def _refuse_roster(self, entries) -> None:
+        """Raise for the first entry that names an unenrolled client or repeats a public key."""
+        seen_keys: set[bytes] = set()
+        for entry in entries:
+            if entry.client_id not in self.directory:
+                raise UnknownSender(f"roster names unenrolled client {entry.client_id}")
+            for key in (entry.c_pk, entry.s_pk):
+                if key in seen_keys:
+                    raise DuplicateMessage(f"public key of client {entry.client_id} appears twice in the roster")
+                seen_keys.add(key)
 
     def _on_relay(self, msg: wire.SharesRelay):
         old = self._state

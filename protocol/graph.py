@@ -53,6 +53,24 @@ def neighbours(ids: Sequence[int], neighbors: int, roster_digest: bytes) -> dict
     return result
 
 
+def neighbours_of(member: int, ids: Sequence[int], neighbors: int, roster_digest: bytes) -> frozenset[int]:
+    """One member's neighbour set: `neighbours(...)[member]` without building the other n - 1
+    (what a client needs; with 1,000 members that is 20 times cheaper)."""
+    ids = sorted(ids)
+    n = len(ids)
+    if is_complete(n, neighbors):
+        if member not in ids:
+            raise ValueError(f"{member} is not a member of the graph")
+        return frozenset(ids) - {member}
+    order = permutation(ids, roster_digest)
+    try:
+        i = order.index(member)
+    except ValueError:
+        raise ValueError(f"{member} is not a member of the graph") from None
+    half = neighbors // 2
+    return frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
+
+
 def epoch_graph_digest(epoch: int, entries) -> bytes:
     """The graph seed of a key-reuse round (docs/protocol.md 1.7): it depends on the epoch, the
     ids and their public keys only, not on the round's signatures, so the same roster gives the

@@ -97,6 +97,7 @@ class ServerSession:
         self.abort_reason: str | None = None
         # Per-stage collections; U1..U5 are their key sets.
         self.adverts: dict[int, wire.RosterEntry] = {}
+        self.keys_in_use: set[bytes] = set()      # c_pk and s_pk of every advert in U1
         self.neighbours: dict[int, frozenset[int]] = {}
         self.shares: dict[int, dict[int, bytes]] = {}          # sender -> recipient -> ciphertext
         self.accumulator: np.ndarray | None = None
@@ -193,9 +194,8 @@ class ServerSession:
         if msg.s_pk in self.revealed_keys:
             raise ConsistencyViolation(f"client {msg.sender}'s mask key was revealed in this epoch: "
                                        "it must generate new epoch keys")
-        for other in self.adverts.values():
-            if {msg.c_pk, msg.s_pk} & {other.c_pk, other.s_pk} or msg.c_pk == msg.s_pk:
-                raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
+        if msg.c_pk == msg.s_pk or msg.c_pk in self.keys_in_use or msg.s_pk in self.keys_in_use:
+            raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
         if len(self.adverts) >= self.config.max_clients:
             raise ConsistencyViolation(f"roster is full ({self.config.max_clients} clients)")
         if self.config.key_reuse:
@@ -203,6 +203,7 @@ class ServerSession:
             # this client's for the rest of the round (a low-order c_pk is refused here).
             self.akeys[msg.sender] = self._session_key(msg.sender, msg.c_pk)
         self.adverts[msg.sender] = wire.RosterEntry(msg.sender, msg.c_pk, msg.s_pk, frame.signature)
+        self.keys_in_use.update((msg.c_pk, msg.s_pk))
 
     def _close_advertise(self) -> StageOutput:
         self._require(len(self.adverts), "clients advertised keys")

@@ -95,6 +95,17 @@ class _Reader:
     def unpack(self, fmt: str) -> tuple:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
+    def records(self, record: struct.Struct, count: int) -> list[tuple]:
+        """`count` fixed-size records in one pass: a list of field tuples, no per-field copies
+        (a 1,000-entry roster is decoded on every client of a round)."""
+        n = count * record.size
+        if count < 0 or self.pos + n > len(self.data):
+            raise MalformedMessage(f"{self.what}: truncated (need {count} entries of {record.size} bytes "
+                                   f"at offset {self.pos}, have {len(self.data) - self.pos})")
+        out = list(record.iter_unpack(self.data[self.pos:self.pos + n]))
+        self.pos += n
+        return out
+
     def expect_entries(self, count: int, entry_bytes: int) -> None:
         """Refuse a count the remaining bytes cannot hold, before anything is built from it."""
         if count * entry_bytes != len(self.data) - self.pos:
@@ -235,11 +246,15 @@ class RosterEntry:
 
 
 ROSTER_ENTRY = 2 + 2 * KEY_BYTES + SIGNATURE_BYTES   # 130
+_ROSTER_RECORD = struct.Struct(f"<H{KEY_BYTES}s{KEY_BYTES}s{SIGNATURE_BYTES}s")
 
 
 @dataclass(frozen=True)
 class Roster(Message):
     entries: tuple[RosterEntry, ...] = ()
+    # SHA-256 of the body this roster was decoded from: a decoded body is canonical (every field
+    # checked, nothing left over), so it equals the hash of the re-encoded body at no cost.
+    body_digest: bytes = field(default=b"", compare=False, repr=False)
     TYPE: ClassVar[int] = ROSTER
 
     def body(self) -> bytes:
@@ -257,16 +272,13 @@ class Roster(Message):
         if reserved:
             raise MalformedMessage("ROSTER: reserved field set")
         r.expect_entries(count, ROSTER_ENTRY)
-        entries = []
-        for _ in range(count):
-            (cid,) = r.unpack("<H")
-            entries.append(RosterEntry(cid, r.take(KEY_BYTES), r.take(KEY_BYTES), r.take(SIGNATURE_BYTES)))
+        entries = tuple(RosterEntry(*record) for record in r.records(_ROSTER_RECORD, count))
         r.done()
         _ascending([e.client_id for e in entries], "ROSTER")
-        return cls(sender, epoch, round_id, tuple(entries))
+        return cls(sender, epoch, round_id, entries, hashlib.sha256(body).digest())
 
     def digest(self) -> bytes:
-        return hashlib.sha256(self.body()).digest()
+        return self.body_digest or hashlib.sha256(self.body()).digest()
 
 
 @dataclass(frozen=True)
@@ -276,6 +288,7 @@ class EncryptedShare:
 
 
 SHARE_ENTRY = 2 + CIPHERTEXT_BYTES   # 108
+_SHARE_RECORD = struct.Struct(f"<H{CIPHERTEXT_BYTES}s")
 
 
 def _encode_shares(shares, what: str) -> bytes:
@@ -290,10 +303,7 @@ def _parse_shares(body: bytes, what: str) -> tuple[EncryptedShare, ...]:
     if reserved:
         raise MalformedMessage(f"{what}: reserved field set")
     r.expect_entries(count, SHARE_ENTRY)
-    shares = []
-    for _ in range(count):
-        (peer,) = r.unpack("<H")
-        shares.append(EncryptedShare(peer, r.take(CIPHERTEXT_BYTES)))
+    shares = [EncryptedShare(*record) for record in r.records(_SHARE_RECORD, count)]
     r.done()
     _ascending([s.peer for s in shares], what)
     return tuple(shares)
@@ -392,6 +402,9 @@ class ConsistencySignature(Message):
         return msg
 
 
+_SIGNATURE_RECORD = struct.Struct(f"<H{SIGNATURE_BYTES}s")
+
+
 @dataclass(frozen=True)
 class UnmaskRequest(Message):
     signatures: tuple[tuple[int, bytes], ...] = ()   # (signer id, signature over U3), ascending
@@ -411,14 +424,12 @@ class UnmaskRequest(Message):
         r = _Reader(body, "UNMASK_REQUEST")
         n_sigs, n_dropped = r.unpack("<HH")
         r.expect_entries(1, n_sigs * (2 + SIGNATURE_BYTES) + 2 * n_dropped)
-        sigs = []
-        for _ in range(n_sigs):
-            (cid,) = r.unpack("<H")
-            sigs.append((cid, r.take(SIGNATURE_BYTES)))
+        # (signer id, signature) is the record's own field tuple: no per-entry work in Python.
+        sigs = tuple(r.records(_SIGNATURE_RECORD, n_sigs))
         _ascending([cid for cid, _ in sigs], "UNMASK_REQUEST signatures")
         dropped = _client_ids(r, n_dropped, "UNMASK_REQUEST dropped")
         r.done()
-        return cls(sender, epoch, round_id, tuple(sigs), dropped)
+        return cls(sender, epoch, round_id, sigs, dropped)
 
 
 UNMASK_ENTRY = 2 + SHARE_BYTES   # 35
@@ -502,6 +513,7 @@ class UnmaskRoundKeys(Message):
 
 
 CONSISTENCY_TAG_ENTRY = 2 + TAG_BYTES   # 18: peer id, tag
+_TAG_RECORD = struct.Struct(f"<H{TAG_BYTES}s")
 
 
 def _encode_tag_list(tags, what: str) -> bytes:
@@ -510,12 +522,9 @@ def _encode_tag_list(tags, what: str) -> bytes:
 
 
 def _parse_tag_list(reader: _Reader, count: int, what: str) -> tuple[tuple[int, bytes], ...]:
-    tags = []
-    for _ in range(count):
-        (peer,) = reader.unpack("<H")
-        tags.append((peer, reader.take(TAG_BYTES)))
+    tags = tuple(reader.records(_TAG_RECORD, count))
     _ascending([peer for peer, _ in tags], what)
-    return tuple(tags)
+    return tags
 
 
 @dataclass(frozen=True)
