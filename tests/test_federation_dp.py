@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from agent.sim import sim_update
-from faults.conftest import Federation
+from faults.conftest import federation  # noqa: F401  (the fault suite's fixture: gateway + fleets on a real broker)
 from gateway.config import PrivacySpec
 from gateway.dp import PrivacyBook
 from gateway.registry import Registry
@@ -30,14 +30,6 @@ COHORT = "cnn-lstm-32"
 DELTA = 1e-5
 ROUND_EPSILON = 2.0
 BUDGET = 3.3        # two rounds at 2.0 per round compose to about 2.95, three to about 3.71
-
-
-@pytest.fixture
-def federation(mosquitto, datasets_dir, tmp_path):
-    fed = Federation(tmp_path, mosquitto.url, datasets_dir)
-    fed.state.mkdir(parents=True, exist_ok=True)
-    yield fed
-    fed.stop()
 
 
 def _epsilon_metric(federation) -> float:

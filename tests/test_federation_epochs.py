@@ -12,20 +12,10 @@ from __future__ import annotations
 import json
 import urllib.request
 
-import pytest
-
-from faults.conftest import Federation
+from faults.conftest import federation  # noqa: F401  (the fault suite's fixture: gateway + fleets on a real broker)
 
 COHORT = "cnn-lstm-32"
 AGENTS = [f"sim-{i:05d}" for i in range(1, 6)]
-
-
-@pytest.fixture
-def federation(mosquitto, datasets_dir, tmp_path):
-    fed = Federation(tmp_path, mosquitto.url, datasets_dir)
-    fed.state.mkdir(parents=True, exist_ok=True)
-    yield fed
-    fed.stop()
 
 
 def _keys(rounds: list[dict], rnd: int) -> dict:
