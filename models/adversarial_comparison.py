@@ -25,6 +25,7 @@ import torch
 
 from models import bundle
 from models.adversarial import attack, input_gradient, strongest
+from models.cnn_lstm import READOUTS
 from models.datasets import FORMATS
 from models.params import num_trainable
 from models.prepare import prepare
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=("default", "small"), default="default")
+    p.add_argument("--readout", choices=READOUTS, default=None, help="CNN-LSTM readout (default: the size's own)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -140,11 +142,12 @@ def compare(args) -> dict:
                                 "losses": ["ce", "margin"]}}
     for name, adversarial in (("undefended", None), ("adversarial", args.adversarial)):
         torch.manual_seed(args.seed)
-        model = bundle.new_model("cnn-lstm", prep.pipeline, args.size)
+        model = bundle.new_model("cnn-lstm", prep.pipeline, args.size, args.readout)
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, adversarial=adversarial,
                           adv_fraction=args.adv_fraction, eps=args.eps, pgd_steps=args.pgd_steps, seed=args.seed)
         result = train_local(model, train, cfg)
         report["parameters"] = num_trainable(model)
+        report["readout"] = model.config.readout
         start = time.monotonic()
         entry = {"train_seconds": round(result.seconds, 1), "epoch_losses": result.epoch_losses,
                  **robustness(model, val, attacked, n_strong, args)}
@@ -155,7 +158,11 @@ def compare(args) -> dict:
         if args.out:
             bundle.save(Path(args.out) / name, model, prep.pipeline,
                         {"comparison": {k: v for k, v in report.items() if k not in ("undefended", "adversarial")},
-                         "validation": entry})
+                         "validation": entry,
+                         # as ztfl train writes it: the held-out rows for ztfl bench model
+                         "split": {"data": str(args.data), "format": args.format, "seed": args.seed,
+                                   "val_fraction": args.val_fraction, "max_rows": args.max_rows,
+                                   "window": args.window}})
     und, adv = report["undefended"], report["adversarial"]
     gain = adv["pgd10_accuracy"] - und["pgd10_accuracy"]
     clean_loss = und["clean_accuracy"] - adv["clean_accuracy"]

@@ -8,6 +8,7 @@ No pickle anywhere: every file is plain JSON or a numpy archive read with allow_
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +71,12 @@ def load(directory: str | Path) -> tuple[nn.Module, Pipeline]:
     return model, pipeline
 
 
-def new_model(kind: str, pipeline: Pipeline, size: str = "default") -> nn.Module:
-    """A fresh model shaped for `pipeline`. size: "default" (about 0.5 M parameters) or "small"."""
+def new_model(kind: str, pipeline: Pipeline, size: str = "default", readout: str | None = None) -> nn.Module:
+    """A fresh model shaped for `pipeline`. size: "default" (about 0.5 M parameters) or "small";
+    `readout` overrides the CNN-LSTM's ("max" or "last", see models.cnn_lstm)."""
     if kind == "micro":
         return MicroMLP(MicroConfig.fitting(pipeline.n_features, pipeline.n_classes))
     if kind == "cnn-lstm":
         cfg = (CNNLSTMConfig.small if size == "small" else CNNLSTMConfig)(pipeline.n_features, pipeline.n_classes)
-        return CNNLSTM(cfg)
+        return CNNLSTM(replace(cfg, readout=readout) if readout else cfg)
     raise BundleError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from models import bundle
+from models.cnn_lstm import READOUTS
 from models.datasets import FORMATS
 from models.params import num_trainable
 from models.prepare import prepare
@@ -24,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("binary", "multiclass"), default="multiclass")
     p.add_argument("--model", dest="kind", choices=tuple(bundle.KINDS), default="cnn-lstm")
     p.add_argument("--size", choices=("default", "small"), default="default")
+    p.add_argument("--readout", choices=READOUTS, default=None,
+                   help="CNN-LSTM head input: max over LSTM steps or the last step (default: the size's own)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -49,7 +52,7 @@ def run(args) -> int:
     prep = prepare(args.data, args.format, args.target, args.val_fraction, args.seed, args.max_rows, args.window,
                    args.scaling)
     torch.manual_seed(args.seed)  # the initial weights follow --seed too
-    model = bundle.new_model(args.kind, prep.pipeline, args.size)
+    model = bundle.new_model(args.kind, prep.pipeline, args.size, args.readout)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       adversarial=None if args.adversarial == "none" else args.adversarial,
                       adv_fraction=args.adv_fraction, eps=args.eps, pgd_steps=args.pgd_steps,
@@ -58,7 +61,8 @@ def run(args) -> int:
     metrics = evaluate(model, prep.val, attack_kind=args.eval_attack, eps=args.eps, steps=args.eval_steps,
                        seed=args.seed, attack_rows=args.eval_rows)
     report = {"format": args.format, "target": args.target, "model": args.kind, "size": args.size,
-              "parameters": num_trainable(model), "rows_read": prep.n_rows_read,
+              "parameters": num_trainable(model),
+              "readout": getattr(model.config, "readout", None), "rows_read": prep.n_rows_read,
               "rows_unique": prep.n_rows_unique, "train_rows": len(prep.train), "val_rows": len(prep.val),
               "features": prep.pipeline.n_features, "scaling": args.scaling, "classes": prep.pipeline.classes,
               "adversarial": args.adversarial, "epochs": args.epochs, "epoch_losses": result.epoch_losses,

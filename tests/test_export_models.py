@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from models import bundle
+from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
 from models.export.onnx_export import embedded_pipeline, quantised_op_types
 from models.export.runtime import IDSRuntime, RuntimeLoadError
 from models.micro import MicroMLP, QuantMicro, int8_logits, int8_predict, quantise, quantise_input
@@ -25,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small CNN-LSTM and a micro model trained briefly on a slice of UNSW-NB15."""
+    """A small CNN-LSTM (with the default model's "max" readout, so the exporters are checked
+    on the readout full-size models use) and a micro model, trained briefly on a slice of UNSW-NB15."""
     from tests.conftest import DATASETS
     from tests.test_models_data import spread_rows
     d = tmp_path_factory.mktemp("export")
@@ -35,6 +38,8 @@ def trained(tmp_path_factory):
     for kind in ("cnn-lstm", "micro"):
         torch.manual_seed(0)
         m = bundle.new_model(kind, prep.pipeline, size="small")
+        if kind == "cnn-lstm":
+            m = CNNLSTM(replace(m.config, readout="max"))
         train_local(m, prep.train, TrainConfig(epochs=4, batch_size=64, lr=5e-3))
         out[kind] = bundle.save(d / kind, m, prep.pipeline)
     return f, prep, out
@@ -148,8 +153,19 @@ def test_unrolled_twin_computes_the_same_function(trained):
     from models.export.unrolled import UnrolledCNNLSTM
     _, prep, dirs = trained
     model, _ = bundle.load(dirs["cnn-lstm"])
+    assert model.config.readout == "max"
     twin = UnrolledCNNLSTM(model)
     x = torch.from_numpy(prep.val.x[:32])
     with torch.no_grad():
         assert torch.allclose(model(x), twin(x), atol=1e-5)
     assert not any(isinstance(m, torch.nn.LSTM) for m in twin.modules())
+
+
+def test_unrolled_twin_of_a_last_step_model():
+    from models.export.unrolled import UnrolledCNNLSTM
+    torch.manual_seed(0)
+    model = CNNLSTM(CNNLSTMConfig.small(40, 3)).eval()
+    assert model.config.readout == "last"
+    x = torch.rand(16, 40)
+    with torch.no_grad():
+        assert torch.allclose(model(x), UnrolledCNNLSTM(model)(x), atol=1e-5)

@@ -38,6 +38,24 @@ def test_default_cnn_lstm_is_about_half_a_million_parameters():
     assert m(torch.rand(3, 121)).shape == (3, 5)
 
 
+def test_default_model_reads_out_the_max_over_steps_and_older_files_load_as_last_step(tmp_path):
+    assert CNNLSTMConfig(121, 5).readout == "max" and CNNLSTMConfig.small(121, 5).readout == "last"
+    legacy = {k: v for k, v in CNNLSTMConfig(121, 5).to_dict().items() if k != "readout"}
+    assert CNNLSTMConfig.from_dict(legacy).readout == "last"
+    with pytest.raises(ValueError):
+        CNNLSTMConfig(121, 5, readout="mean")
+    torch.manual_seed(0)
+    last = CNNLSTM(CNNLSTMConfig(121, 5, readout="last")).eval()
+    peak = CNNLSTM(CNNLSTMConfig(121, 5, readout="max")).eval()
+    peak.load_state_dict(last.state_dict())   # same parameters: only the forward pass differs
+    x = torch.rand(4, 121)
+    with torch.no_grad():
+        h = last.conv(x.unsqueeze(1))
+        out, _ = last.lstm(h.transpose(1, 2))
+        assert torch.allclose(last(x), last.head(out[:, -1, :]))
+        assert torch.allclose(peak(x), peak.head(out.max(dim=1).values))
+
+
 def test_micro_model_stays_within_8k_parameters():
     cfg = MicroConfig.fitting(182, 10)
     assert cfg.n_params() <= MAX_PARAMS and num_trainable(MicroMLP(cfg)) == cfg.n_params()
@@ -135,6 +153,7 @@ def test_train_and_evaluate_commands_on_a_file_with_an_unseen_category(kdd, tmp_
     report = json.loads(capsys.readouterr().out)
     assert report["parameters"] < 10_000 and set(report["validation"]) >= {"accuracy", "macro_f1"}
     model, pipeline = bundle.load(out)
+    assert report["readout"] == model.config.readout == "last"   # the small size's own
     # A file the model never saw: new service names, an attack name missing from the training data.
     lines = open(f).read().splitlines()[:40]
     lines[0] = lines[0].replace(lines[0].split(",")[2], "zz_never_seen_service", 1)

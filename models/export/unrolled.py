@@ -13,14 +13,18 @@ from torch import nn
 
 
 class UnrolledLSTM(nn.Module):
-    """One batch-first nn.LSTM layer as Linear layers; returns the last hidden state."""
+    """One batch-first nn.LSTM layer as Linear layers; returns the last hidden state
+    (readout "last") or the element-wise maximum of the hidden states over all steps ("max")."""
 
-    def __init__(self, lstm: nn.LSTM):
+    def __init__(self, lstm: nn.LSTM, readout: str = "last"):
         super().__init__()
         if lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first:
             raise ValueError("only a single-layer, one-direction, batch-first LSTM is unrolled")
+        if readout not in ("last", "max"):
+            raise ValueError(f"unknown readout {readout!r}")
         hidden = lstm.hidden_size
         self.hidden = hidden
+        self.readout = readout
         self.ih = nn.Linear(lstm.input_size, 4 * hidden)
         self.hh = nn.Linear(hidden, 4 * hidden, bias=False)
         with torch.no_grad():
@@ -31,7 +35,7 @@ class UnrolledLSTM(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         gates_in = self.ih(seq)  # (B, L, 4H)
         H = self.hidden
-        h = c = None
+        h = c = peak = None
         for t in range(seq.shape[1]):
             g = gates_in[:, t, :] if h is None else gates_in[:, t, :] + self.hh(h)
             # PyTorch gate order: input, forget, cell, output.
@@ -41,7 +45,10 @@ class UnrolledLSTM(nn.Module):
             o = torch.sigmoid(g[:, 3 * H:])
             c = i * cell if c is None else f * c + i * cell
             h = o * torch.tanh(c)
-        return h
+            if self.readout == "max":
+                # a running maximum: the same as amax over the stacked steps, without the stack
+                peak = h if peak is None else torch.maximum(peak, h)
+        return peak if self.readout == "max" else h
 
 
 class UnrolledCNNLSTM(nn.Module):
@@ -50,7 +57,7 @@ class UnrolledCNNLSTM(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.conv = model.conv
-        self.lstm = UnrolledLSTM(model.lstm)
+        self.lstm = UnrolledLSTM(model.lstm, getattr(model.config, "readout", "last"))
         self.head = model.head
         self.eval()
 
