@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perturb", choices=PERTURB, default="continuous",
                    help="columns the attacks may move: continuous numerics (default) or every numeric, "
                         "0/1 flags included (one-hots never move)")
+    p.add_argument("--eps-sweep", type=lambda v: [float(e) for e in v.split(",") if e], default=[0.1, 0.2],
+                   help="further eps values for PGD-10 on the attacked rows, comma-separated ('' for none)")
     p.add_argument("--eval-rows", type=int, default=500, help="validation rows attacked (seeded subset)")
     p.add_argument("--strong-rows", type=int, default=200, help="of those, rows given the strong attack (0: none)")
     p.add_argument("--strong-steps", type=int, default=50)
@@ -85,6 +87,27 @@ def zero_gradient_rows(model, data: Encoded) -> int:
     return int(np.sum(np.all(grad[:, data.continuous] == 0, axis=1)))
 
 
+def sensitivity(model, data: Encoded, n_numeric: int, seed: int) -> dict:
+    """How much the model's decision rests on each kind of column: the share of the input
+    gradient's mass, and the accuracy when that kind of column is shuffled across rows (each
+    row keeps everything else). A model whose accuracy survives shuffling its continuous
+    columns does not use them, and no attack on those columns can hurt it."""
+    model.eval()
+    grad = np.abs(input_gradient(model, torch.from_numpy(data.x), torch.from_numpy(data.y), "ce").numpy())
+    numeric = np.arange(data.x.shape[1]) < n_numeric
+    groups = {"continuous": data.continuous, "other_numeric": numeric & ~data.continuous, "one_hot": ~numeric}
+    total = float(grad.sum()) or 1.0
+    out = {"gradient_share": {k: round(float(grad[:, m].sum()) / total, 4) for k, m in groups.items()},
+           "accuracy_with_shuffled": {}}
+    rng = np.random.default_rng(seed)
+    for name in ("continuous", "one_hot"):
+        x = data.x.copy()
+        cols = groups[name]
+        x[:, cols] = data.x[rng.permutation(len(data))][:, cols]
+        out["accuracy_with_shuffled"][name] = metrics_from_predictions(predict(model, x), data)["accuracy"]
+    return out
+
+
 def _adversarial_rows(model, data: Encoded, kind: str, eps: float, seed: int, batch_size: int = 1024) -> np.ndarray:
     gen = torch.Generator().manual_seed(seed)
     out = data.x.copy()
@@ -108,6 +131,9 @@ def robustness(model, val: Encoded, attacked: Encoded, n_strong: int, args) -> d
     pgd = metrics_from_predictions(predict(model, x_pgd), attacked)
     out.update({"pgd10_accuracy": pgd["accuracy"], "pgd10_binary_accuracy": pgd["binary_accuracy"],
                 "pgd10_per_class_recall": pgd["per_class_recall"]})
+    out["pgd10_accuracy_by_eps"] = {
+        str(eps): metrics_from_predictions(predict(model, _adversarial_rows(model, attacked, "pgd", eps, args.seed)),
+                                           attacked)["accuracy"] for eps in args.eps_sweep}
     if n_strong:
         strong = attacked.subset(np.arange(n_strong))
         x_strong = strongest(model, torch.from_numpy(strong.x), torch.from_numpy(strong.y), args.eps,
@@ -151,6 +177,7 @@ def compare(args) -> dict:
         start = time.monotonic()
         entry = {"train_seconds": round(result.seconds, 1), "epoch_losses": result.epoch_losses,
                  **robustness(model, val, attacked, n_strong, args)}
+        entry["sensitivity"] = sensitivity(model, attacked, len(prep.pipeline.numeric), args.seed)
         if adversarial is None:
             entry["zero_gradient_rows"] = zero_gradient_rows(model, attacked)
         entry["attack_seconds"] = round(time.monotonic() - start, 1)

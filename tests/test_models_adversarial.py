@@ -130,6 +130,10 @@ def test_undefended_model_loses_accuracy_under_pgd10(gps_comparison):
     assert und["pgd10_accuracy"] <= und["clean_accuracy_attacked_rows"] - 0.03
     assert und["fgsm_accuracy"] < und["clean_accuracy_attacked_rows"]
     assert und["strongest_accuracy"] <= und["pgd10_accuracy_strong_rows"]
+    # both columns are continuous: all of the gradient is there, and a wider ball hurts more
+    assert und["sensitivity"]["gradient_share"]["continuous"] == pytest.approx(1.0)
+    assert und["sensitivity"]["accuracy_with_shuffled"]["continuous"] < und["clean_accuracy_attacked_rows"]
+    assert und["pgd10_accuracy_by_eps"]["0.2"] <= und["pgd10_accuracy"]
 
 
 def test_bench_adversarial_reports_both_models_from_the_same_start(gps_comparison):
