@@ -15,7 +15,7 @@ from protocol.config import RoundConfig
 from protocol.server import ServerSession
 from protocol.simulate import Cohort, expected_sums
 from protocol.stages import Stage
-from ztfl.micropython_host import FirmwareClient, run_json
+from ztfl.micropython_host import FirmwareClient, drive_round, run_json
 
 EPOCH, ROUND = 5, 9
 
@@ -45,25 +45,8 @@ def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
                 session = ClientSession(c, cohort.identities[c], cohort.directory, keys, ROUND)
                 session.set_input(inputs[c], weights[c])
                 clients[c] = session
-        order = Stage.order()
-        out = server.round_config()
-        for stage in order[:-1]:
-            for c, client in clients.items():
-                stop = drop_before.get(c)
-                if stop is not None and order.index(stage) >= order.index(stop):
-                    continue
-                frame = out if isinstance(out, bytes) else out.frame_for(c)
-                if frame is None:
-                    continue
-                if isinstance(client, FirmwareClient):
-                    reply, error = client.receive(frame)
-                    assert error is None, f"firmware client {c} refused a valid frame: {error}"
-                else:
-                    reply = client.receive(frame)
-                if reply is not None:
-                    server.receive(reply)
-            out = server.close_stage()
-            assert server.stage != Stage.ABORTED, server.abort_reason
+        drive_round(server, clients, drop_before)      # a firmware refusal of a valid frame raises
+        assert server.stage != Stage.ABORTED, server.abort_reason
         stats = [fw.stats() for fw in firmware]
     finally:
         for fw in firmware:
