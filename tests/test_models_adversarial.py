@@ -151,3 +151,25 @@ def test_bench_adversarial_reports_both_models_from_the_same_start(gps_compariso
     m_adv, _ = bundle.load(out / "adversarial")
     x = torch.rand(4, 2)
     assert not torch.equal(m_und(x), m_adv(x))
+
+
+def test_last_step_readout_ignores_the_numeric_columns_and_the_max_readout_uses_them(datasets_dir):
+    """Numeric columns open the encoded row, one-hots close it. Read out at the last LSTM step only,
+    the model's accuracy does not move when the continuous columns are shuffled across rows (it
+    learned nothing from them, so no attack on them can hurt it); read out as the max over steps,
+    it uses them. Checked with seeds 0, 1 and 2."""
+    from dataclasses import replace
+    from models.adversarial_comparison import sensitivity
+    from models.cnn_lstm import CNNLSTM
+    from models.prepare import prepare
+    prep = prepare(datasets_dir / "unsw_nb15/UNSW_NB15_dev.csv", "unsw-nb15", seed=0, max_rows=1500)
+    clean, shuffled = {}, {}
+    for readout in ("last", "max"):
+        torch.manual_seed(0)
+        model = CNNLSTM(replace(bundle.new_model("cnn-lstm", prep.pipeline, "small").config, readout=readout))
+        train_local(model, prep.train, TrainConfig(epochs=4, batch_size=64, lr=5e-3, seed=0))
+        clean[readout] = float(np.mean(predict(model, prep.val.x) == prep.val.y))
+        shuffled[readout] = sensitivity(model, prep.val, len(prep.pipeline.numeric), seed=0)[
+            "accuracy_with_shuffled"]["continuous"]
+    assert shuffled["last"] == pytest.approx(clean["last"])
+    assert shuffled["max"] < clean["max"] - 0.02
