@@ -56,8 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-steps", type=int, default=3, help="PGD steps when training with PGD")
     p.add_argument("--eps", type=float, default=0.05, help="L-inf budget in the encoded feature space")
     p.add_argument("--perturb", choices=PERTURB, default="continuous",
-                   help="columns the attacks may move: continuous numerics (default) or every numeric, "
-                        "0/1 flags included (one-hots never move)")
+                   help="columns the attacks may move: continuous numerics (default) or every numeric column "
+                        "with a range in training, 0/1 flags included (one-hots never move)")
     p.add_argument("--eps-sweep", type=lambda v: [float(e) for e in v.split(",") if e], default=[0.1, 0.2],
                    help="further eps values for PGD-10 on the attacked rows, comma-separated ('' for none)")
     p.add_argument("--eval-rows", type=int, default=500, help="validation rows attacked (seeded subset)")
@@ -71,8 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _attack_mask(prepared, perturb: str) -> np.ndarray:
     if perturb == "continuous":
         return prepared.pipeline.continuous_mask
+    # Every numeric column that varies in training. A constant column always encodes as 0
+    # (the pipeline's min-max has no range), so no input could move it: it stays fixed.
     mask = np.zeros(prepared.pipeline.n_features, dtype=bool)
-    mask[:len(prepared.pipeline.numeric)] = True
+    mask[:len(prepared.pipeline.numeric)] = [c.high > c.low for c in prepared.pipeline.numeric]
     return mask
 
 
