@@ -144,6 +144,8 @@ def test_bench_adversarial_reports_both_models_from_the_same_start(gps_compariso
     assert report["clean_loss_points"] == pytest.approx(100 * (und["clean_accuracy"] - adv["clean_accuracy"]),
                                                         abs=0.01)
     assert report["target_met"] == (report["robust_gain_points"] >= 15 and report["clean_loss_points"] <= 2)
+    assert report["strongest_gain_points"] == pytest.approx(
+        100 * (adv["strongest_accuracy"] - und["strongest_accuracy"]), abs=0.01)
     assert report["attacked_rows"] == 200 and und["strong_rows"] == 50
     assert report["training_attack"] == {"kind": "pgd", "adv_fraction": 0.3, "pgd_steps": 3}
     # both models kept, and they differ only by the adversarial rows in training
