@@ -69,6 +69,22 @@ class RecordingGateway(Gateway):
         super()._close_round(now)
 
 
+def run_gateway_to_completion(gateway: Gateway, procs: list, timeout_s: float = 240) -> None:
+    """Step the gateway until its rounds are done (or the timeout), failing if an agent process exits."""
+    deadline = time.monotonic() + timeout_s
+    # The gateway evaluates small models in this process: one torch thread is much faster
+    # than an oversubscribed pool on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        while not gateway.done and time.monotonic() < deadline:
+            gateway.step()
+            dead = [p.args for p in procs if p.poll() is not None]
+            assert not dead, f"agent processes exited: {dead}"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir, tmp_path):
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
             "count": 4, "alpha": 0.5, "seed": 7}
@@ -106,18 +122,7 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
             devices[f"esp-{i}"] = write_device_dir(tmp_path / f"esp-{i}", cfg, records)
             procs.append(start_firmware_agent(devices[f"esp-{i}"], tmp_path / f"esp-{i}.log"))
         gateway.start()
-        deadline = time.monotonic() + 240
-        # The gateway evaluates small models in this process: one torch thread is much faster
-        # than an oversubscribed pool on a busy machine.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            while not gateway.done and time.monotonic() < deadline:
-                gateway.step()
-                dead = [p.args for p in procs if p.poll() is not None]
-                assert not dead, f"agent processes exited: {dead}"
-        finally:
-            torch.set_num_threads(threads)
+        run_gateway_to_completion(gateway, procs)
         status = gateway._status
         verdicts = gateway.attestation.verifier.metrics.snapshot()
     finally:
@@ -196,15 +201,7 @@ def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, data
             procs.append(start_firmware_agent(write_device_dir(tmp_path / f"esp-{i}", cfg, records),
                                               tmp_path / f"esp-{i}.log"))
         gateway.start()
-        deadline = time.monotonic() + 240
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            while not gateway.done and time.monotonic() < deadline:
-                gateway.step()
-                assert all(p.poll() is None for p in procs), "a firmware agent exited"
-        finally:
-            torch.set_num_threads(threads)
+        run_gateway_to_completion(gateway, procs)
     finally:
         gateway.stop()
         for p in procs:
