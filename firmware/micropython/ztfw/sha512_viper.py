@@ -8,7 +8,9 @@ port), a store to a ptr32 cuts a value to 32 bits, and a carry out of the low wo
 `sum < addend` (unsigned). Right shifts only ever see values read back from a ptr32; left
 shifts may leave bits above 32 on a 64-bit port, which only the bitwise combinations and the
 final store see. No `~`: this viper emitter's unary invert overwrites its operand, so
-ch(e, f, g) is computed as g ^ (e & (f ^ g)).
+ch(e, f, g) is computed as g ^ (e & (f ^ g)). Each 64-bit addition is written out where it is
+needed: a viper function returns one object, not a (high, low) pair, and a call per addition
+would cost more than the arithmetic it wraps.
 
 Kept as source in the bundle: the board compiles it to native code at import.
 """
