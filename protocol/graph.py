@@ -41,33 +41,28 @@ def permutation(ids: Sequence[int], roster_digest: bytes) -> list[int]:
 def neighbours(ids: Sequence[int], neighbors: int, roster_digest: bytes) -> dict[int, frozenset[int]]:
     """Each id's neighbour set (never containing itself)."""
     ids = sorted(ids)
-    n = len(ids)
-    if is_complete(n, neighbors):
+    if is_complete(len(ids), neighbors):
         everyone = frozenset(ids)
         return {u: everyone - {u} for u in ids}
     order = permutation(ids, roster_digest)
-    half = neighbors // 2
-    result = {}
-    for i, u in enumerate(order):
-        result[u] = frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
-    return result
+    return {u: _ring_neighbours(order, i, neighbors) for i, u in enumerate(order)}
 
 
 def neighbours_of(member: int, ids: Sequence[int], neighbors: int, roster_digest: bytes) -> frozenset[int]:
     """One member's neighbour set: `neighbours(...)[member]` without building the other n - 1
     (what a client needs; with 1,000 members that is 20 times cheaper)."""
     ids = sorted(ids)
-    n = len(ids)
-    if is_complete(n, neighbors):
-        if member not in ids:
-            raise ValueError(f"{member} is not a member of the graph")
+    if member not in ids:
+        raise ValueError(f"{member} is not a member of the graph")
+    if is_complete(len(ids), neighbors):
         return frozenset(ids) - {member}
     order = permutation(ids, roster_digest)
-    try:
-        i = order.index(member)
-    except ValueError:
-        raise ValueError(f"{member} is not a member of the graph") from None
-    half = neighbors // 2
+    return _ring_neighbours(order, order.index(member), neighbors)
+
+
+def _ring_neighbours(order: list[int], i: int, neighbors: int) -> frozenset[int]:
+    """The Harary graph's edges of position i: the neighbors/2 members on each side in the ring."""
+    n, half = len(order), neighbors // 2
     return frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
 
 

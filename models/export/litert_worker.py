@@ -41,7 +41,8 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
 
     torch.set_num_threads(2)
     model = build_model(model_dir)
-    if meta_kind(model_dir) == "cnn-lstm":
+    cnn_lstm = meta_kind(model_dir) == "cnn-lstm"
+    if cnn_lstm:
         from models.export.unrolled import UnrolledCNNLSTM
         model = UnrolledCNNLSTM(model)
     # The exported graph has a fixed batch: repeat the rows to fill at least one batch.
@@ -50,7 +51,7 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
     example = (torch.from_numpy(calibration[:batch].astype(np.float32)),)
     exported = torch.export.export(model, example).module()
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    if meta_kind(model_dir) == "cnn-lstm":
+    if cnn_lstm:
         # One scale per LSTM weight matrix, as TFLite's own quantised LSTM kernel keeps them:
         # per-channel scales would store 3 x 1,024 scales and int64 zero points (about 37 KB,
         # 6 % of the file) for the input and recurrent projections and their bias.

@@ -4,12 +4,15 @@ litert-torch's PT2E quantiser annotates linear and convolution layers but not `a
 exported as is, the LSTM weights (most of the model) stay float32 in the .tflite file. The twin
 computes exactly the same function, with the input projection as one Linear over all steps and the
 recurrent projection as a Linear per step (the sequence length is fixed by the feature count), so
-every weight matrix is quantised. Only torch is imported: this runs in .venv-litert too.
+every weight matrix is quantised. Only torch and models.cnn_lstm are imported: this runs in
+.venv-litert too.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.cnn_lstm import READOUTS
 
 
 class UnrolledLSTM(nn.Module):
@@ -20,7 +23,7 @@ class UnrolledLSTM(nn.Module):
         super().__init__()
         if lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first:
             raise ValueError("only a single-layer, one-direction, batch-first LSTM is unrolled")
-        if readout not in ("last", "max"):
+        if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}")
         hidden = lstm.hidden_size
         self.hidden = hidden
@@ -57,7 +60,7 @@ class UnrolledCNNLSTM(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.conv = model.conv
-        self.lstm = UnrolledLSTM(model.lstm, getattr(model.config, "readout", "last"))
+        self.lstm = UnrolledLSTM(model.lstm, model.config.readout)
         self.head = model.head
         self.eval()
 
