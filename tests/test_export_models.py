@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +36,7 @@ def trained(tmp_path_factory):
     out = {}
     for kind in ("cnn-lstm", "micro"):
         torch.manual_seed(0)
-        m = bundle.new_model(kind, prep.pipeline, size="small")
-        if kind == "cnn-lstm":
-            m = CNNLSTM(replace(m.config, readout="max"))
+        m = bundle.new_model(kind, prep.pipeline, size="small", readout="max" if kind == "cnn-lstm" else None)
         train_local(m, prep.train, TrainConfig(epochs=4, batch_size=64, lr=5e-3))
         out[kind] = bundle.save(d / kind, m, prep.pipeline)
     return f, prep, out
