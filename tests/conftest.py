@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
+from models.datasets import datasets_dir as default_datasets_dir
 from ztfl.services import start_mosquitto, start_swtpm
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATASETS = SHARED / "datasets"
+DATASETS = default_datasets_dir()   # $ZTFL_DATASETS, else ../shared/datasets: as ztfl itself finds them
 
 
 @pytest.fixture
 def datasets_dir() -> Path:
     if not DATASETS.is_dir():
-        pytest.fail(f"datasets not found at {DATASETS}: the tests read ../shared/datasets")
+        pytest.fail(f"datasets not found at {DATASETS}: the tests read ../shared/datasets (or $ZTFL_DATASETS)")
     return DATASETS
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -30,8 +28,8 @@ TRANSFORMS = ("wire", "secagg")
 
 
 def default_dataset() -> str:
-    root = Path(os.environ.get("ZTFL_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    return str(root / "nsl_kdd" / "KDDTrain+_20Percent.txt")
+    from models.datasets import datasets_dir   # here, not at the top: it loads pandas
+    return str(datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt")
 
 
 @dataclass
