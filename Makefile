@@ -35,9 +35,11 @@ clean-venv:
 
 export-venv: $(LITERT_STAMP)
 
-$(LITERT_STAMP):
+# ztfl itself goes in without dependencies: the conversion worker imports only the model classes.
+$(LITERT_STAMP): setup.py
 	@test -x $(LITERT_VENV)/bin/python || $(PYTHON) -m venv $(LITERT_VENV)
 	$(LITERT_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
 	$(LITERT_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(LITERT_VENV)/bin/python -m pip install -q litert-torch==0.10.0 torch==2.13.0
+	$(LITERT_VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $(LITERT_STAMP)

@@ -1,6 +1,33 @@
 """ztfl: zero-trust federated learning for Industrial IoT intrusion detection."""
 from setuptools import find_packages, setup
 
+# Everything installs under one import name, `ztfl.*`, while the repository keeps one top-level
+# folder per part (agent/, gateway/, models/, ...): each folder is mapped to its ztfl subpackage.
+FOLDERS = {
+    "ztfl": "ztfl",
+    "ztfl.protocol": "protocol",
+    "ztfl.fednet": "fednet",
+    "ztfl.attestation": "attestation",
+    "ztfl.models": "models",
+    "ztfl.privacy": "privacy",
+    "ztfl.robustness": "robustness",
+    "ztfl.hw_profiles": "hw_profiles",
+    "ztfl.agent": "agent",
+    "ztfl.gateway": "gateway",
+    "ztfl.services": "services",
+    "ztfl.bench": "bench",
+    "ztfl.firmware_tools": "firmware/tools",
+}
+
+
+def packages() -> list[str]:
+    found = []
+    for name, folder in FOLDERS.items():
+        found.append(name)
+        found += [f"{name}.{sub}" for sub in find_packages(folder)]
+    return sorted(set(found))
+
+
 # Versions seen working together on Debian 12 / Python 3.11 (CPU).
 CORE = [
     "numpy>=2.0,<3",
@@ -26,9 +53,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["ztfl*", "protocol*", "agent*", "gateway*", "models*",
-                                    "attestation*", "hw_profiles*", "robustness*", "privacy*"]),
-    package_data={"hw_profiles": ["*.yaml"]},
+    packages=packages(),
+    package_dir=FOLDERS,
+    package_data={"ztfl.hw_profiles": ["*.yaml"]},
     install_requires=CORE,
     extras_require={
         "agent": AGENT + MODELS,

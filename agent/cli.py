@@ -18,7 +18,7 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from agent.daemon import Agent, AgentConfig
+    from ztfl.agent.daemon import Agent, AgentConfig
     config = AgentConfig.load(args.config)
     if args.profile:
         config.profile = args.profile

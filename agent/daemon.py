@@ -19,21 +19,21 @@ import numpy as np
 import torch
 import yaml
 
-from agent.data import PartitionSpec, agent_partition
-from agent.keyrings import AgentKeyrings
-from agent.model import ModelSpec, layout, tensors_to_flat
-from agent.secagg import AgentAggregation
-from agent.state import StateStore
-from agent.topics import Topics, TopicError
-from agent.transport import BrokerConfig, MqttTransport
-from agent.update import local_update
-from agent.wire import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
+from ztfl.models.partition import PartitionSpec, agent_partition
+from ztfl.agent.keyrings import AgentKeyrings
+from ztfl.models.spec import ModelSpec, layout, tensors_to_flat
+from ztfl.agent.secagg import AgentAggregation
+from ztfl.agent.state import StateStore
+from ztfl.fednet.topics import Topics, TopicError
+from ztfl.fednet.transport import BrokerConfig, MqttTransport
+from ztfl.agent.update import local_update
+from ztfl.fednet.messages import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
                         WireError, decode_pipeline)
-from hw_profiles import Profile, resolve_profile
-from models.params import set_flat
-from models.preprocess import Pipeline
-from protocol.epochs import EpochPolicy
-from protocol.errors import ProtocolError
+from ztfl.hw_profiles import Profile, resolve_profile
+from ztfl.models.params import set_flat
+from ztfl.models.preprocess import Pipeline
+from ztfl.protocol.epochs import EpochPolicy
+from ztfl.protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.agent")
 
@@ -141,8 +141,8 @@ class Agent:
         self._hello()
 
     def _open_tpm(self) -> None:
-        from attestation.measure import measure_agent
-        from attestation.tpm_agent import TpmAttestor
+        from ztfl.attestation.measure import measure_agent
+        from ztfl.attestation.tpm_agent import TpmAttestor
         tcti = self.config.tpm.get("tcti") if isinstance(self.config.tpm, dict) else None
         if not isinstance(tcti, str):
             raise AgentConfigError("agent config: key 'tpm.tcti' must be a TCTI string")
@@ -161,8 +161,8 @@ class Agent:
         self.transport.publish(self.topics.agent(self.config.agent_id, "enrol"), request.to_bytes())
 
     def _on_challenge(self, payload: bytes) -> None:
-        from attestation.errors import AttestationError
-        from attestation.messages import EnrolmentChallenge
+        from ztfl.attestation.errors import AttestationError
+        from ztfl.attestation.messages import EnrolmentChallenge
         if self.attestor is None:
             return self._reject("enrolment challenge without a TPM")
         try:
@@ -173,10 +173,10 @@ class Agent:
         log.info("enrolment challenge answered (TPM credential activated)")
 
     def _send_quote(self, ann: RoundAnnounce) -> None:
-        from attestation.errors import AttestationError
-        from gateway.attest import attestation_round
+        from ztfl.attestation.errors import AttestationError
+        from ztfl.protocol.rounds import attempt_id
         try:
-            evidence = self.attestor.quote(bytes.fromhex(ann.nonce), attestation_round(ann.round, ann.attempt),
+            evidence = self.attestor.quote(bytes.fromhex(ann.nonce), attempt_id(ann.round, ann.attempt),
                                            bytes(self.identity.verify_key))
         except (AttestationError, RuntimeError, ValueError) as exc:
             return self._reject(f"cannot quote: {exc}")
@@ -259,7 +259,7 @@ class Agent:
 
     def _on_detector(self, blob: DetectorBlob) -> None:
         """The int8 ONNX export of a global model version, which detection runs."""
-        from models.export.runtime import IDSRuntime, RuntimeLoadError
+        from ztfl.models.export.runtime import IDSRuntime, RuntimeLoadError
         if self.profile.runtime != "onnxruntime" and not self._warned_runtime:
             self._warned_runtime = True
             log.warning("profile runtime %s: the federation ships int8 ONNX, detection runs it on onnxruntime",
@@ -326,7 +326,7 @@ class Agent:
         log.info("round %d.%d: seated in %s as %d", ann.round, ann.attempt, ann.cohort, me[0][1])
 
     def _train(self, ann: RoundAnnounce) -> None:
-        from models.params import get_flat
+        from ztfl.models.params import get_flat
         base = get_flat(self.model)
         budget = self.profile.training
         delta = local_update(self.spec, base, self.encoded, epochs=self.config.train_epochs or budget.epochs,

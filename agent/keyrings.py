@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from agent.wire import RoundKeying
-from protocol.epochs import ClientKeyring, EpochPolicy
-from protocol.keys import EpochKeys
+from ztfl.fednet.messages import RoundKeying
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy
+from ztfl.protocol.keys import EpochKeys
 
 log = logging.getLogger("ztfl.agent.keys")
 

@@ -17,11 +17,11 @@ import numpy as np
 from nacl.bindings import crypto_sign_PUBLICKEYBYTES as KEY_BYTES
 from nacl.signing import SigningKey, VerifyKey
 
-from privacy import DpParams, add_noise, clip_l2
-from protocol import fixedpoint, wire
-from protocol.client import ClientSession
-from protocol.errors import ConfigurationError
-from protocol.keys import EpochKeys
+from ztfl.privacy import DpParams, add_noise, clip_l2
+from ztfl.protocol import fixedpoint, wire
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.errors import ConfigurationError
+from ztfl.protocol.keys import EpochKeys
 
 # Which MQTT topic kind carries each client frame type: masked inputs have their own topic.
 _KIND = {wire.MASKED_INPUT: "masked"}

@@ -12,7 +12,7 @@ dropout for the gateway) and publishes the offline heartbeat its MQTT will would
 Each agent keeps its key epochs in an agent.keyrings.AgentKeyrings across rounds and applies the
 announced DP parameters (clip, Skellam noise), as the daemon does.
 
-    python -m agent.sim --broker mqtt://127.0.0.1:1883 --agents 500 --first-id 1 --dim 100000 \
+    python -m ztfl.agent.sim --broker mqtt://127.0.0.1:1883 --agents 500 --first-id 1 --dim 100000 \
         --seed 0 --drop 7,19 --timeout 300
 """
 from __future__ import annotations
@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from nacl.signing import SigningKey
 
-from agent.keyrings import AgentKeyrings
-from agent.secagg import AgentAggregation, frame_type
-from agent.topics import Topics, TopicError
-from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
-from protocol import wire
-from protocol.errors import ProtocolError
+from ztfl.agent.keyrings import AgentKeyrings
+from ztfl.agent.secagg import AgentAggregation, frame_type
+from ztfl.fednet.topics import Topics, TopicError
+from ztfl.fednet.transport import BrokerConfig, MqttTransport
+from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from ztfl.protocol import wire
+from ztfl.protocol.errors import ProtocolError
 
 MAX_PAYLOAD = 64 * 1024 * 1024
 # The gateway stage in which a frame of this type reaches an agent (gateway.secagg.STAGE_KEYS).
@@ -59,7 +59,7 @@ def sim_device_seed(seed: int, i: int) -> bytes:
 
 def sim_devices(seed: int, indices) -> list[dict]:
     """The devices.yaml entries `ztfl provision` would write for these agents' device keys."""
-    from attestation.software_identity import public_key_of
+    from ztfl.attestation.software_identity import public_key_of
     return [{"agent_id": agent_name(i), "profile": "esp32", "root": "software",
              "device_public_key": public_key_of(sim_device_seed(seed, i)).hex()} for i in indices]
 
@@ -252,10 +252,10 @@ class SimFleet:
         self.cpu_by_stage["announce"] = self.cpu_by_stage.get("announce", 0.0) + time.process_time() - c0
 
     def _attest(self, a: SimAgent, ann: RoundAnnounce) -> None:
-        from attestation.software_identity import sign_software_quote
-        from gateway.attest import attestation_round
+        from ztfl.attestation.software_identity import sign_software_quote
+        from ztfl.protocol.rounds import attempt_id
         evidence = sign_software_quote(sim_device_seed(self.seed, a.index), bytes.fromhex(ann.nonce),
-                                       attestation_round(ann.round, ann.attempt), bytes(a.identity.verify_key))
+                                       attempt_id(ann.round, ann.attempt), bytes(a.identity.verify_key))
         topic = self.topics.agent(a.name, "attest")
         if ann.attempt < len(self.stall) and self.stall[ann.attempt] == "attest" and \
                 (self.stall_only is None or a.index in self.stall_only) and not self._resumed():

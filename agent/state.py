@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from agent.files import atomic_write_bytes
+from ztfl.fednet.files import atomic_write_bytes
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.params import set_flat
-from models.training import TrainConfig, train_local
+from ztfl.models.params import set_flat
+from ztfl.models.training import TrainConfig, train_local
 
 
 @dataclass

@@ -5,7 +5,7 @@ Nothing here speaks MQTT: callers carry the bytes of the messages below over the
 
 Agent side (needs tpm2-pytss, the `tpm` extra)
 ----------------------------------------------
-    from attestation.tpm_agent import TpmAttestor
+    from ztfl.attestation.tpm_agent import TpmAttestor
     tpm = TpmAttestor(tcti="swtpm:host=127.0.0.1,port=2321" or "device:/dev/tpmrm0",
                       state_dir=..., pcr_index=23)
     tpm.ensure_ak()                                   # create once, then load the persistent AK
@@ -16,7 +16,7 @@ Agent side (needs tpm2-pytss, the `tpm` extra)
     ev.to_bytes() / QuoteEvidence.from_bytes(b)
 
 Software-rooted devices (ESP32, no TPM) sign instead with their provisioned Ed25519 device key:
-    from attestation.software_identity import sign_software_quote
+    from ztfl.attestation.software_identity import sign_software_quote
     ev = sign_software_quote(device_seed, nonce, round_id, public_keys)   # SoftwareEvidence
 
 Binding (attestation.binding)
@@ -28,7 +28,7 @@ the agent advertises them (the gateway passes the same bytes it received).
 
 Gateway side (pure Python + cryptography; enrolment also uses tpm2-pytss' MakeCredential)
 ----------------------------------------------------------------------------------------
-    from attestation import AttestationPolicy, IdentityRegistry, EnrolmentAuthority, Verifier
+    from ztfl.attestation import AttestationPolicy, IdentityRegistry, EnrolmentAuthority, Verifier
     policy   = AttestationPolicy(hash_alg="sha256", pcrs=(23,),
                                  allowlist={"raspberry-pi-4": {23: {expected_pcr(m)}}},
                                  allow_software_rooted=True, software_rooted_profiles={"esp32"})
@@ -47,15 +47,15 @@ Gateway side (pure Python + cryptography; enrolment also uses tpm2-pytss' MakeCr
 
 CLI: `ztfl attest quote|verify|measure`, `ztfl provision`, `ztfl bench attest`.
 """
-from attestation.binding import NONCE_BYTES, qualifying_data, software_quote_message
-from attestation.enrolment import EnrolmentAuthority
-from attestation.errors import AttestationError, EnrolmentError, PolicyError, TpmError
-from attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence,
+from ztfl.attestation.binding import NONCE_BYTES, qualifying_data, software_quote_message
+from ztfl.attestation.enrolment import EnrolmentAuthority
+from ztfl.attestation.errors import AttestationError, EnrolmentError, PolicyError, TpmError
+from ztfl.attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence,
                                   SoftwareEvidence, decode_evidence)
-from attestation.nonces import NonceBook
-from attestation.policy import AttestationPolicy
-from attestation.registry import EnrolledIdentity, IdentityRegistry
-from attestation.verifier import Rejection, VerifiedIdentity, Verifier
+from ztfl.attestation.nonces import NonceBook
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import EnrolledIdentity, IdentityRegistry
+from ztfl.attestation.verifier import Rejection, VerifiedIdentity, Verifier
 
 __all__ = [
     "NONCE_BYTES", "qualifying_data", "software_quote_message", "EnrolmentAuthority", "AttestationError",

@@ -57,9 +57,9 @@ def run(args) -> int:
 
 
 def _quote(args) -> int:
-    from attestation.binding import qualifying_data
-    from attestation.errors import TpmError
-    from attestation.tpm_agent import DEFAULT_AK_HANDLE, TpmAttestor
+    from ztfl.attestation.binding import qualifying_data
+    from ztfl.attestation.errors import TpmError
+    from ztfl.attestation.tpm_agent import DEFAULT_AK_HANDLE, TpmAttestor
 
     nonce = _hex(args.nonce, "nonce")
     keys = _hex(args.public_keys, "public-keys")
@@ -92,9 +92,9 @@ def _verify(args) -> int:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from attestation.binding import qualifying_data
-    from attestation.errors import AttestationError
-    from attestation.tpm_wire import (DIGEST_SIZES, HASH_ALGS, parse_quote_attest, parse_signature,
+    from ztfl.attestation.binding import qualifying_data
+    from ztfl.attestation.errors import AttestationError
+    from ztfl.attestation.tpm_wire import (DIGEST_SIZES, HASH_ALGS, parse_quote_attest, parse_signature,
                                       pcr_composite_digest)
 
     d = args.dir
@@ -137,7 +137,7 @@ def _verify(args) -> int:
 
 
 def _measure(args) -> int:
-    from attestation.measure import expected_pcr, measure_agent
+    from ztfl.attestation.measure import expected_pcr, measure_agent
 
     measurement = measure_agent(args.repo, args.model)
     print(json.dumps({"measurement": measurement.hex(), "hash": args.hash,

@@ -20,14 +20,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.errors import (ActivationFailed, EkCertificateRejected, EndorsementKeyReused,
+from ztfl.attestation.errors import (ActivationFailed, EkCertificateRejected, EndorsementKeyReused,
                                 KeyAttributesRejected, NoPendingEnrolment, ProfileMismatch,
                                 PublicKeyFormatError, UnknownDevice)
-from attestation.keys import public_area_to_key
-from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
-from attestation.policy import AttestationPolicy
-from attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
-from attestation.tpm_wire import (ADMIN_WITH_POLICY, ALG_ECC, ALG_ECDSA, DECRYPT, ECC_NIST_P256,
+from ztfl.attestation.keys import public_area_to_key
+from ztfl.attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
+from ztfl.attestation.tpm_wire import (ADMIN_WITH_POLICY, ALG_ECC, ALG_ECDSA, DECRYPT, ECC_NIST_P256,
                                   FIXED_PARENT, FIXED_TPM, RESTRICTED, SENSITIVE_DATA_ORIGIN,
                                   SIGN_ENCRYPT, PublicArea, parse_public,
                                   qualified_name_under_endorsement)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from attestation.errors import MalformedEvidence
+from ztfl.attestation.errors import MalformedEvidence
 
 MAX_MESSAGE_BYTES = 64 * 1024
 

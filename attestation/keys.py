@@ -4,8 +4,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.errors import PublicKeyFormatError
-from attestation.tpm_wire import ALG_ECC, ECC_NIST_P256, PublicArea, parse_public
+from ztfl.attestation.errors import PublicKeyFormatError
+from ztfl.attestation.tpm_wire import ALG_ECC, ECC_NIST_P256, PublicArea, parse_public
 
 
 def public_area_to_key(area: PublicArea):

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-CODE_PACKAGES = ("agent", "protocol", "attestation", "models")
+CODE_PACKAGES = ("agent", "fednet", "protocol", "attestation", "models")
 
 
 def measure_files(files: Iterable[str | Path], root: str | Path) -> bytes:

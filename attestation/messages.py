@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attestation.binding import MIN_NONCE_BYTES
-from attestation.errors import MalformedEvidence
-from attestation.framing import Reader, Writer
+from ztfl.attestation.binding import MIN_NONCE_BYTES
+from ztfl.attestation.errors import MalformedEvidence
+from ztfl.attestation.framing import Reader, Writer
 
 MAX_PCRS = 24
 MAX_TPM_STRUCT = 1024

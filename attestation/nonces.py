@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from attestation.binding import NONCE_BYTES
-from attestation.errors import ReplayedNonce, StaleNonce, UnknownNonce
+from ztfl.attestation.binding import NONCE_BYTES
+from ztfl.attestation.errors import ReplayedNonce, StaleNonce, UnknownNonce
 
 MAX_OPEN_NONCES = 100_000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from attestation.errors import PolicyError
-from attestation.tpm_wire import DIGEST_SIZES, HASH_ALGS
+from ztfl.attestation.errors import PolicyError
+from ztfl.attestation.tpm_wire import DIGEST_SIZES, HASH_ALGS
 
 
 @dataclass(frozen=True)

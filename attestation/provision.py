@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from attestation.software_identity import new_device_key
-from hw_profiles import ProfileError, load_profile
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.hw_profiles import ProfileError, load_profile
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

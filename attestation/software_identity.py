@@ -6,8 +6,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from attestation.binding import software_quote_message
-from attestation.messages import SoftwareEvidence
+from ztfl.attestation.binding import software_quote_message
+from ztfl.attestation.messages import SoftwareEvidence
 
 
 def new_device_key() -> tuple[bytes, bytes]:

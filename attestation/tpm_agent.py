@@ -26,12 +26,12 @@ from tpm2_pytss import (ESAPI, ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_SE, TPM2B_DATA,
                         TPMA_OBJECT, TPML_PCR_SELECTION, TPMT_SIG_SCHEME, TPMT_SYM_DEF, TSS2_Exception)
 from tpm2_pytss.utils import NVReadEK, create_ek_template  # noqa: E402
 
-from attestation.binding import qualifying_data  # noqa: E402
-from attestation.errors import TpmError, TpmStateMismatch  # noqa: E402
-from attestation.keys import public_bytes_to_pem  # noqa: E402
-from attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest,  # noqa: E402
+from ztfl.attestation.binding import qualifying_data  # noqa: E402
+from ztfl.attestation.errors import TpmError, TpmStateMismatch  # noqa: E402
+from ztfl.attestation.keys import public_bytes_to_pem  # noqa: E402
+from ztfl.attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest,  # noqa: E402
                                   QuoteEvidence)
-from attestation.tpm_wire import PcrSelection, parse_quote_attest, parse_signature, pcr_composite_digest  # noqa: E402
+from ztfl.attestation.tpm_wire import PcrSelection, parse_quote_attest, parse_signature, pcr_composite_digest  # noqa: E402
 
 DEFAULT_AK_HANDLE = 0x81010020
 DEFAULT_PCR = 23

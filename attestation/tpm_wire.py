@@ -10,7 +10,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from attestation.errors import AttestFormatError, PublicKeyFormatError, SignatureFormatError
+from ztfl.attestation.errors import AttestFormatError, PublicKeyFormatError, SignatureFormatError
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018

@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from attestation import errors
-from attestation.binding import qualifying_data, software_quote_message
-from attestation.keys import public_area_to_key
-from attestation.messages import QuoteEvidence, SoftwareEvidence, decode_evidence
-from attestation.nonces import NonceBook
-from attestation.policy import AttestationPolicy
-from attestation.registry import EnrolledIdentity, IdentityRegistry
-from attestation.tpm_wire import (hash_name, parse_public, parse_quote_attest, parse_signature,
+from ztfl.attestation import errors
+from ztfl.attestation.binding import qualifying_data, software_quote_message
+from ztfl.attestation.keys import public_area_to_key
+from ztfl.attestation.messages import QuoteEvidence, SoftwareEvidence, decode_evidence
+from ztfl.attestation.nonces import NonceBook
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import EnrolledIdentity, IdentityRegistry
+from ztfl.attestation.tpm_wire import (hash_name, parse_public, parse_quote_attest, parse_signature,
                                   pcr_composite_digest)
 
 log = logging.getLogger("ztfl.attestation")

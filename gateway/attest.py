@@ -24,16 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from attestation import errors
-from attestation.enrolment import EnrolmentAuthority
-from attestation.errors import AttestationError
-from attestation.measure import expected_pcr, measure_agent
-from attestation.messages import TAG_ACTIVATION, TAG_ENROL, ActivationResponse, EnrolmentRequest
-from attestation.policy import AttestationPolicy
-from attestation.provision import ProvisionError, load_devices, register_provisioned
-from attestation.registry import SOFTWARE_ROOTED, TPM_ROOTED, IdentityRegistry
-from attestation.verifier import Verifier
-from hw_profiles import available_profiles, load_profile
+from ztfl.attestation import errors
+from ztfl.attestation.enrolment import EnrolmentAuthority
+from ztfl.attestation.errors import AttestationError
+from ztfl.attestation.measure import expected_pcr, measure_agent
+from ztfl.attestation.messages import TAG_ACTIVATION, TAG_ENROL, ActivationResponse, EnrolmentRequest
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.provision import ProvisionError, load_devices, register_provisioned
+from ztfl.attestation.registry import SOFTWARE_ROOTED, TPM_ROOTED, IdentityRegistry
+from ztfl.attestation.verifier import Verifier
+from ztfl.hw_profiles import available_profiles, load_profile
+from ztfl.protocol.rounds import attempt_id
 
 log = logging.getLogger("ztfl.gateway.attest")
 
@@ -43,11 +44,6 @@ PCR = 23
 
 class AttestationConfigError(ValueError):
     """The gateway's attestation inputs (provisioned device keys) cannot be used; the message says why."""
-
-
-def attestation_round(round_id: int, attempt: int) -> int:
-    """Each attempt of a round gets its own nonce space."""
-    return round_id * 16 + attempt
 
 
 @dataclass(frozen=True)
@@ -135,15 +131,15 @@ class GatewayAttestation:
         raise ValueError("neither an enrolment request nor an activation response")
 
     def issue_nonce(self, round_id: int, attempt: int) -> bytes:
-        return self.verifier.issue_nonce(attestation_round(round_id, attempt))
+        return self.verifier.issue_nonce(attempt_id(round_id, attempt))
 
     def retire(self, round_id: int, attempt: int) -> None:
-        self.verifier.retire_round(attestation_round(round_id, attempt))
+        self.verifier.retire_round(attempt_id(round_id, attempt))
 
     def verify(self, agent_id: str, round_id: int, attempt: int, identity_pk: bytes,
                evidence: bytes) -> Verdict:
         try:
-            seat = self.verifier.verify(agent_id, attestation_round(round_id, attempt), identity_pk, evidence)
+            seat = self.verifier.verify(agent_id, attempt_id(round_id, attempt), identity_pk, evidence)
         except AttestationError as exc:
             return Verdict(False, f"{exc.reason}: {exc}", exc.reason, self.root_of(agent_id) or "unknown")
         return Verdict(True, "", "", SOFTWARE_ROOTED if seat.software_rooted else TPM_ROOTED)

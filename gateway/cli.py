@@ -32,8 +32,8 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from gateway.config import GatewayConfig
-    from gateway.server import STATE_WRITE_FAILED, Gateway
+    from ztfl.gateway.config import GatewayConfig
+    from ztfl.gateway.server import STATE_WRITE_FAILED, Gateway
     config = GatewayConfig.load(args.config)
     try:
         gateway = Gateway(config)

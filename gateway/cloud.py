@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from agent.data import PartitionSpec, train_validation
-from agent.model import ModelSpec
-from agent.topics import CloudTopics, TopicError
-from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import AGGREGATE_FIELDS, VectorMessage, WireError
-from gateway.config import ConfigError
-from gateway.registry import ModelVersion, Registry
-from models.params import get_flat, set_flat
-from models.preprocess import Pipeline
-from models.training import evaluate
+from ztfl.models.partition import PartitionSpec, train_validation
+from ztfl.models.spec import ModelSpec
+from ztfl.fednet.topics import CloudTopics, TopicError
+from ztfl.fednet.transport import BrokerConfig, MqttTransport
+from ztfl.fednet.messages import AGGREGATE_FIELDS, VectorMessage, WireError
+from ztfl.gateway.config import ConfigError
+from ztfl.gateway.registry import ModelVersion, Registry
+from ztfl.models.params import get_flat, set_flat
+from ztfl.models.preprocess import Pipeline
+from ztfl.models.training import evaluate
 
 log = logging.getLogger("ztfl.cloud")
 

@@ -15,5 +15,5 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from gateway.cloud import Cloud, CloudConfig
+    from ztfl.gateway.cloud import Cloud, CloudConfig
     return Cloud(CloudConfig.load(args.config)).run_forever()

@@ -21,8 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from gateway.secagg import CohortAggregation, Outgoing
-from protocol.stages import Stage
+from ztfl.gateway.secagg import CohortAggregation, Outgoing
+from ztfl.protocol.stages import Stage
+from ztfl.protocol.rounds import attempt_id
 
 log = logging.getLogger("ztfl.gateway.cohort")
 
@@ -118,7 +119,7 @@ class CohortRun:
 
     @property
     def epoch_id(self) -> int:
-        return self.round * 16 + self.attempt if self.epoch is None else self.epoch
+        return attempt_id(self.round, self.attempt) if self.epoch is None else self.epoch
 
     @property
     def protocol_round_id(self) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.transport import BrokerConfig
-from protocol.epochs import EpochPolicy
+from ztfl.fednet.transport import BrokerConfig
+from ztfl.protocol.epochs import EpochPolicy
 
 DEFAULT_DEADLINES = {"attest": 5.0, "advertise": 8.0, "share": 8.0, "masked": 60.0,
                      "consistency": 8.0, "unmask": 8.0}

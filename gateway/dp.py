@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.files import atomic_write_bytes
-from agent.model import flat_to_tensors
-from gateway.config import PrivacySpec
-from privacy.accountant import BudgetExceeded, PrivacyLedger, TooFewSurvivors, calibrate, epsilon_for
-from privacy.params import DpParams, PrivacyBudget
+from ztfl.fednet.files import atomic_write_bytes
+from ztfl.models.spec import flat_to_tensors
+from ztfl.gateway.config import PrivacySpec
+from ztfl.privacy.accountant import BudgetExceeded, PrivacyLedger, TooFewSurvivors, calibrate, epsilon_for
+from ztfl.privacy.params import DpParams, PrivacyBudget
 
 log = logging.getLogger("ztfl.gateway.privacy")
 TOLERANCE = 1e-9          # the ledger's own slack when it compares epsilon with the budget

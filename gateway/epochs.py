@@ -21,8 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.files import atomic_write_bytes
-from protocol.epochs import MAX_U32, EpochPolicy, EpochSchedule
+from ztfl.fednet.files import atomic_write_bytes
+from ztfl.protocol.epochs import MAX_U32, EpochPolicy, EpochSchedule
+from ztfl.protocol.rounds import attempt_id
 
 ATTEMPT_SLOTS = 256
 
@@ -49,7 +50,7 @@ class CohortEpochs:
 
     def plan(self, rnd: int, attempt: int, now: float) -> RoundPlan:
         if self.policy is None:
-            self.plan_now = RoundPlan(rnd * 16 + attempt, rnd, False, False)
+            self.plan_now = RoundPlan(attempt_id(rnd, attempt), rnd, False, False)
             return self.plan_now
         if not 0 <= attempt < ATTEMPT_SLOTS:
             raise ValueError(f"attempt {attempt} of round {rnd}: key epochs number at most "

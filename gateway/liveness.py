@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent.wire import Alert, Heartbeat, Hello
+from ztfl.fednet.messages import Alert, Heartbeat, Hello
 
 STATES = ("online", "training", "detecting", "offline")
 

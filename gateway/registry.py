@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.files import atomic_write_bytes
+from ztfl.fednet.files import atomic_write_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (

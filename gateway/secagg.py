@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol.config import ACTIVE, RoundConfig
-from protocol.errors import UnknownSender
-from protocol.server import ServerSession, StageOutput
-from protocol.stages import Stage
+from ztfl.protocol.config import ACTIVE, RoundConfig
+from ztfl.protocol.errors import UnknownSender
+from ztfl.protocol.server import ServerSession, StageOutput
+from ztfl.protocol.stages import Stage
 
 CLIP = 8.0                                  # model deltas are clipped to [-8, 8]
 FRAC_BITS = {32: 16, 64: 24}                # 32-bit masks leave room for 16 fractional bits

@@ -28,23 +28,23 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from agent.data import PartitionSpec, train_validation
-from agent.model import ModelSpec, flat_to_tensors, layout
-from agent.topics import CloudTopics, Topics, TopicError
-from agent.transport import MqttTransport
-from agent.wire import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
+from ztfl.models.partition import PartitionSpec, train_validation
+from ztfl.models.spec import ModelSpec, flat_to_tensors, layout
+from ztfl.fednet.topics import CloudTopics, Topics, TopicError
+from ztfl.fednet.transport import MqttTransport
+from ztfl.fednet.messages import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
                         RoundEnd, VectorMessage, WireError, DetectorBlob, dp_document)
-from gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
-from gateway.config import GatewayConfig
-from gateway.epochs import KeyEpochs
-from gateway.secagg import FRAC_BITS, clip_q
-from gateway.liveness import AgentTable
-from gateway.metrics import GatewayMetrics, StatusServer
-from gateway.registry import ModelVersion, Registry
-from models.params import set_flat
-from models.preprocess import Pipeline
-from models.training import evaluate
-from protocol.errors import ProtocolError
+from ztfl.gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
+from ztfl.gateway.config import GatewayConfig
+from ztfl.gateway.epochs import KeyEpochs
+from ztfl.gateway.secagg import FRAC_BITS, clip_q
+from ztfl.gateway.liveness import AgentTable
+from ztfl.gateway.metrics import GatewayMetrics, StatusServer
+from ztfl.gateway.registry import ModelVersion, Registry
+from ztfl.models.params import set_flat
+from ztfl.models.preprocess import Pipeline
+from ztfl.models.training import evaluate
+from ztfl.protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.gateway")
 STATE_WRITE_FAILED = 3      # exit code: the state directory could not be written
@@ -61,7 +61,7 @@ class Gateway:
         self.identity = self._load_identity()
         self.attestation = None
         if config.require_attestation:
-            from gateway.attest import GatewayAttestation
+            from ztfl.gateway.attest import GatewayAttestation
             self.attestation = GatewayAttestation(self.state_dir, config.software_devices,
                                                   config.allow_software_rooted)
         self._prepare_data()
@@ -87,7 +87,7 @@ class Gateway:
         self.key_epochs = KeyEpochs(self.state_dir, config.epoch_policy)
         self.privacy = None
         if config.privacy is not None or any("privacy" in c for c in config.cohorts.values()):
-            from gateway.dp import PrivacyBook
+            from ztfl.gateway.dp import PrivacyBook
             self.privacy = PrivacyBook(self.state_dir, config.privacy_spec, config.rounds)
         self.bytes_up = self.bytes_down = 0          # payload bytes through this gateway
         self._round_bytes = (0, 0)
@@ -104,7 +104,7 @@ class Gateway:
         if path.exists():
             return SigningKey(path.read_bytes())
         key = SigningKey.generate()
-        from agent.files import atomic_write_bytes
+        from ztfl.fednet.files import atomic_write_bytes
         atomic_write_bytes(path, bytes(key))
         path.chmod(0o600)
         return key
@@ -129,7 +129,7 @@ class Gateway:
                 self.versions[variant] = latest[variant]
                 self.models[variant] = self.registry.load_model(latest[variant])
             else:
-                from models.params import get_flat
+                from ztfl.models.params import get_flat
                 flat = get_flat(spec.build(seed=self.config.seed))
                 self.versions[variant] = self.registry.commit_initial_model(variant, flat)
                 self.models[variant] = flat
@@ -169,7 +169,7 @@ class Gateway:
     def _publish_detector(self, variant: str, version: int) -> None:
         """Export the int8 ONNX detector once here rather than on every agent."""
         import tempfile
-        from models.export.onnx_export import export_int8
+        from ztfl.models.export.onnx_export import export_int8
         model = self.specs[variant].build()
         set_flat(model, self.models[variant])
         with tempfile.TemporaryDirectory() as tmp:
@@ -263,7 +263,7 @@ class Gateway:
     def _on_enrol(self, agent_id: str, payload: bytes) -> None:
         if self.attestation is None:
             return self._reject("attestation", f"{agent_id}: enrolment sent to a gateway without attestation")
-        from attestation.errors import AttestationError
+        from ztfl.attestation.errors import AttestationError
         try:
             challenge = self.attestation.on_enrol(agent_id, payload)
         except (AttestationError, ValueError) as exc:
@@ -464,7 +464,7 @@ class Gateway:
             return
         new_models = {v: (self.models[v].astype(np.float64) + d).astype(np.float32) for v, (d, _) in updates.items()}
         for variant in {r.variant for r in done if r.dp}:
-            from gateway.dp import clamp_variances
+            from ztfl.gateway.dp import clamp_variances
             if clamp_variances(new_models[variant], self.layouts[variant]):
                 log.info("round %d: negative BatchNorm variances of %s after the noise clamped to 0", self.round,
                          variant)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-from models.micro import MicroConfig, MicroMLP
-from models.preprocess import Pipeline
+from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+from ztfl.models.micro import MicroConfig, MicroMLP
+from ztfl.models.preprocess import Pipeline
 
 KINDS = {"cnn-lstm": (CNNLSTM, CNNLSTMConfig), "micro": (MicroMLP, MicroConfig)}
 

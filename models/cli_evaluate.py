@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from models import bundle
-from models.datasets import FORMATS, DataFormatError
-from models.prepare import encode_file
-from models.training import evaluate
+from ztfl.models import bundle
+from ztfl.models.datasets import FORMATS, DataFormatError
+from ztfl.models.prepare import encode_file
+from ztfl.models.training import evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

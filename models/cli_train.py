@@ -9,13 +9,13 @@ import sys
 
 import torch
 
-from models import bundle
-from models.cnn_lstm import READOUTS
-from models.datasets import FORMATS
-from models.params import num_trainable
-from models.prepare import prepare
-from models.preprocess import SCALINGS
-from models.training import TrainConfig, evaluate, train_local
+from ztfl.models import bundle
+from ztfl.models.cnn_lstm import READOUTS
+from ztfl.models.datasets import FORMATS
+from ztfl.models.params import num_trainable
+from ztfl.models.prepare import prepare
+from ztfl.models.preprocess import SCALINGS
+from ztfl.models.training import TrainConfig, evaluate, train_local
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

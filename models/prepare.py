@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.datasets import LabeledTable, deduplicate, load, stratified_split
-from models.preprocess import Encoded, Pipeline
+from ztfl.models.datasets import LabeledTable, deduplicate, load, stratified_split
+from ztfl.models.preprocess import Encoded, Pipeline
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.datasets import NORMAL, LabeledTable, MissingColumnError
+from ztfl.models.datasets import NORMAL, LabeledTable, MissingColumnError
 
 PIPELINE_VERSION = 1
 LOG_THRESHOLD = 100.0

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.adversarial import attack
-from models.params import get_flat
-from models.preprocess import Encoded
+from ztfl.models.adversarial import attack
+from ztfl.models.params import get_flat
+from ztfl.models.preprocess import Encoded
 
 # The machines are small and shared: never more than two threads.
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -6,11 +6,11 @@ carries enough noise for the configured (epsilon, delta). The gateway keeps a le
 privacy spent across rounds with dp-accounting's RDP accountant.
 
     # agent (numpy only)                         # gateway (needs dp-accounting)
-    from privacy import add_noise, clip_l2       from privacy.accountant import calibrate, PrivacyLedger
+    from ztfl.privacy import add_noise, clip_l2       from privacy.accountant import calibrate, PrivacyLedger
     words = fixedpoint.encode(clip_l2(u, p.clip_norm), 1, ...)
     session.set_encoded_input(add_noise(words, p, rng))
 """
-from privacy.mechanisms import add_noise, clip_l2, skellam_noise
-from privacy.params import DpParams, PrivacyBudget
+from ztfl.privacy.mechanisms import add_noise, clip_l2, skellam_noise
+from ztfl.privacy.params import DpParams, PrivacyBudget
 
 __all__ = ["DpParams", "PrivacyBudget", "add_noise", "clip_l2", "skellam_noise"]

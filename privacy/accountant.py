@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from dp_accounting import dp_event, mechanism_calibration
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from privacy.params import DpParams, PrivacyBudget
+from ztfl.privacy.params import DpParams, PrivacyBudget
 
 # Integer RDP orders only (see above).
 ORDERS: tuple[int, ...] = tuple(range(2, 257)) + (320, 384, 448, 512, 768, 1024)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privacy.params import DpParams
+from ztfl.privacy.params import DpParams
 
 
 def clip_l2(update, clip_norm: float) -> np.ndarray:

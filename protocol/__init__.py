@@ -5,7 +5,7 @@ decide when a collection window ends. The exact byte-level specification is docs
 
 API (one session object per role and round; frames in, frames out):
 
-    from protocol import RoundConfig, ServerSession, ClientSession, EpochKeys, Stage
+    from ztfl.protocol import RoundConfig, ServerSession, ClientSession, EpochKeys, Stage
 
     config = RoundConfig.for_range(dim=..., max_clients=100, threshold=67, mask_bits=32)
 
@@ -36,13 +36,13 @@ Key epochs (protocol.epochs): the agent gets its keys from a `ClientKeyring` per
 the gateway its epoch id from an `EpochSchedule` (`epoch_for(round_id, now)`, pass
 `revealed_keys=schedule.revealed_keys` to the ServerSession, then `schedule.finish(server)`).
 """
-from protocol.client import ClientSession
-from protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
-from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
-from protocol.errors import ProtocolError, RoundAborted
-from protocol.keys import EpochKeys
-from protocol.server import AggregateResult, ServerSession, StageOutput
-from protocol.stages import Stage
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
+from ztfl.protocol.errors import ProtocolError, RoundAborted
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.server import AggregateResult, ServerSession, StageOutput
+from ztfl.protocol.stages import Stage
 
 __all__ = ["ACTIVE", "SEMI_HONEST", "AggregateResult", "ClientKeyring", "ClientSession", "EpochKeys",
            "EpochPolicy", "EpochSchedule", "ProtocolError", "RekeyReason", "RoundAborted", "RoundConfig",

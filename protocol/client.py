@@ -23,14 +23,14 @@ from nacl.bindings import (crypto_aead_xchacha20poly1305_ietf_decrypt,
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import fixedpoint, graph, kdf, session, shamir, wire
-from protocol.config import RoundConfig
-from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+from ztfl.protocol import fixedpoint, graph, kdf, session, shamir, wire
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
                              WrongRound)
-from protocol.keys import EpochKeys
-from protocol.prg import apply_masks, word_dtype
-from protocol.stages import Stage, client_transitions, next_stage
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.prg import apply_masks, word_dtype
+from ztfl.protocol.stages import Stage, client_transitions, next_stage
 
 
 def encrypt_share(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -11,7 +11,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from protocol.errors import ConfigurationError, MalformedMessage
+from ztfl.protocol.errors import ConfigurationError, MalformedMessage
 
 SEMI_HONEST = 0
 ACTIVE = 1

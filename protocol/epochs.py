@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from protocol.keys import EpochKeys
+from ztfl.protocol.keys import EpochKeys
 
 MAX_U32 = 0xFFFFFFFF
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.prg import word_dtype
+from ztfl.protocol.prg import word_dtype
 
 
 def quantize(values: np.ndarray, frac_bits: int, clip_q: int) -> np.ndarray:

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import hashlib
 
-from protocol.kdf import graph_key
+from ztfl.protocol.kdf import graph_key
 
 EPOCH_GRAPH_CONTEXT = b"ztfl/secagg/v1/epoch-graph"
-from protocol.prg import keystream
+from ztfl.protocol.prg import keystream
 
 
 def secagg_plus_degree(n: int) -> int:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 
-from protocol.errors import KeyAgreementError
+from ztfl.protocol.errors import KeyAgreementError
 
 ZERO_SALT = bytes(32)
 INFO_PAIRWISE_EPOCH = b"ztfl/secagg/v1/pairwise-epoch"

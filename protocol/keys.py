@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import kdf, session
+from ztfl.protocol import kdf, session
 
 
 @dataclass

@@ -24,12 +24,12 @@ import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import fixedpoint, graph, kdf, session, shamir, wire
-from protocol.config import RoundConfig
-from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
+from ztfl.protocol import fixedpoint, graph, kdf, session, shamir, wire
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
                              ShamirError, UnknownSender, WrongRound)
-from protocol.prg import apply_masks, default_workers, word_dtype
-from protocol.stages import CLOSE, Stage, next_stage, server_transitions
+from ztfl.protocol.prg import apply_masks, default_workers, word_dtype
+from ztfl.protocol.stages import CLOSE, Stage, next_stage, server_transitions
 
 
 @dataclass

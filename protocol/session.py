@@ -21,8 +21,8 @@ from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519, crypto_sign_ed25
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import kdf
-from protocol.errors import KeyAgreementError
+from ztfl.protocol import kdf
+from ztfl.protocol.errors import KeyAgreementError
 
 TAG_BYTES = 16
 INFO_SESSION = b"ztfl/secagg/v1/session"

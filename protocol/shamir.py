@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from protocol.errors import ShamirError
+from ztfl.protocol.errors import ShamirError
 
 PRIME = 2**256 + 297
 SECRET_BYTES = 32

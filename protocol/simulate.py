@@ -2,21 +2,23 @@
 
 Frames travel as bytes through the real encoders and decoders; only the transport is absent.
 A client listed in `drop_before` stops answering from that stage on (a dropout).
+
+protocol/ reads no clock: a benchmark that wants the time spent per party passes `clock`, a
+function returning (wall seconds, CPU seconds), e.g. ztfl.bench.report.process_clock.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 from nacl.signing import SigningKey
 
-from protocol.client import ClientSession
-from protocol.config import RoundConfig
-from protocol.keys import EpochKeys
-from protocol.server import AggregateResult, ServerSession, StageOutput
-from protocol.stages import Stage
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.server import AggregateResult, ServerSession, StageOutput
+from ztfl.protocol.stages import Stage
 
 
 @dataclass
@@ -38,6 +40,13 @@ class Cohort:
         return d
 
 
+Clock = Callable[[], tuple[float, float]]
+
+
+def no_clock() -> tuple[float, float]:
+    return 0.0, 0.0
+
+
 @dataclass
 class RoundRun:
     result: AggregateResult | None
@@ -55,12 +64,13 @@ class RoundRun:
 def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarray],
               weights: Mapping[int, int] | None = None, drop_before: Mapping[int, Stage] | None = None,
               round_id: int = 1, workers: int = 1, epoch_keys: Mapping[int, EpochKeys] | None = None,
-              revealed_keys: set[bytes] | None = None, encoded: Mapping[int, np.ndarray] | None = None
-              ) -> RoundRun:
+              revealed_keys: set[bytes] | None = None, encoded: Mapping[int, np.ndarray] | None = None,
+              clock: Clock = no_clock) -> RoundRun:
     """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on.
     `workers`: threads each session may use to expand masks. `epoch_keys` (default: the cohort's)
     and `revealed_keys` let several rounds share one key epoch (protocol.epochs). `encoded[c]`,
-    when given, is client c's input already in the fixed-point domain (set_encoded_input)."""
+    when given, is client c's input already in the fixed-point domain (set_encoded_input).
+    `clock` (default: none) times each party's work into the run's *_seconds fields."""
     drop_before = dict(drop_before or {})
     weights = weights or {}
     epoch_keys = epoch_keys if epoch_keys is not None else cohort.epoch_keys
@@ -85,31 +95,34 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
             frame = out if isinstance(out, bytes) else out.frame_for(c)
             if frame is None or not active(c, stage) or session.stage.terminal:
                 continue
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = clock()
             if stage == Stage.MASKED_INPUT_COLLECTION:
                 if c in encoded:
                     session.set_encoded_input(encoded[c])
                 else:
                     session.set_input(inputs[c], weights.get(c, 1))
             reply = session.receive(frame)
-            run.client_seconds[c] += time.perf_counter() - t0
-            run.client_cpu_seconds[c] += time.process_time() - c0
+            t1, c1 = clock()
+            run.client_seconds[c] += t1 - t0
+            run.client_cpu_seconds[c] += c1 - c0
             if reply is None:
                 continue
             if stage == Stage.MASKED_INPUT_COLLECTION:
                 run.upload_bytes[c] = len(reply)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0 = clock()
             server.receive(reply)
-            run.server_seconds += time.perf_counter() - t0
-            run.server_cpu_seconds += time.process_time() - c0
+            t1, c1 = clock()
+            run.server_seconds += t1 - t0
+            run.server_cpu_seconds += c1 - c0
 
     out: StageOutput | bytes = server.round_config()
     for stage in order[:-1]:
         deliver(out, stage)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = clock()
         out = server.close_stage()
-        run.server_seconds += time.perf_counter() - t0
-        run.server_cpu_seconds += time.process_time() - c0
+        t1, c1 = clock()
+        run.server_seconds += t1 - t0
+        run.server_cpu_seconds += c1 - c0
         if server.stage == Stage.ABORTED:
             deliver(out, stage)   # clients learn of the abort
             return run
@@ -120,7 +133,7 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
 def expected_sums(config: RoundConfig, inputs: Mapping[int, np.ndarray], weights: Mapping[int, int],
                   survivors) -> tuple[np.ndarray, int]:
     """The plaintext reference: sum of w*q over survivors (int64) and the total weight."""
-    from protocol.fixedpoint import quantize
+    from ztfl.protocol.fixedpoint import quantize
     total = np.zeros(config.dim, dtype=np.int64)
     weight = 0
     for c in survivors:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from protocol import wire
-from protocol.errors import InvalidTransition
+from ztfl.protocol import wire
+from ztfl.protocol.errors import InvalidTransition
 
 
 class Stage(Enum):

@@ -1,6 +1,6 @@
-"""Writes tests/vectors/*.json from this reference implementation.
+"""The conformance vectors (tests/vectors/*.json) computed by this reference implementation.
 
-    python -m protocol.vectors [OUTDIR]      (default: tests/vectors)
+`build()` returns file name -> JSON text; `python -m ztfl.bench.vectors [OUTDIR]` writes them.
 
 Every input is derived from fixed labels, so the files are reproducible byte for byte (the AEAD
 nonces and Shamir coefficients are fixed here too). The MicroPython firmware and the Python tests
@@ -11,23 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from nacl.signing import SigningKey
 
-from protocol import fixedpoint, graph, kdf, prg, session, shamir, wire
-from protocol.client import ClientSession, encrypt_share
-from protocol.config import ACTIVE, RoundConfig
-from protocol.errors import ProtocolError
-from protocol.keys import EpochKeys
-from protocol.server import ServerSession
-from protocol.stages import Stage
-
-OUT = Path(__file__).resolve().parents[1] / "tests" / "vectors"
-
+from ztfl.protocol import fixedpoint, graph, kdf, prg, session, shamir, wire
+from ztfl.protocol.client import ClientSession, encrypt_share
+from ztfl.protocol.config import ACTIVE, RoundConfig
+from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.stages import Stage
 
 def fixed(label: str, n: int = 32) -> bytes:
     """Deterministic test bytes: SHA-256 chained from a label."""
@@ -561,17 +556,3 @@ def build() -> dict[str, str]:
     """File name -> JSON text."""
     return {f"{name}.json": json.dumps({"version": wire.VERSION, **gen()}, indent=1, sort_keys=True) + "\n"
             for name, gen in GENERATORS.items()}
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0]) if argv else OUT
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in build().items():
-        (out / name).write_text(text)
-        print(out / name)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,11 +24,11 @@ import numpy as np
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import session
-from protocol.config import MAX_DIM, RoundConfig
-from protocol.errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
-from protocol.prg import word_dtype
-from protocol.shamir import PRIME, SHARE_BYTES
+from ztfl.protocol import session
+from ztfl.protocol.config import MAX_DIM, RoundConfig
+from ztfl.protocol.errors import BadSignature, ConfigurationError, MalformedMessage, UnsupportedVersion
+from ztfl.protocol.prg import word_dtype
+from ztfl.protocol.shamir import PRIME, SHARE_BYTES
 
 MAGIC = b"ZS"
 VERSION = 1

@@ -2,7 +2,7 @@
 
 The gateway's API (updates are flat float32 deltas from the current global model):
 
-    from robustness.modes import make_aggregator, PrivacyConfigError
+    from ztfl.robustness.modes import make_aggregator, PrivacyConfigError
 
     agg = make_aggregator(privacy="grouped", defense="median", cohort_size=20, group_size=5)
     # raises PrivacyConfigError with the reason for an impossible combination,

@@ -12,7 +12,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from robustness.result import RobustnessError, as_stack
+from ztfl.robustness.result import RobustnessError, as_stack
 
 DATA_ATTACKS = ("label-flip", "backdoor")
 UPDATE_ATTACKS = ("sign-flip", "gaussian", "scaling", "alie", "slow-poison", "collude")

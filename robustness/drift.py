@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robustness.result import RobustnessError, as_stack
+from ztfl.robustness.result import RobustnessError, as_stack
 
 
 class DriftConfigError(RobustnessError):

@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from robustness.result import AggregateResult, RobustnessError, UpdateShapeError, as_stack
-from robustness.rules import (CoordinateMedian, FedAvg, Flame, GeometricMedian, Krum, TrimmedMean,
+from ztfl.robustness.result import AggregateResult, RobustnessError, UpdateShapeError, as_stack
+from ztfl.robustness.rules import (CoordinateMedian, FedAvg, Flame, GeometricMedian, Krum, TrimmedMean,
                               multi_krum)
 
 PRIVACY_MODES = ("secagg", "grouped", "none")
@@ -130,7 +130,7 @@ def _rule(c: AggregatorConfig, attributions_of=None):
     if c.defense == "flame":
         return Flame(noise_lambda=c.flame_noise, seed=c.seed)
     if c.defense in ("shap", "shap-mad"):
-        from robustness.shap_stability import ShapStability
+        from ztfl.robustness.shap_stability import ShapStability
 
         return ShapStability(attributions_of, threshold="mean-2sd" if c.defense == "shap" else "median-mad")
     raise PrivacyConfigError(f"unknown defense {c.defense!r}")
@@ -192,7 +192,7 @@ class Aggregator:
         excluded.update({int(keep[j]): r for j, r in inner.excluded.items()})
         result = AggregateResult(inner.aggregate, dict(sorted(excluded.items())), self.rule.name, inner.info)
         if self.config.drift:
-            from robustness.drift import DriftTracker
+            from ztfl.robustness.drift import DriftTracker
 
             if self.drift is None:
                 self.drift = DriftTracker(dim=stack.shape[1], seed=self.config.seed)

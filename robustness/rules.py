@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustness.result import AggregateResult, RobustnessError, as_stack, as_weights
+from ztfl.robustness.result import AggregateResult, RobustnessError, as_stack, as_weights
 
 
 class RuleConfigError(RobustnessError):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol.config import RoundConfig, minimum_threshold
-from protocol.simulate import Cohort, run_round
-from robustness.result import RobustnessError
+from ztfl.protocol.config import RoundConfig, minimum_threshold
+from ztfl.protocol.simulate import Cohort, run_round
+from ztfl.robustness.result import RobustnessError
 
 # Fixed point: 20 fractional bits resolve 1e-6, clip at +-8 per coordinate, 64-bit words
 # leave room for sample-count weights of up to 2^31 per agent.

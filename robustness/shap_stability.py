@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from robustness.result import AggregateResult, RobustnessError, as_stack, as_weights
-from robustness.rules import FedAvg
+from ztfl.robustness.result import AggregateResult, RobustnessError, as_stack, as_weights
+from ztfl.robustness.rules import FedAvg
 
 THRESHOLDS = ("mean-2sd", "median-mad")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from models.datasets import datasets_dir as default_datasets_dir
+from ztfl.models.datasets import datasets_dir as default_datasets_dir
 from ztfl.services import start_mosquitto, start_swtpm
 
 REPO = Path(__file__).resolve().parents[1]

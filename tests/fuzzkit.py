@@ -6,7 +6,7 @@ import tracemalloc
 
 from hypothesis import strategies as st
 
-from ztfl.fuzz_targets import Target
+from ztfl.bench.fuzz_targets import Target
 
 
 @st.composite

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.client import ClientSession
-from protocol.config import RoundConfig
-from protocol.server import ServerSession
-from protocol.simulate import Cohort
-from protocol.stages import Stage
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.simulate import Cohort
+from ztfl.protocol.stages import Stage
 
 
 class Round:
@@ -64,5 +64,5 @@ class Round:
         return self.server.result
 
     def expected(self, survivors):
-        from protocol.simulate import expected_sums
+        from ztfl.protocol.simulate import expected_sums
         return expected_sums(self.config, self.inputs, self.weights, survivors)

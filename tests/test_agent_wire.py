@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from agent.topics import Topics, TopicError
-from agent.wire import Alert, Envelope, Hello, ModelBlob, RoundAnnounce, WireError
+from ztfl.fednet.topics import Topics, TopicError
+from ztfl.fednet.messages import Alert, Envelope, Hello, ModelBlob, RoundAnnounce, WireError
 
 
 def _hello() -> Hello:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attestation.measure import expected_pcr, measure_agent
-from attestation.policy import AttestationPolicy
-from attestation.provision import load_devices
-from attestation.registry import IdentityRegistry
+from ztfl.attestation.measure import expected_pcr, measure_agent
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.provision import load_devices
+from ztfl.attestation.registry import IdentityRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,11 +133,11 @@ def test_bench_attest_prints_one_json_object(capsys):
 def test_provisioned_fleet_enrols_and_attests(swtpm, tmp_path):
     """From `ztfl provision` output to seats: a TPM agent configured by its attestation.yaml and
     an ESP32 signing with the device key from its firmware.json."""
-    from attestation.enrolment import EnrolmentAuthority
-    from attestation.provision import Device, Fleet, provision, register_provisioned
-    from attestation.software_identity import sign_software_quote
-    from attestation.tpm_agent import TpmAttestor
-    from attestation.verifier import Verifier
+    from ztfl.attestation.enrolment import EnrolmentAuthority
+    from ztfl.attestation.provision import Device, Fleet, provision, register_provisioned
+    from ztfl.attestation.software_identity import sign_software_quote
+    from ztfl.attestation.tpm_agent import TpmAttestor
+    from ztfl.attestation.verifier import Verifier
 
     fleet = tmp_path / "fleet"
     provision(Fleet("plant", "fog1", [Device("pi-01", "raspberry-pi-4"), Device("esp-01", "esp32")],

@@ -9,12 +9,12 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from attestation import errors
-from attestation.enrolment import EnrolmentAuthority
-from attestation.messages import EnrolmentRequest
-from attestation.policy import AttestationPolicy
-from attestation.registry import IdentityRegistry
-from attestation.tpm_agent import TpmAttestor
+from ztfl.attestation import errors
+from ztfl.attestation.enrolment import EnrolmentAuthority
+from ztfl.attestation.messages import EnrolmentRequest
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import IdentityRegistry
+from ztfl.attestation.tpm_agent import TpmAttestor
 from ztfl.services import start_swtpm
 
 POLICY = AttestationPolicy(allowlist={"raspberry-pi-4": {23: frozenset()}})

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from attestation import errors
-from attestation.enrolment import EnrolmentAuthority
-from attestation.measure import expected_pcr
-from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence
-from attestation.nonces import NonceBook
-from attestation.policy import AttestationPolicy
-from attestation.registry import IdentityRegistry
-from attestation.software_identity import new_device_key, sign_software_quote
-from attestation.tpm_agent import TpmAttestor
-from attestation.verifier import Verifier
+from ztfl.attestation import errors
+from ztfl.attestation.enrolment import EnrolmentAuthority
+from ztfl.attestation.measure import expected_pcr
+from ztfl.attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence
+from ztfl.attestation.nonces import NonceBook
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import IdentityRegistry
+from ztfl.attestation.software_identity import new_device_key, sign_software_quote
+from ztfl.attestation.tpm_agent import TpmAttestor
+from ztfl.attestation.verifier import Verifier
 from ztfl.services import start_swtpm
 
 AGENT = "pi-01"
@@ -331,7 +331,7 @@ def test_software_rooted_device_admitted_only_where_policy_allows(enrolled):
 def test_ak_is_recreated_identically_and_a_foreign_key_at_its_handle_is_refused(swtpm, tmp_path):
     from tpm2_pytss import ESYS_TR, TPM2B_SENSITIVE_CREATE
 
-    from attestation.tpm_agent import DEFAULT_AK_HANDLE, ak_template
+    from ztfl.attestation.tpm_agent import DEFAULT_AK_HANDLE, ak_template
 
     with TpmAttestor(swtpm.tcti, tmp_path / "agent") as attestor:
         ak = attestor.ensure_ak()

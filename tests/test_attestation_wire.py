@@ -12,18 +12,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attestation import errors
-from attestation.binding import qualifying_data, software_quote_message
-from attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence,
+from ztfl.attestation import errors
+from ztfl.attestation.binding import qualifying_data, software_quote_message
+from ztfl.attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest, QuoteEvidence,
                                   SoftwareEvidence, decode_evidence)
-from attestation.nonces import NonceBook
-from attestation.policy import AttestationPolicy
-from attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
-from attestation.tpm_wire import (ALG_ECC, ALG_ECDSA, ALG_NULL, ALG_SHA256, ECC_NIST_P256, FIXED_PARENT, FIXED_TPM,
+from ztfl.attestation.nonces import NonceBook
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import TPM_ROOTED, EnrolledIdentity, IdentityRegistry
+from ztfl.attestation.tpm_wire import (ALG_ECC, ALG_ECDSA, ALG_NULL, ALG_SHA256, ECC_NIST_P256, FIXED_PARENT, FIXED_TPM,
                                   RESTRICTED, SENSITIVE_DATA_ORIGIN, SIGN_ENCRYPT, TPM_GENERATED_VALUE,
                                   TPM_ST_ATTEST_QUOTE, USER_WITH_AUTH, PcrSelection, parse_public,
                                   parse_quote_attest, parse_signature, qualified_name_under_endorsement)
-from attestation.verifier import Verifier
+from ztfl.attestation.verifier import Verifier
 
 TPM_ERRORS = (errors.AttestFormatError, errors.SignatureFormatError, errors.PublicKeyFormatError)
 

@@ -10,7 +10,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from attestation.provision import Device, Fleet, listener_options, provision
+from ztfl.attestation.provision import Device, Fleet, listener_options, provision
 from ztfl.services import start_mosquitto
 
 FED, GW = "plant", "fog1"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import kdf
-from protocol.config import SEMI_HONEST, RoundConfig
-from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
+from ztfl.protocol import kdf
+from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from dataclasses import replace
 
-from protocol.errors import BadSignature, ConfigurationError, ConsistencyViolation, InvalidTransition
-from protocol.simulate import Cohort, expected_sums, run_round
-from protocol.stages import Stage
+from ztfl.protocol.errors import BadSignature, ConfigurationError, ConsistencyViolation, InvalidTransition
+from ztfl.protocol.simulate import Cohort, expected_sums, run_round
+from ztfl.protocol.stages import Stage
 
 IDS = [1, 2, 3, 4, 5]
 DIM = 40
@@ -140,7 +140,7 @@ def test_a_survivor_that_withholds_its_round_key_aborts_the_round_without_exposi
 
 
 def test_server_refuses_the_wrong_unmasking_message_for_the_round_kind():
-    from protocol import wire
+    from ztfl.protocol import wire
     fleet = Fleet(EpochPolicy(max_rounds=10))
     run = fleet.round(1)
     server = run.server

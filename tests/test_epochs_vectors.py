@@ -87,8 +87,8 @@ def test_masked_words_and_the_unmasked_sum_follow_from_the_keys():
 def test_key_reuse_frames_decode_verify_and_reencode():
     from nacl.signing import SigningKey
 
-    from protocol import wire
-    from protocol.config import FLAG_KEY_REUSE, RoundConfig
+    from ztfl.protocol import wire
+    from ztfl.protocol.config import FLAG_KEY_REUSE, RoundConfig
 
     config = RoundConfig.decode(bytes.fromhex(VECTORS["config"]))
     assert config.key_reuse and bytes.fromhex(VECTORS["config"])[7] & FLAG_KEY_REUSE
@@ -113,7 +113,7 @@ def test_key_reuse_frames_decode_verify_and_reencode():
 def test_epoch_graph_digest_is_sha256_of_epoch_ids_and_keys():
     import hashlib
 
-    from protocol import graph
+    from ztfl.protocol import graph
 
     g = VECTORS["epoch_graph"]
     h = hashlib.sha256(b"ztfl/secagg/v1/epoch-graph" + struct.pack("<I", g["epoch"]))

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from nacl.signing import SigningKey
 
-from protocol import wire
-from protocol.config import RoundConfig
-from protocol.errors import MalformedMessage
+from ztfl.protocol import wire
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.errors import MalformedMessage
 
 KEY = SigningKey(bytes(range(32)))
 SHARE = (5).to_bytes(33, "little")

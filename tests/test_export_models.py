@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from models import bundle
-from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-from models.export.onnx_export import embedded_pipeline, quantised_op_types
-from models.export.runtime import IDSRuntime, RuntimeLoadError
-from models.micro import MicroMLP, QuantMicro, int8_logits, int8_predict, quantise, quantise_input
-from models.prepare import prepare
-from models.training import TrainConfig, predict, train_local
+from ztfl.models import bundle
+from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+from ztfl.models.export.onnx_export import embedded_pipeline, quantised_op_types
+from ztfl.models.export.runtime import IDSRuntime, RuntimeLoadError
+from ztfl.models.micro import MicroMLP, QuantMicro, int8_logits, int8_predict, quantise, quantise_input
+from ztfl.models.prepare import prepare
+from ztfl.models.training import TrainConfig, predict, train_local
 from ztfl.cli import main as ztfl_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_runtime_picks_the_file_a_profile_asks_for(trained, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(dirs["cnn-lstm"], d)
     assert ztfl_main(["export", "--model", str(d), "--to", "onnx", "--int8"]) == 0
-    from hw_profiles import load_profile
+    from ztfl.hw_profiles import load_profile
     rt = IDSRuntime.for_profile(load_profile("raspberry-pi-4"), d)
     assert rt.backend == "onnxruntime" and rt.path.name == "model.int8.onnx"
     with pytest.raises(RuntimeLoadError):
@@ -158,7 +158,7 @@ def test_micro_reference_runs_bit_exact_under_micropython(trained, tmp_path):
 
 
 def test_unrolled_twin_computes_the_same_function(trained):
-    from models.export.unrolled import UnrolledCNNLSTM
+    from ztfl.models.export.unrolled import UnrolledCNNLSTM
     _, prep, dirs = trained
     model, _ = bundle.load(dirs["cnn-lstm"])
     assert model.config.readout == "max"
@@ -170,7 +170,7 @@ def test_unrolled_twin_computes_the_same_function(trained):
 
 
 def test_unrolled_twin_of_a_last_step_model():
-    from models.export.unrolled import UnrolledCNNLSTM
+    from ztfl.models.export.unrolled import UnrolledCNNLSTM
     torch.manual_seed(0)
     model = CNNLSTM(CNNLSTMConfig.small(40, 3)).eval()
     assert model.config.readout == "last"

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.update import local_update
-from gateway.secagg import CLIP
-from models.params import get_flat
-from protocol.simulate import Cohort
-from ztfl.federated_experiment import FederatedConfig, _secure_mean, build, run_federation
+from ztfl.agent.update import local_update
+from ztfl.gateway.secagg import CLIP
+from ztfl.models.params import get_flat
+from ztfl.protocol.simulate import Cohort
+from ztfl.bench.federated import FederatedConfig, _secure_mean, build, run_federation
 
 TINY = dict(agents=8, alpha=0.5, rounds=3, local_batches=12, batch_size=32, max_train_rows=2400, mask_bits=32)
 

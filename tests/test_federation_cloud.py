@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import yaml
 
-from gateway.registry import Registry
+from ztfl.gateway.registry import Registry
 from ztfl.demo import launch, wait_port
 from ztfl.services import start_mosquitto
 

@@ -17,14 +17,14 @@ import urllib.request
 import numpy as np
 import pytest
 
-from agent.sim import sim_update
+from ztfl.agent.sim import sim_update
 from faults.conftest import federation  # noqa: F401  (the fault suite's fixture: gateway + fleets on a real broker)
-from gateway.config import PrivacySpec
-from gateway.dp import PrivacyBook
-from gateway.registry import Registry
-from privacy import clip_l2
-from privacy.accountant import calibrate, epsilon_for
-from privacy.params import PrivacyBudget
+from ztfl.gateway.config import PrivacySpec
+from ztfl.gateway.dp import PrivacyBook
+from ztfl.gateway.registry import Registry
+from ztfl.privacy import clip_l2
+from ztfl.privacy.accountant import calibrate, epsilon_for
+from ztfl.privacy.params import PrivacyBudget
 
 COHORT = "cnn-lstm-32"
 DELTA = 1e-5

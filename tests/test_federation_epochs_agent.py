@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from agent.keyrings import AgentKeyrings
-from agent.secagg import AgentAggregation
-from agent.wire import RoundAnnounce, RoundKeying, WireError, dp_document
-from gateway.secagg import cohort_round_config
-from privacy import clip_l2
-from privacy.params import DpParams
-from protocol.errors import ConfigurationError
-from protocol.fixedpoint import quantize
-from protocol.server import ServerSession
-from protocol.stages import Stage
+from ztfl.agent.keyrings import AgentKeyrings
+from ztfl.agent.secagg import AgentAggregation
+from ztfl.fednet.messages import RoundAnnounce, RoundKeying, WireError, dp_document
+from ztfl.gateway.secagg import cohort_round_config
+from ztfl.privacy import clip_l2
+from ztfl.privacy.params import DpParams
+from ztfl.protocol.errors import ConfigurationError
+from ztfl.protocol.fixedpoint import quantize
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.stages import Stage
 
 COHORT = "cnn-lstm-32"
 DIM = 3000

@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 
-from gateway.registry import Registry
+from ztfl.gateway.registry import Registry
 from ztfl.demo import launch, start_gateway, wait_port
 
 AGENTS = "raspberry-pi-4,raspberry-pi-4,jetson-orin-nano"

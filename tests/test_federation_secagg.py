@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from agent.wire import Envelope
-from gateway.registry import Registry
+from ztfl.fednet.messages import Envelope
+from ztfl.gateway.registry import Registry
 from ztfl.demo import launch, wait_port
 
 

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import paho.mqtt.client as paho
 
-from attestation.software_identity import new_device_key
-from ztfl.firmware_records import encode_records, write_device_dir
-from ztfl.micropython_host import firmware_device_config, start_firmware_agent
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.firmware_tools.records import encode_records, write_device_dir
+from ztfl.firmware_tools.micropython_host import firmware_device_config, start_firmware_agent
 
 
 def _watch(port: int, messages: list, connected: threading.Event) -> paho.Client:

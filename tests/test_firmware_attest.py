@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from attestation import AttestationPolicy, IdentityRegistry, Verifier
-from attestation.errors import AttestationError
-from attestation.software_identity import new_device_key
-from ztfl.micropython_host import run_json
+from ztfl.attestation import AttestationPolicy, IdentityRegistry, Verifier
+from ztfl.attestation.errors import AttestationError
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.firmware_tools.micropython_host import run_json
 
 _SIGN = r"""
 import sys, json

@@ -16,11 +16,11 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from attestation.provision import Device, Fleet, listener_options, provision
+from ztfl.attestation.provision import Device, Fleet, listener_options, provision
 from ztfl.cli import main as ztfl_main
-from ztfl.firmware_cli import BuildError, build_bundle
-from ztfl.flash_cli import FlashError, flash_commands
-from ztfl.micropython_host import FIRMWARE_DIR, run_json
+from ztfl.firmware_tools.cli import BuildError, build_bundle
+from ztfl.firmware_tools.flash import FlashError, flash_commands
+from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR, run_json
 from ztfl.services import free_port, start_mosquitto
 
 CLASSES = ["normal", "dos", "probe", "r2l", "u2r"]

@@ -6,7 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-from ztfl.micropython_host import FIRMWARE_DIR, run_json
+from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR, run_json
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 SCRIPT = (FIRMWARE_DIR / "host" / "conformance.py").read_text()

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ztfl.micropython_host import run_json
+from ztfl.firmware_tools.micropython_host import run_json
 
 # One MicroPython process evaluates a list of (name, args) calls and returns hex results,
 # so the interpreter starts once per test, not once per vector.

@@ -10,13 +10,13 @@ import numpy as np
 import paho.mqtt.client as paho
 import torch
 
-from agent.model import flat_to_tensors, layout
-from agent.wire import Alert, Heartbeat, ModelBlob
-from attestation.software_identity import new_device_key
-from models.micro import MicroConfig, MicroMLP
-from models.params import get_flat
-from ztfl.firmware_records import encode_records, quantise_rows, write_device_dir
-from ztfl.micropython_host import firmware_device_config, start_firmware_agent
+from ztfl.models.spec import flat_to_tensors, layout
+from ztfl.fednet.messages import Alert, Heartbeat, ModelBlob
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.models.micro import MicroConfig, MicroMLP
+from ztfl.models.params import get_flat
+from ztfl.firmware_tools.records import encode_records, quantise_rows, write_device_dir
+from ztfl.firmware_tools.micropython_host import firmware_device_config, start_firmware_agent
 
 CLASSES = ["normal", "dos"]
 

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 import yaml
 
-from agent.model import flat_to_tensors
-from agent.wire import ModelBlob
-from gateway.config import GatewayConfig
-from gateway.registry import Registry
-from gateway.server import Gateway
-from protocol.fixedpoint import quantize
-from attestation.software_identity import new_device_key
-from ztfl.firmware_records import partition_records, write_device_dir
-from ztfl.micropython_host import (firmware_device_config, provision_firmware_devices, run_json,
+from ztfl.models.spec import flat_to_tensors
+from ztfl.fednet.messages import ModelBlob
+from ztfl.gateway.config import GatewayConfig
+from ztfl.gateway.registry import Registry
+from ztfl.gateway.server import Gateway
+from ztfl.protocol.fixedpoint import quantize
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.firmware_tools.records import partition_records, write_device_dir
+from ztfl.firmware_tools.micropython_host import (firmware_device_config, provision_firmware_devices, run_json,
                                    start_firmware_agent)
 from ztfl.services import start_swtpm
 
@@ -230,10 +230,10 @@ def test_firmware_agent_declines_a_round_with_differential_privacy(mosquitto, tm
 
     import paho.mqtt.client as paho
 
-    from agent.wire import RoundAnnounce
+    from ztfl.fednet.messages import RoundAnnounce
     seed, public = new_device_key()
     rng = np.random.default_rng(0)
-    from ztfl.firmware_records import encode_records
+    from ztfl.firmware_tools.records import encode_records
     cfg = firmware_device_config("esp-9", "plant", "fog1", "127.0.0.1", mosquitto.port, ["normal", "dos"],
                                  seed, public, heartbeat_s=0.5)
     device = write_device_dir(tmp_path / "esp-9", cfg,

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from protocol.client import ClientSession
-from protocol.config import RoundConfig
-from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
-from protocol.server import ServerSession
-from protocol.simulate import Cohort, expected_sums
-from protocol.stages import Stage
-from ztfl.micropython_host import FirmwareClient, drive_round
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.simulate import Cohort, expected_sums
+from ztfl.protocol.stages import Stage
+from ztfl.firmware_tools.micropython_host import FirmwareClient, drive_round
 
 IDS = [1, 2, 3, 4]
 FIRMWARE = (2, 4)

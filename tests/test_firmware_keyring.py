@@ -3,8 +3,8 @@ the same sequence of rounds gives the same key generations, for the same reasons
 MicroPython; and the agent's round announcement accepts the key-epoch fields."""
 from __future__ import annotations
 
-from protocol.epochs import ClientKeyring, EpochPolicy
-from ztfl.micropython_host import run_json
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy
+from ztfl.firmware_tools.micropython_host import run_json
 
 _KEYRING = r"""
 import sys, json

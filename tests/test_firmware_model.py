@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.micro import MicroConfig, MicroMLP, int8_logits, quantise, quantise_input
-from ztfl.micropython_host import run_json
+from ztfl.models.micro import MicroConfig, MicroMLP, int8_logits, quantise, quantise_input
+from ztfl.firmware_tools.micropython_host import run_json
 
 _INFER = r"""
 import sys, json
@@ -117,7 +117,7 @@ def test_local_training_learns_and_keeps_the_host_parameter_layout():
     # The flat vector is the host's models.params order: loading it into the torch model must
     # give the same predictions as the device's float forward pass.
     model = MicroMLP(MicroConfig(10, 2, (16, 8)))
-    from models.params import set_flat
+    from ztfl.models.params import set_flat
     set_flat(model, np.asarray(out["flat"], dtype=np.float32))
     with torch.no_grad():
         pred = model(torch.from_numpy(x)).argmax(1).numpy()

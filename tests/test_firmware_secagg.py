@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from protocol import wire
-from protocol.client import ClientSession
-from protocol.config import RoundConfig
-from protocol.server import ServerSession
-from protocol.simulate import Cohort, expected_sums
-from protocol.stages import Stage
-from ztfl.micropython_host import FirmwareClient, drive_round, run_json
+from ztfl.protocol import wire
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.simulate import Cohort, expected_sums
+from ztfl.protocol.stages import Stage
+from ztfl.firmware_tools.micropython_host import FirmwareClient, drive_round, run_json
 
 EPOCH, ROUND = 5, 9
 
@@ -202,7 +202,7 @@ print(json.dumps({"viper": wordops.HAVE_VIPER, "out": res}))
 
 
 def test_masked_stream_matches_the_reference_encoder_in_both_word_paths():
-    from protocol import fixedpoint, prg
+    from ztfl.protocol import fixedpoint, prg
     rng = np.random.default_rng(4)
     values = np.concatenate([rng.normal(0, 3, 97), [0.5, -0.5, 1.5, 2.5, -2.5, 9.0, -9.0, 1e-9]]).astype(np.float32)
     plus, minus = [bytes([7]) * 16, bytes([9]) * 16], [bytes([1]) * 16]
@@ -295,7 +295,7 @@ def test_firmware_checks_only_its_groups_consistency_signatures():
     A forged signature of a non-member is not looked at (it releases nothing about non-members);
     a forged one of a member is refused, and the stage stays where it was."""
     import hashlib
-    from protocol import graph
+    from ztfl.protocol import graph
     config = RoundConfig(dim=16, threshold=2, max_clients=5, mask_bits=32, neighbors=2, security=0)
     ids, fw_id = [1, 2, 3, 4, 5], 5
     cohort = Cohort.create(ids, epoch=EPOCH)

@@ -16,7 +16,7 @@ from nacl.bindings import (crypto_core_ed25519_add, crypto_scalarmult, crypto_sc
                            crypto_sign_ed25519_pk_to_curve25519)
 from nacl.signing import SigningKey
 
-from ztfl.micropython_host import run_json
+from ztfl.firmware_tools.micropython_host import run_json
 
 P = 2 ** 255 - 19
 

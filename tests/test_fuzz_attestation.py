@@ -8,10 +8,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attestation.errors import AttestationError
-from attestation.messages import QuoteEvidence
+from ztfl.attestation.errors import AttestationError
+from ztfl.attestation.messages import QuoteEvidence
 from fuzzkit import decode_typed, inputs_for, peak_allocation
-from ztfl.fuzz_targets import by_name, tpms_attest_quote
+from ztfl.bench.fuzz_targets import by_name, tpms_attest_quote
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TARGETS = by_name(["attestation"])

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from ztfl.fuzz import run_target
-from ztfl.fuzz_targets import Target, catalogue
+from ztfl.bench.fuzz import run_target
+from ztfl.bench.fuzz_targets import Target, catalogue
 
 
 def test_bench_runs_every_target_without_crashes():

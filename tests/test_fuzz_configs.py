@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzkit import decode_typed, inputs_for
-from ztfl.fuzz_targets import by_name
+from ztfl.bench.fuzz_targets import by_name
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TARGETS = by_name(["config"])

@@ -9,9 +9,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.wire import MODEL_MAGIC, ModelBlob, WireError
+from ztfl.fednet.messages import MODEL_MAGIC, ModelBlob, WireError
 from fuzzkit import decode_typed, inputs_for, peak_allocation
-from ztfl.fuzz_targets import by_name
+from ztfl.bench.fuzz_targets import by_name
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TARGETS = by_name(["mqtt"])
@@ -70,7 +70,7 @@ def test_model_blob_with_any_declared_shape_is_refused_without_allocating_it(sha
 
 def test_round_announcement_of_a_large_cohort_decodes():
     """The announcement lists every participant: 5,000 agents are well above 64 KiB of JSON."""
-    from agent.wire import RoundAnnounce
+    from ztfl.fednet.messages import RoundAnnounce
     ann = RoundAnnounce(1, 0, "cnn-lstm-32", "cnn-lstm", 32, 0, "00" * 32,
                         [[f"sim-{i:05d}", i, "ab" * 32] for i in range(1, 5001)], 15, "cd" * 32, {}, 1, "ef" * 32)
     payload = ann.encode()
@@ -82,7 +82,7 @@ def test_round_announcement_of_a_large_cohort_decodes():
 @given(json_values)
 def test_pipeline_that_is_not_an_object_is_refused_typed(doc):
     """Found by `ztfl bench fuzz`: a retained pipeline `7` stopped the agent (AttributeError)."""
-    from agent.wire import decode_pipeline
+    from ztfl.fednet.messages import decode_pipeline
     try:
         decode_pipeline(json.dumps(doc).encode())
     except WireError:

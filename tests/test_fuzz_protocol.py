@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from fuzzkit import decode_typed, inputs_for, peak_allocation
-from protocol import wire
-from protocol.errors import MalformedMessage, ProtocolError
-from ztfl.fuzz_targets import by_name
+from ztfl.protocol import wire
+from ztfl.protocol.errors import MalformedMessage, ProtocolError
+from ztfl.bench.fuzz_targets import by_name
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FRAME, PEEK, CONFIG, SHARE, TAGGED, CTAGS, UTAGS = by_name(

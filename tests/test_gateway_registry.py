@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.registry import ModelVersion, Registry, RegistryError
+from ztfl.gateway.registry import ModelVersion, Registry, RegistryError
 
 
 def test_commit_and_resume_from_disk(tmp_path):

@@ -16,13 +16,13 @@ import time
 import paho.mqtt.client as mqtt
 import torch
 
-from agent.wire import Hello
-from attestation.software_identity import new_device_key
-from gateway.config import GatewayConfig
-from gateway.registry import Registry
-from gateway.server import Gateway
-from ztfl.firmware_records import partition_records, write_device_dir
-from ztfl.micropython_host import firmware_device_config, provision_firmware_devices, start_firmware_agent
+from ztfl.fednet.messages import Hello
+from ztfl.attestation.software_identity import new_device_key
+from ztfl.gateway.config import GatewayConfig
+from ztfl.gateway.registry import Registry
+from ztfl.gateway.server import Gateway
+from ztfl.firmware_tools.records import partition_records, write_device_dir
+from ztfl.firmware_tools.micropython_host import firmware_device_config, provision_firmware_devices, start_firmware_agent
 
 HONEST = ["esp-0", "esp-1", "esp-2"]
 ROGUE = "esp-3"

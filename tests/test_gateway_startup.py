@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry
-from gateway.server import STATE_WRITE_FAILED
+from ztfl.gateway.registry import Registry
+from ztfl.gateway.server import STATE_WRITE_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 READ_ONLY_BIND = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'

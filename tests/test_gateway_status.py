@@ -10,9 +10,9 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
-from agent.wire import Alert, Heartbeat, Hello
-from gateway.config import GatewayConfig
-from gateway.server import Gateway
+from ztfl.fednet.messages import Alert, Heartbeat, Hello
+from ztfl.gateway.config import GatewayConfig
+from ztfl.gateway.server import Gateway
 
 
 def _pump(gw: Gateway, seconds: float) -> None:

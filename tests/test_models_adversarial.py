@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from models import bundle
-from models.adversarial import attack, input_gradient, margin_loss, pgd, strongest
-from models.datasets import load
-from models.preprocess import Pipeline
-from models.training import TrainConfig, predict, train_local
+from ztfl.models import bundle
+from ztfl.models.adversarial import attack, input_gradient, margin_loss, pgd, strongest
+from ztfl.models.datasets import load
+from ztfl.models.preprocess import Pipeline
+from ztfl.models.training import TrainConfig, predict, train_local
 from ztfl.cli import main as ztfl_main
 
 
@@ -56,7 +56,7 @@ def test_sign_steps_survive_a_confident_softmax_and_the_margin_survives_an_under
 def kdd_small(tmp_path_factory):
     from tests.conftest import DATASETS
     from tests.test_models_data import spread_rows
-    from models.prepare import prepare
+    from ztfl.models.prepare import prepare
     d = tmp_path_factory.mktemp("kdd_adv")
     f = spread_rows(DATASETS / "nsl_kdd/KDDTrain+_20Percent.txt", d / "kdd.txt", 500, header=False)
     prep = prepare(f, "nsl-kdd", seed=0)
@@ -161,9 +161,9 @@ def test_last_step_readout_ignores_the_numeric_columns_and_the_max_readout_uses_
     learned nothing from them, so no attack on them can hurt it); read out as the max over steps,
     it uses them. Checked with seeds 0, 1 and 2."""
     from dataclasses import replace
-    from models.adversarial_comparison import sensitivity
-    from models.cnn_lstm import CNNLSTM
-    from models.prepare import prepare
+    from ztfl.bench.adversarial import sensitivity
+    from ztfl.models.cnn_lstm import CNNLSTM
+    from ztfl.models.prepare import prepare
     prep = prepare(datasets_dir / "unsw_nb15/UNSW_NB15_dev.csv", "unsw-nb15", seed=0, max_rows=1500)
     clean, shuffled = {}, {}
     for readout in ("last", "max"):

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.datasets import (EDGE_IIOT_COLUMNS, MissingColumnError, deduplicate, load,
+from ztfl.models.datasets import (EDGE_IIOT_COLUMNS, MissingColumnError, deduplicate, load,
                              read_edge_iiotset, read_nsl_kdd, read_ton_iot, read_unsw_nb15,
                              stratified_split)
-from models.partition import by_device, dirichlet_partition
-from models.preprocess import Pipeline
+from ztfl.models.partition import by_device, dirichlet_partition
+from ztfl.models.preprocess import Pipeline
 
 
 def head_bytes(src, dst, n_lines: int):
@@ -193,7 +193,7 @@ def test_ton_iot_one_client_per_device(datasets_dir, tmp_path):
 
 
 def test_load_rejects_unknown_format_and_missing_file(tmp_path):
-    from models.datasets import DataFormatError
+    from ztfl.models.datasets import DataFormatError
     with pytest.raises(DataFormatError):
         load(tmp_path / "x.csv", "kdd99")
     with pytest.raises(FileNotFoundError):

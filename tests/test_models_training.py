@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from models import bundle
-from models.adversarial import attack
-from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-from models.micro import MAX_PARAMS, MicroConfig, MicroMLP, MicroModelError
-from models.params import ParameterShapeError, get_flat, num_flat, num_trainable, set_flat
-from models.prepare import prepare
-from models.training import TrainConfig, class_weights, evaluate, loss_of, train_local
+from ztfl.models import bundle
+from ztfl.models.adversarial import attack
+from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+from ztfl.models.micro import MAX_PARAMS, MicroConfig, MicroMLP, MicroModelError
+from ztfl.models.params import ParameterShapeError, get_flat, num_flat, num_trainable, set_flat
+from ztfl.models.prepare import prepare
+from ztfl.models.training import TrainConfig, class_weights, evaluate, loss_of, train_local
 from ztfl.cli import main as ztfl_main
 
 

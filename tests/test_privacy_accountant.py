@@ -10,9 +10,9 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
-from privacy.accountant import (ORDERS, BudgetExceeded, PrivacyLedger, TooFewSurvivors, calibrate,
+from ztfl.privacy.accountant import (ORDERS, BudgetExceeded, PrivacyLedger, TooFewSurvivors, calibrate,
                                 epsilon_for, gaussian_equivalent_epsilon, round_event)
-from privacy.params import DpParams, PrivacyBudget
+from ztfl.privacy.params import DpParams, PrivacyBudget
 
 BUDGET = PrivacyBudget(epsilon=8.0, delta=1e-5)
 

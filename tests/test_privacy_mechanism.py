@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy import DpParams, add_noise, clip_l2, skellam_noise
-from protocol import fixedpoint
-from protocol.config import SEMI_HONEST, RoundConfig
-from protocol.simulate import Cohort, run_round
-from protocol.stages import Stage
+from ztfl.privacy import DpParams, add_noise, clip_l2, skellam_noise
+from ztfl.protocol import fixedpoint
+from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.simulate import Cohort, run_round
+from ztfl.protocol.stages import Stage
 
 PARAMS = DpParams(clip_norm=1.0, frac_bits=16, dim=64, noise_variance=4.0e8, min_survivors=4)
 

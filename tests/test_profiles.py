@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hw_profiles import (PROFILE_DIR, ProfileError, available_profiles, detect_profile, load_profile,
+from ztfl.hw_profiles import (PROFILE_DIR, ProfileError, available_profiles, detect_profile, load_profile,
                          parse_profile, resolve_profile)
 
 BOARDS = ["raspberry-pi-3", "raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import wire
-from protocol.errors import BadSignature, ConsistencyViolation, RoundAborted
-from protocol.stages import Stage
+from ztfl.protocol import wire
+from ztfl.protocol.errors import BadSignature, ConsistencyViolation, RoundAborted
+from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
 from test_protocol_hostile import assert_client_refuses
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from protocol import shamir, wire
-from protocol.client import ClientSession
-from protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+from ztfl.protocol import shamir, wire
+from ztfl.protocol.client import ClientSession
+from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
                              InvalidTransition,
                              KeyAgreementError, MalformedMessage, RoundAborted, ShamirError, UnknownSender,
                              UnsupportedVersion, WrongRound)
-from protocol.keys import EpochKeys
-from protocol.stages import Stage
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
 from test_protocol_stages import client_snapshot, server_snapshot
 

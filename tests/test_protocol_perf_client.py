@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from agent.secagg import PeerKeys
-from protocol import graph, wire
-from protocol.errors import DuplicateMessage, MalformedMessage, UnknownSender
-from protocol.keys import EpochKeys
-from protocol.stages import Stage
+from ztfl.agent.secagg import PeerKeys
+from ztfl.protocol import graph, wire
+from ztfl.protocol.errors import DuplicateMessage, MalformedMessage, UnknownSender
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
 
 

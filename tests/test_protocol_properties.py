@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from protocol import fixedpoint, prg, shamir, wire
-from protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
-from protocol.errors import ConfigurationError, MalformedMessage, ShamirError, UnsupportedVersion
+from ztfl.protocol import fixedpoint, prg, shamir, wire
+from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
+from ztfl.protocol.errors import ConfigurationError, MalformedMessage, ShamirError, UnsupportedVersion
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 secrets = st.binary(min_size=32, max_size=32)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.config import SEMI_HONEST, RoundConfig
-from protocol.errors import RoundAborted
-from protocol.simulate import Cohort, run_round
-from protocol.stages import Stage
+from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.errors import RoundAborted
+from ztfl.protocol.simulate import Cohort, run_round
+from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
 
 
@@ -41,7 +41,7 @@ def test_hundred_clients_complete_graph_with_dropouts_is_exact():
     drops.update({c: Stage.SHARE_KEYS for c in ids[1::25]})                # 4 drop before sharing
     run = run_round(config, cohort, inputs, weights, drop_before=drops)
     assert run.result is not None and len(run.result.survivors) == 86
-    from protocol.simulate import expected_sums
+    from ztfl.protocol.simulate import expected_sums
     expected, weight = expected_sums(config, inputs, weights, run.result.survivors)
     assert np.array_equal(run.result.sums, expected) and run.result.total_weight == weight
 
@@ -58,7 +58,7 @@ def test_hundred_clients_secagg_plus_with_dropouts_is_exact(mask_bits):
     drops = {c: Stage.MASKED_INPUT_COLLECTION for c in ids[3::10]}
     drops.update({c: Stage.UNMASKING for c in ids[5::20]})
     run = run_round(config, cohort, inputs, drop_before=drops)
-    from protocol.simulate import expected_sums
+    from ztfl.protocol.simulate import expected_sums
     expected, weight = expected_sums(config, inputs, {}, run.result.survivors)
     assert np.array_equal(run.result.sums, expected) and weight == 90
     # Only neighbours hold shares: each client dealt to 14 peers, not 99.
@@ -116,7 +116,7 @@ def test_a_new_round_in_the_same_epoch_reuses_keys_and_stays_exact():
 def test_weighted_mean_is_the_weighted_average_of_quantised_inputs():
     rnd = Round(n=4, threshold=3, dim=5)
     result = rnd.run()
-    from protocol.fixedpoint import quantize
+    from ztfl.protocol.fixedpoint import quantize
     num = sum(rnd.weights[c] * quantize(rnd.inputs[c], 16, rnd.config.clip_q) for c in rnd.ids)
     assert np.allclose(result.mean(), num / 2**16 / sum(rnd.weights.values()))
     assert np.max(np.abs(result.mean() - sum(rnd.weights[c] * rnd.inputs[c] for c in rnd.ids)
@@ -126,7 +126,7 @@ def test_weighted_mean_is_the_weighted_average_of_quantised_inputs():
 def test_round_abort_exception_is_raised_to_a_client_seeing_too_few_survivors():
     rnd = Round(n=4, threshold=3, dim=4)
     rnd.step(); rnd.step(); rnd.step()
-    from protocol import wire
+    from ztfl.protocol import wire
     forged = wire.ConsistencyRequest(0, 1, 7, (1, 2)).encode(rnd.cohort.server_identity)
     with pytest.raises(RoundAborted):
         rnd.clients[1].receive(forged)

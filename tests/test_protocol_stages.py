@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import wire
-from protocol.errors import InvalidTransition
-from protocol.stages import (CLIENT_TRANSITIONS, CLIENT_TRANSITIONS_KEY_REUSE, CLOSE, SERVER_TRANSITIONS,
+from ztfl.protocol import wire
+from ztfl.protocol.errors import InvalidTransition
+from ztfl.protocol.stages import (CLIENT_TRANSITIONS, CLIENT_TRANSITIONS_KEY_REUSE, CLOSE, SERVER_TRANSITIONS,
                              Stage, client_transitions, server_transitions)
 from protocol_testkit import Round
 

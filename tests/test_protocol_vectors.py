@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.signing import SigningKey, VerifyKey
 
-from protocol import fixedpoint, graph, kdf, prg, shamir, vectors, wire
-from protocol.client import decrypt_share
-from protocol.config import RoundConfig
+from ztfl.protocol import fixedpoint, graph, kdf, prg, shamir, vectors, wire
+from ztfl.protocol.client import decrypt_share
+from ztfl.protocol.config import RoundConfig
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 
@@ -34,7 +34,7 @@ def test_vector_files_are_exactly_what_the_generator_writes():
     built = vectors.build()
     assert sorted(built) == sorted(p.name for p in VECTORS.glob("*.json"))
     for name, text in built.items():
-        assert (VECTORS / name).read_text() == text, f"{name} is stale: run python -m protocol.vectors"
+        assert (VECTORS / name).read_text() == text, f"{name} is stale: run python -m ztfl.bench.vectors"
 
 
 def test_hkdf_matches_the_library_implementation():

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from robustness.attacks import (AttackConfigError, Trigger, a_little_is_enough, attack_success_rate,
+from ztfl.robustness.attacks import (AttackConfigError, Trigger, a_little_is_enough, attack_success_rate,
                                 choose_malicious, collude, flip_labels, gaussian_noise,
                                 poison_with_backdoor, replacement_factor, scale_update, sign_flip,
                                 slow_poison)
-from robustness.rules import FedAvg
+from ztfl.robustness.rules import FedAvg
 
 
 def test_choose_malicious_takes_the_rounded_fraction_of_distinct_agents():

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from robustness.experiment import Experiment, ExperimentConfig
+from ztfl.bench.byzantine import Experiment, ExperimentConfig
 from ztfl.cli import main
 
 TINY = ExperimentConfig(dataset="nsl-kdd", agents=20, rounds=1, max_rows=3000, local_batches=2, seed=4)

@@ -3,7 +3,7 @@ what its gateway may see."""
 import numpy as np
 import pytest
 
-from robustness.modes import AggregatorConfig, PrivacyConfigError, make_aggregator, split_groups, validate
+from ztfl.robustness.modes import AggregatorConfig, PrivacyConfigError, make_aggregator, split_groups, validate
 
 
 @pytest.mark.parametrize("defense", ["krum", "multi-krum", "median", "trimmed-mean", "geomed", "flame"])

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from robustness.result import UpdateShapeError
-from robustness.rules import (CoordinateMedian, FedAvg, Flame, GeometricMedian, Krum, RuleConfigError,
+from ztfl.robustness.result import UpdateShapeError
+from ztfl.robustness.rules import (CoordinateMedian, FedAvg, Flame, GeometricMedian, Krum, RuleConfigError,
                               TrimmedMean, clip_to_norm, multi_krum)
 
 CENTER = np.array([1.0, 1.0])

@@ -2,9 +2,9 @@
 rule over the group means drops a group a scaled attacker poisoned."""
 import numpy as np
 
-from robustness.attacks import scale_update
-from robustness.modes import make_aggregator
-from robustness.secure_groups import FRAC_BITS, secure_group_sums, secure_sum
+from ztfl.robustness.attacks import scale_update
+from ztfl.robustness.modes import make_aggregator
+from ztfl.robustness.secure_groups import FRAC_BITS, secure_group_sums, secure_sum
 
 
 def test_secure_sum_equals_the_weighted_plaintext_sum_up_to_fixed_point():

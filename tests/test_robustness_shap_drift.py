@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from robustness.drift import DriftTracker
-from robustness.modes import make_aggregator
-from robustness.shap_stability import ShapStability, shap_attributions, stability_scores
+from ztfl.robustness.drift import DriftTracker
+from ztfl.robustness.modes import make_aggregator
+from ztfl.robustness.shap_stability import ShapStability, shap_attributions, stability_scores
 
 RNG = np.random.default_rng(0)
 BACKGROUND = RNG.random((12, 5)).astype(np.float32)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import session, wire
-from protocol.config import SEMI_HONEST, RoundConfig
-from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
-from protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, InvalidTransition,
+from ztfl.protocol import session, wire
+from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
+from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, InvalidTransition,
                              KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender, WrongRound)
-from protocol.keys import EpochKeys
-from protocol.simulate import Cohort, expected_sums, run_round
-from protocol.stages import Stage
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.simulate import Cohort, expected_sums, run_round
+from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
 from test_protocol_hostile import assert_client_refuses, assert_server_refuses
 

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.signing import SigningKey
 
-from protocol import errors, fixedpoint, wire
-from protocol.config import RoundConfig
-from protocol.server import ServerSession
-from protocol.vectors import replay_client
+from ztfl.protocol import errors, fixedpoint, wire
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.vectors import replay_client
 
 VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "session.json").read_text())
 P = 2**255 - 19
@@ -57,7 +57,7 @@ def test_server_identity_keys_map_to_curve25519_by_the_birational_map():
         clamped[31] = (clamped[31] & 127) | 64
         assert bytes(clamped) == h(case["curve25519_sk"])
         assert x25519_base(bytes(clamped)) == h(case["curve25519_pk"])
-    from protocol.session import server_curve_public
+    from ztfl.protocol.session import server_curve_public
     for case in VECTORS["curve25519_refused"]:
         with pytest.raises(getattr(errors, case["error"])):
             server_curve_public(h(case["ed25519_pk"]))

@@ -16,31 +16,31 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ztfl.demo", "run a local demo federation"),
-    "agent": ("agent.cli", "run the agent daemon"),
-    "gateway": ("gateway.cli", "run the fog gateway"),
-    "cloud": ("gateway.cloud_cli", "run the cloud aggregator above gateways"),
-    "status": ("gateway.status_cli", "show a gateway's live status"),
-    "train": ("models.cli_train", "train the IDS model centrally"),
-    "evaluate": ("models.cli_evaluate", "evaluate an IDS model on a data file"),
-    "export": ("models.export.cli", "export a model to int8 ONNX or TFLite"),
-    "experiment": ("ztfl.experiment", "run robustness experiments"),
-    "attest": ("attestation.cli", "TPM attestation tools (quote, verify)"),
-    "provision": ("attestation.provision", "make CA, certificates, broker and device configs"),
-    "firmware": ("ztfl.firmware_cli", "build the MicroPython firmware bundle"),
-    "flash": ("ztfl.flash_cli", "flash a board"),
+    "agent": ("ztfl.agent.cli", "run the agent daemon"),
+    "gateway": ("ztfl.gateway.cli", "run the fog gateway"),
+    "cloud": ("ztfl.gateway.cloud_cli", "run the cloud aggregator above gateways"),
+    "status": ("ztfl.gateway.status_cli", "show a gateway's live status"),
+    "train": ("ztfl.models.cli_train", "train the IDS model centrally"),
+    "evaluate": ("ztfl.models.cli_evaluate", "evaluate an IDS model on a data file"),
+    "export": ("ztfl.models.export.cli", "export a model to int8 ONNX or TFLite"),
+    "experiment": ("ztfl.bench.experiment", "run robustness experiments"),
+    "attest": ("ztfl.attestation.cli", "TPM attestation tools (quote, verify)"),
+    "provision": ("ztfl.attestation.provision", "make CA, certificates, broker and device configs"),
+    "firmware": ("ztfl.firmware_tools.cli", "build the MicroPython firmware bundle"),
+    "flash": ("ztfl.firmware_tools.flash", "flash a board"),
 }
 
 # `ztfl bench NAME`: benchmark name -> (module, help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "secagg": ("protocol.bench", "secure aggregation, all clients in one process"),
-    "epochs": ("protocol.bench_epochs", "per-round client cost with and without key reuse"),
-    "dp": ("privacy.experiment", "accuracy against epsilon: distributed DP federated training on real data"),
-    "model": ("models.bench", "IDS model size, latency and int8 agreement"),
-    "adversarial": ("models.adversarial_comparison", "robust accuracy with and without adversarial training"),
-    "attest": ("attestation.bench", "TPM quote and verification latency"),
-    "gateway": ("gateway.bench", "gateway rounds through the broker"),
-    "firmware": ("ztfl.firmware_bench", "ESP32 agent round work in the MicroPython unix port"),
-    "fuzz": ("ztfl.fuzz", "mutation fuzzing of every decoder of peer bytes and config files"),
+    "secagg": ("ztfl.bench.secagg", "secure aggregation, all clients in one process"),
+    "epochs": ("ztfl.bench.epochs", "per-round client cost with and without key reuse"),
+    "dp": ("ztfl.bench.dp", "accuracy against epsilon: distributed DP federated training on real data"),
+    "model": ("ztfl.bench.model", "IDS model size, latency and int8 agreement"),
+    "adversarial": ("ztfl.bench.adversarial", "robust accuracy with and without adversarial training"),
+    "attest": ("ztfl.bench.attest", "TPM quote and verification latency"),
+    "gateway": ("ztfl.bench.gateway", "gateway rounds through the broker"),
+    "firmware": ("ztfl.bench.firmware", "ESP32 agent round work in the MicroPython unix port"),
+    "fuzz": ("ztfl.bench.fuzz", "mutation fuzzing of every decoder of peer bytes and config files"),
 }
 
 

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _dataset(args) -> str:
     if args.data:
         return args.data
-    from models.datasets import datasets_dir
+    from ztfl.models.datasets import datasets_dir
     return str(datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt")
 
 
@@ -82,7 +82,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
     from ztfl.services import start_swtpm
     exe = [sys.executable, "-m", "ztfl.cli"]
     profiles = [p for p in args.agents.split(",") if p]
-    from ztfl.micropython_host import micropython_binary
+    from ztfl.firmware_tools.micropython_host import micropython_binary
     n_fw = getattr(args, "firmware_agents", 0) if micropython_binary() else 0
     data = {"path": _dataset(args), "fmt": "nsl-kdd", "count": len(profiles) + n_fw, "alpha": args.alpha, "seed": 7}
     gw_state = work / "gateway"
@@ -99,7 +99,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
     fw_keys = None
     if n_fw and tpms is not None:
         # Firmware boards have no TPM: provisioned device keys, admitted as software-rooted seats.
-        from ztfl.micropython_host import firmware_agent_id, provision_firmware_devices
+        from ztfl.firmware_tools.micropython_host import firmware_agent_id, provision_firmware_devices
         fw_keys = provision_firmware_devices(work / "provision", "demo", "fog1",
                                              [firmware_agent_id(i) for i in fw_indices])
         gw_cfg["software_devices"] = str(work / "provision" / "gateway" / "devices.yaml")
@@ -131,7 +131,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
                                        stdout=open(logs / f"{agent_id}.log", "wb"), stderr=subprocess.STDOUT,
                                        env=env))
     if n_fw:
-        from ztfl.micropython_host import launch_firmware_agents
+        from ztfl.firmware_tools.micropython_host import launch_firmware_agents
         agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data, fw_indices, logs, keys=fw_keys)
     return gateway, agents, gw_state
 
@@ -176,7 +176,7 @@ def wait_port(gw_state: Path, gateway: subprocess.Popen, timeout: float = 120) -
 
 
 def write_outputs(out: Path, gw_state: Path, status: dict, model_size: str = "small") -> dict:
-    from gateway.registry import Registry
+    from ztfl.gateway.registry import Registry
     reg = Registry(gw_state)
     rounds = []
     for r in reg.rounds():
@@ -198,15 +198,15 @@ def write_outputs(out: Path, gw_state: Path, status: dict, model_size: str = "sm
     shutil.copy(gw_state / "pipeline.json", out / "pipeline.json")
     import numpy as np
     import torch
-    from agent.model import ModelSpec
-    from models.params import set_flat
-    from models.preprocess import Pipeline
+    from ztfl.models.spec import ModelSpec
+    from ztfl.models.params import set_flat
+    from ztfl.models.preprocess import Pipeline
     pipe = Pipeline.load(out / "pipeline.json")
     model = ModelSpec("cnn-lstm", pipe.n_features, pipe.n_classes, model_size).build()
     set_flat(model, np.asarray(vector, dtype=np.float32))
     torch.save(model.state_dict(), out / "global_model.pt")
-    from models import bundle
-    from models.export.onnx_export import export_int8
+    from ztfl.models import bundle
+    from ztfl.models.export.onnx_export import export_int8
     # A model directory `ztfl evaluate --model` reads, and the int8 ONNX the agents run.
     bundle.save(out / "global_model", model, pipe, latest.metrics)
     export_int8(model, pipe, out / "global_model.int8.onnx")
@@ -262,7 +262,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from hw_profiles import load_profile
+    from ztfl.hw_profiles import load_profile
     from ztfl.services import start_mosquitto
     console = Console(quiet=args.quiet)
     out = Path(args.out)

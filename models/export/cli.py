@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from models import bundle
-from models.datasets import FORMATS, DataFormatError
-from models.prepare import encode_file
+from ztfl.models import bundle
+from ztfl.models.datasets import FORMATS, DataFormatError
+from ztfl.models.prepare import encode_file
 
 TARGETS = ("onnx", "tflite", "micro")
 
@@ -53,17 +53,17 @@ def run(args) -> int:
             return 2
     report = {"model": str(args.model), "to": args.to, "int8": args.int8, "out": str(out)}
     if args.to == "onnx":
-        from models.export import onnx_export
+        from ztfl.models.export import onnx_export
         (onnx_export.export_int8 if args.int8 else onnx_export.export_fp32)(model, pipeline, out)
     elif args.to == "tflite":
-        from models.export.tflite_export import ExportError, export_int8
+        from ztfl.models.export.tflite_export import ExportError, export_int8
         try:
             export_int8(args.model, calibration, out, batch=args.batch)
         except ExportError as e:
             print(f"ztfl export: {e}", file=sys.stderr)
             return 1
     else:
-        from models.micro import MicroMLP, quantise
+        from ztfl.models.micro import MicroMLP, quantise
         if not isinstance(model, MicroMLP):
             print("ztfl export: --to micro needs a micro model (ztfl train --model micro)", file=sys.stderr)
             return 2

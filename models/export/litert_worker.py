@@ -1,7 +1,7 @@
 """int8 .tflite conversion, run inside the litert-torch virtual environment (.venv-litert).
 
 litert-torch pins packages that conflict with the runtime stack, so the exporter runs this
-file as a subprocess:  .venv-litert/bin/python -m models.export.litert_worker MODEL_DIR CALIB.npy OUT.tflite
+file as a subprocess:  .venv-litert/bin/python -m ztfl.models.export.litert_worker MODEL_DIR CALIB.npy OUT.tflite
 It imports only torch, numpy and the model classes (no pandas, no pipeline), rebuilds the
 fp32 model from model.json + weights.npz (the CNN-LSTM as its unrolled twin, see
 models.export.unrolled, so the LSTM weights are quantised too), quantises it with litert-torch's PT2E static int8
@@ -18,8 +18,8 @@ import torch
 
 
 def build_model(model_dir: Path) -> torch.nn.Module:
-    from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-    from models.micro import MicroConfig, MicroMLP
+    from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+    from ztfl.models.micro import MicroConfig, MicroMLP
     meta = json.loads((model_dir / "model.json").read_text())
     kinds = {"cnn-lstm": (CNNLSTM, CNNLSTMConfig), "micro": (MicroMLP, MicroConfig)}
     cls, cfg_cls = kinds[meta["kind"]]
@@ -43,7 +43,7 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
     model = build_model(model_dir)
     cnn_lstm = meta_kind(model_dir) == "cnn-lstm"
     if cnn_lstm:
-        from models.export.unrolled import UnrolledCNNLSTM
+        from ztfl.models.export.unrolled import UnrolledCNNLSTM
         model = UnrolledCNNLSTM(model)
     # The exported graph has a fixed batch: repeat the rows to fill at least one batch.
     if len(calibration) < batch:
@@ -55,7 +55,7 @@ def convert(model_dir: Path, calibration: np.ndarray, out: Path, batch: int = 1)
         # One scale per LSTM weight matrix, as TFLite's own quantised LSTM kernel keeps them:
         # per-channel scales would store 3 x 1,024 scales and int64 zero points (about 37 KB,
         # 6 % of the file) for the input and recurrent projections and their bias.
-        from models.export.unrolled import UnrolledLSTM
+        from ztfl.models.export.unrolled import UnrolledLSTM
         # torch.export records module types by qualified name, which is what the filter compares.
         lstm_type = f"{UnrolledLSTM.__module__}.{UnrolledLSTM.__qualname__}"
         quantizer.set_module_type(lstm_type, get_symmetric_quantization_config(is_per_channel=False))

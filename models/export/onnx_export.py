@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from models.preprocess import Pipeline
+from ztfl.models.preprocess import Pipeline
 
 META_PIPELINE = "ztfl.pipeline"
 META_MODEL = "ztfl.model"

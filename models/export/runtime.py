@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.preprocess import Pipeline
+from ztfl.models.preprocess import Pipeline
 
 RUNTIME_FILES = {"onnxruntime": "model.int8.onnx", "tflite": "model.int8.tflite"}
 
@@ -57,7 +57,7 @@ class IDSRuntime:
             pipeline = Pipeline.from_dict(json.loads(pipeline_path(path).read_text()))
         if path.suffix == ".onnx":
             import onnxruntime as ort
-            from models.export.onnx_export import embedded_pipeline
+            from ztfl.models.export.onnx_export import embedded_pipeline
             pipeline = pipeline or embedded_pipeline(path)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads

@@ -41,8 +41,8 @@ def export_int8(model_dir: str | Path, calibration: np.ndarray, out: str | Path,
     with tempfile.TemporaryDirectory() as tmp:
         calib = Path(tmp) / "calibration.npy"
         np.save(calib, calibration)
-        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2", TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.run([str(litert_python()), "-m", "models.export.litert_worker", str(Path(model_dir).resolve()),
+        env = dict(os.environ, OMP_NUM_THREADS="2", TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run([str(litert_python()), "-m", "ztfl.models.export.litert_worker", str(Path(model_dir).resolve()),
                                str(calib), str(out), str(batch)], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=timeout)
     if proc.returncode != 0 or not out.exists():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.cnn_lstm import READOUTS
+from ztfl.models.cnn_lstm import READOUTS
 
 
 class UnrolledLSTM(nn.Module):

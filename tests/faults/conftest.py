@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agent.sim import agent_name, sim_update
-from gateway.registry import Registry
+from ztfl.agent.sim import agent_name, sim_update
+from ztfl.gateway.registry import Registry
 
 def _copy(stream, path: Path) -> None:
     with open(path, "ab") as out:
@@ -95,7 +95,7 @@ class Federation:
 
     def start_fleet(self, agents: int, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.sim", "--broker", self.broker_url, "--agents", str(agents),
+            [sys.executable, "-m", "ztfl.agent.sim", "--broker", self.broker_url, "--agents", str(agents),
              "--dim", "1", "--heartbeat-s", "1", "--serve", "--timeout", "300", *args],
             stdout=subprocess.PIPE, stderr=open(self.work / "fleet.log", "ab"), text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 
-from gateway.registry import Registry
+from ztfl.gateway.registry import Registry
 
 POINTS = ("model-file-temp", "model-file-written", "mid-transaction", "committed")
 # The transaction's statement that follows the model-version inserts (gateway.registry.commit_round).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import yaml
 
-from agent.sim import sim_devices
+from ztfl.agent.sim import sim_devices
 
 
 def test_gateway_killed_in_the_attestation_stage_then_restarted(federation):

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 
 from faults.crash_gateway import POINTS
-from gateway.registry import Registry
+from ztfl.gateway.registry import Registry
 
 
 def _versions(state) -> list[int]:

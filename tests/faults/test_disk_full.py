@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import resource
 
-from gateway.registry import Registry
-from gateway.server import STATE_WRITE_FAILED
+from ztfl.gateway.registry import Registry
+from ztfl.gateway.server import STATE_WRITE_FAILED
 
 
 def test_disk_full_mid_round_keeps_last_version_and_round_is_redone(federation):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.registry import Registry
-from gateway.server import STATE_WRITE_FAILED
+from ztfl.gateway.registry import Registry
+from ztfl.gateway.server import STATE_WRITE_FAILED
 
 BIND_ITSELF = 'mount --bind "$0" "$0" && exec "$@"'
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from gateway.bench import default_neighbors, run_round_through_broker
+from ztfl.bench.gateway import default_neighbors, run_round_through_broker
 
 
 def test_round_with_dropouts_is_exact_and_reports_every_stage(mosquitto):
@@ -38,7 +38,7 @@ def test_bench_cli_uses_neighbourhoods_above_forty_agents():
 def test_agents_started_elsewhere_join_the_round(mosquitto):
     """What the --remote-agent test runs over ssh, here in a local process: an agent fleet the
     harness did not start takes part and the aggregate stays exact."""
-    external = subprocess.Popen([sys.executable, "-m", "agent.sim", "--broker", mosquitto.url, "--agents", "1",
+    external = subprocess.Popen([sys.executable, "-m", "ztfl.agent.sim", "--broker", mosquitto.url, "--agents", "1",
                                  "--first-id", "1000", "--dim", "1", "--timeout", "120"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

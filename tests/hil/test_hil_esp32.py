@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ztfl.micropython_host import FIRMWARE_DIR
+from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR
 
 pytestmark = pytest.mark.hil
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"

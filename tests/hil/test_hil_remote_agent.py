@@ -18,14 +18,14 @@ def test_remote_board_takes_part_in_an_exact_round(remote_agent, mosquitto):
         pytest.fail(f"--remote-agent must be ssh://user@host, got {remote_agent!r}")
     target = f"{url.username + '@' if url.username else ''}{url.hostname}"
     port_args = ["-p", str(url.port)] if url.port else []
-    remote_cmd = ("~/ztfl/.venv/bin/python -m agent.sim --broker mqtt://127.0.0.1:{port} --agents 1 "
+    remote_cmd = ("~/ztfl/.venv/bin/python -m ztfl.agent.sim --broker mqtt://127.0.0.1:{port} --agents 1 "
                   "--first-id 1000 --dim 2000 --timeout 120").format(port=mosquitto.port)
     ssh = subprocess.Popen(["ssh", *port_args, "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
                             "-R", f"{mosquitto.port}:127.0.0.1:{mosquitto.port}", target,
                             f"cd ~/ztfl && {remote_cmd}"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        from gateway.bench import run_round_through_broker
+        from ztfl.bench.gateway import run_round_through_broker
         report = run_round_through_broker(mosquitto.url, local_agents=5, dim=2000, dropout=0.0,
                                           external_agents=1, timeout=120)
         assert report["exact"] and report["survivors"] == 6

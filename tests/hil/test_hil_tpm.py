@@ -6,14 +6,14 @@ import hashlib
 
 import pytest
 
-from attestation.enrolment import EnrolmentAuthority
-from attestation.errors import ReplayedNonce
-from attestation.measure import expected_pcr
-from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
-from attestation.policy import AttestationPolicy
-from attestation.registry import IdentityRegistry
-from attestation.tpm_agent import TpmAttestor
-from attestation.verifier import Verifier
+from ztfl.attestation.enrolment import EnrolmentAuthority
+from ztfl.attestation.errors import ReplayedNonce
+from ztfl.attestation.measure import expected_pcr
+from ztfl.attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
+from ztfl.attestation.policy import AttestationPolicy
+from ztfl.attestation.registry import IdentityRegistry
+from ztfl.attestation.tpm_agent import TpmAttestor
+from ztfl.attestation.verifier import Verifier
 
 pytestmark = pytest.mark.hil
 PROFILE = "raspberry-pi-4"

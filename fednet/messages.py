@@ -6,6 +6,7 @@ travel in a length-checked envelope. Every decoder checks the size before it all
 the whole buffer, and raises WireError with a reason.
 """
 from __future__ import annotations
+from ztfl.protocol.rounds import attempt_id
 
 import hashlib
 import json
@@ -158,7 +159,7 @@ class RoundAnnounce(JsonMessage):
     @property
     def keying(self) -> "RoundKeying":
         """The protocol epoch, round id and key-reuse flag this announcement asks for."""
-        return RoundKeying(self.round * 16 + self.attempt if self.epoch is None else self.epoch,
+        return RoundKeying(attempt_id(self.round, self.attempt) if self.epoch is None else self.epoch,
                            self.round if self.protocol_round is None else self.protocol_round,
                            bool(self.key_reuse))
 
@@ -186,8 +187,8 @@ DP_MECHANISMS = ("skellam",)
 
 def dp_params(doc: dict):
     """privacy.DpParams from an announcement's `dp` object; WireError on any bad or missing field."""
-    from privacy.params import DpParams
-    from protocol.config import MAX_DIM
+    from ztfl.privacy.params import DpParams
+    from ztfl.protocol.config import MAX_DIM
     if not isinstance(doc, dict):
         raise WireError("dp: expected an object")
     unknown = set(doc) - set(DP_FIELDS)
@@ -234,7 +235,7 @@ class RoundEnd(JsonMessage):
 
 def decode_pipeline(payload: bytes, limit: int = 1 << 20):
     """The gateway's retained preprocessing pipeline (JSON) as a models.preprocess.Pipeline."""
-    from models.preprocess import Pipeline
+    from ztfl.models.preprocess import Pipeline
     if len(payload) > limit:
         raise WireError(f"pipeline of {len(payload)} bytes above limit {limit}")
     try:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware" / "micropython"
 
 
@@ -197,7 +197,7 @@ def drive_round(server, clients: dict, drop_before: dict | None = None) -> dict[
     `drop_before[c] = Stage`: client c gets nothing from that stage on (a dropout). Returns, per
     firmware client and stage, its reply (`us`, `cpu_us`, `stage`). A firmware client refusing a
     frame of the honest server raises MicroPythonError; the round stops early if the server aborts."""
-    from protocol.stages import Stage
+    from ztfl.protocol.stages import Stage
     drop_before = drop_before or {}
     order = Stage.order()
     replies: dict[int, dict[str, dict]] = {c: {} for c, cl in clients.items() if isinstance(cl, FirmwareClient)}
@@ -257,8 +257,8 @@ def provision_firmware_devices(out: Path, federation: str, gateway: str, agent_i
                                profile: str = "esp32") -> dict[str, tuple[bytes, bytes]]:
     """`ztfl provision` for these boards into `out` (the gateway reads out/gateway/devices.yaml);
     returns agent id -> (device key seed, public key) as each board's bundle would carry them."""
-    from attestation.provision import Device, Fleet, provision
-    from attestation.software_identity import public_key_of
+    from ztfl.attestation.provision import Device, Fleet, provision
+    from ztfl.attestation.software_identity import public_key_of
     provision(Fleet(federation, gateway, [Device(a, profile) for a in agent_ids]), Path(out))
     keys = {}
     for agent_id in agent_ids:
@@ -276,8 +276,8 @@ def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway
     without, each gets a fresh key and sends no evidence."""
     from urllib.parse import urlparse
 
-    from attestation.software_identity import new_device_key
-    from ztfl.firmware_records import partitions_records, write_device_dir
+    from ztfl.attestation.software_identity import new_device_key
+    from ztfl.firmware_tools.records import partitions_records, write_device_dir
     url = urlparse(broker_url)
     if url.scheme != "mqtt":
         raise MicroPythonError(f"firmware agents in the demo need a plain mqtt:// broker, not {broker_url}")

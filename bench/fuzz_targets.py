@@ -28,8 +28,8 @@ def _protocol_seeds() -> list[bytes]:
     import numpy as np
     from nacl.signing import SigningKey
 
-    from protocol import wire
-    from protocol.config import RoundConfig
+    from ztfl.protocol import wire
+    from ztfl.protocol.config import RoundConfig
 
     key = SigningKey(bytes(range(32)))
     cfg = RoundConfig(dim=8, threshold=3, max_clients=4)
@@ -64,7 +64,7 @@ def _tagged_seeds() -> list[bytes]:
     per recipient (one and several)."""
     import numpy as np
 
-    from protocol import wire
+    from ztfl.protocol import wire
 
     k32, sig = bytes(range(32)), bytes(64)
     akeys = {1: SESSION_KEY, 2: bytes(32), 4: bytes(range(32))}
@@ -81,7 +81,7 @@ def _tagged_seeds() -> list[bytes]:
 def _tagged_frame(data: bytes):
     """A key-reuse frame as client 1 handles it: parsed, then its own tag looked up and checked
     (server frames), or the sender's tag checked (client frames)."""
-    from protocol.wire import SERVER_ID, decode_frame
+    from ztfl.protocol.wire import SERVER_ID, decode_frame
     frame = decode_frame(data, max_recipients=8)
     if frame.message.sender == SERVER_ID:
         return frame.verify_recipient(1, SESSION_KEY)
@@ -90,48 +90,48 @@ def _tagged_frame(data: bytes):
 
 def _body_parser(cls_name: str) -> Callable[[bytes], object]:
     def decode(data: bytes):
-        from protocol import wire
+        from ztfl.protocol import wire
         return getattr(wire, cls_name).parse(1, 7, 3, data)
     decode.__name__ = f"{cls_name}.parse"
     return decode
 
 
 def _consistency_tags_seeds() -> list[bytes]:
-    from protocol import wire
+    from ztfl.protocol import wire
     return [wire.ConsistencyTags(2, 7, 3, ((1, bytes(16)), (4, bytes(range(16))))).body(),
             wire.ConsistencyTags(2, 7, 3, ()).body()]
 
 
 def _unmask_request_tags_seeds() -> list[bytes]:
-    from protocol import wire
+    from ztfl.protocol import wire
     return [wire.UnmaskRequestTags(0, 7, 3, ((2, bytes(16)), (9, bytes(range(16)))), (3, 5)).body(),
             wire.UnmaskRequestTags(0, 7, 3, (), (3,)).body()]
 
 
 def _decode_frame(data: bytes):
-    from protocol.wire import decode_frame
+    from ztfl.protocol.wire import decode_frame
     return decode_frame(data)
 
 
 def _peek(data: bytes):
-    from protocol.wire import peek
+    from ztfl.protocol.wire import peek
     return peek(data)
 
 
 def _round_config(data: bytes):
-    from protocol.config import RoundConfig
+    from ztfl.protocol.config import RoundConfig
     return RoundConfig.decode(data)
 
 
 def _round_config_seeds() -> list[bytes]:
-    from protocol.config import RoundConfig
+    from ztfl.protocol.config import RoundConfig
     return [RoundConfig(dim=8, threshold=3, max_clients=4).encode(),
             RoundConfig(dim=100_000, threshold=12, max_clients=1000, neighbors=16, mask_bits=64,
                         frac_bits=24, clip_q=8 << 24).encode()]
 
 
 def _share_value(data: bytes):
-    from protocol.shamir import decode_y
+    from ztfl.protocol.shamir import decode_y
     return decode_y(data)
 
 
@@ -165,14 +165,14 @@ def tpm2b_public_rsa() -> bytes:
 
 
 def _evidence_seeds() -> list[bytes]:
-    from attestation.messages import QuoteEvidence, SoftwareEvidence
+    from ztfl.attestation.messages import QuoteEvidence, SoftwareEvidence
     return [QuoteEvidence(9, bytes(32), tpms_attest_quote(), tpmt_signature_ecdsa(),
                           (bytes(32), bytes(32), bytes(32))).to_bytes(),
             SoftwareEvidence(9, bytes(32), bytes(64)).to_bytes()]
 
 
 def _enrolment_seeds() -> list[bytes]:
-    from attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
+    from ztfl.attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
     return [EnrolmentRequest("pi-01", "raspberry-pi-4", tpm2b_public_rsa(), tpm2b_public_ecc(), b"\x30\x82").to_bytes(),
             EnrolmentChallenge(bytes(range(50)), bytes(range(70))).to_bytes(),
             ActivationResponse("pi-01", bytes(32)).to_bytes()]
@@ -180,20 +180,20 @@ def _enrolment_seeds() -> list[bytes]:
 
 def _attestation_message(cls_name: str) -> Callable[[bytes], object]:
     def decode(data: bytes):
-        from attestation import messages
+        from ztfl.attestation import messages
         return getattr(messages, cls_name).from_bytes(data)
     decode.__name__ = f"{cls_name}.from_bytes"
     return decode
 
 
 def _decode_evidence(data: bytes):
-    from attestation.messages import decode_evidence
+    from ztfl.attestation.messages import decode_evidence
     return decode_evidence(data)
 
 
 def _tpm(fn_name: str) -> Callable[[bytes], object]:
     def decode(data: bytes):
-        from attestation import tpm_wire
+        from ztfl.attestation import tpm_wire
         return getattr(tpm_wire, fn_name)(data)
     decode.__name__ = fn_name
     return decode
@@ -201,7 +201,7 @@ def _tpm(fn_name: str) -> Callable[[bytes], object]:
 
 # --- agent <-> gateway MQTT payloads -----------------------------------------------------------
 def _json_seeds() -> list[bytes]:
-    from agent.wire import Alert, Heartbeat, Hello, RoundAnnounce, RoundEnd
+    from ztfl.fednet.messages import Alert, Heartbeat, Hello, RoundAnnounce, RoundEnd
     return [Hello("pi-01", "raspberry-pi-4", "cnn-lstm", 64, "onnxruntime", 1200, "tpm-required", "ab" * 32).encode(),
             Heartbeat("pi-01", "training", 3, 2, 10, 400).encode(),
             Alert("pi-01", 17, "dos", 0.93, 2).encode(),
@@ -217,7 +217,7 @@ def _json_seeds() -> list[bytes]:
 
 def _json_message(cls_name: str) -> Callable[[bytes], object]:
     def decode(data: bytes):
-        from agent import wire
+        from ztfl.fednet import messages as wire
         return getattr(wire, cls_name).decode(data)
     decode.__name__ = f"{cls_name}.decode"
     return decode
@@ -227,59 +227,59 @@ LIMIT = 1 << 20
 
 
 def _envelope(data: bytes):
-    from agent.wire import Envelope
+    from ztfl.fednet.messages import Envelope
     return Envelope.decode(data, LIMIT)
 
 
 def _envelope_seeds() -> list[bytes]:
-    from agent.wire import Envelope
+    from ztfl.fednet.messages import Envelope
     return [Envelope(3, 1, "cnn-lstm-64", "masked", frame).encode() for frame in _protocol_seeds()[:3]]
 
 
 def _model_blob(data: bytes):
-    from agent.wire import ModelBlob
+    from ztfl.fednet.messages import ModelBlob
     return ModelBlob.decode(data, LIMIT)
 
 
 def _model_seeds() -> list[bytes]:
     import numpy as np
 
-    from agent.wire import ModelBlob
+    from ztfl.fednet.messages import ModelBlob
     tensors = {"conv.weight": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4),
                "fc.bias": np.array([0.5, -0.25], dtype=np.float32), "empty": np.zeros((0,), dtype=np.float32)}
     return [ModelBlob(4, "cnn-lstm", "ab" * 32, tensors).encode()]
 
 
 def _vector(data: bytes):
-    from agent.wire import AGGREGATE_FIELDS, VectorMessage
+    from ztfl.fednet.messages import AGGREGATE_FIELDS, VectorMessage
     return VectorMessage.decode(data, LIMIT, AGGREGATE_FIELDS)
 
 
 def _vector_seeds() -> list[bytes]:
     import numpy as np
 
-    from agent.wire import VectorMessage
+    from ztfl.fednet.messages import VectorMessage
     return [VectorMessage({"gateway": "fog1", "round": 3, "variant": "cnn-lstm", "base_version": 2,
                            "samples": 900}, np.arange(6, dtype=np.float32)).encode()]
 
 
 def _detector(data: bytes):
-    from agent.wire import DetectorBlob
+    from ztfl.fednet.messages import DetectorBlob
     return DetectorBlob.decode(data, LIMIT)
 
 
 def _detector_seeds() -> list[bytes]:
-    from agent.wire import DetectorBlob
+    from ztfl.fednet.messages import DetectorBlob
     return [DetectorBlob(3, b"\x08\x07\x12\x04onnx").encode()]
 
 
 def _agent_topic(data: bytes):
-    from agent.topics import Topics
+    from ztfl.fednet.topics import Topics
     return Topics("plant", "fog1").parse_agent_topic(data.decode("utf-8", "replace"))
 
 
 def _broadcast_topic(data: bytes):
-    from agent.topics import Topics
+    from ztfl.fednet.topics import Topics
     return Topics("plant", "fog1").parse_broadcast_topic(data.decode("utf-8", "replace"))
 
 
@@ -290,7 +290,7 @@ def _topic_seeds() -> list[bytes]:
 
 def _pipeline(data: bytes):
     """The gateway's retained pipeline, as the agent decodes it."""
-    from agent.wire import decode_pipeline
+    from ztfl.fednet.messages import decode_pipeline
     return decode_pipeline(data)
 
 
@@ -300,7 +300,7 @@ def _pipeline_seeds() -> list[bytes]:
            "numeric": [], "categorical": [{"name": "proto", "values": ["tcp", "udp"]}],
            "device": None, "window": 1, "extra": {}}
     try:
-        from models.preprocess import PIPELINE_VERSION
+        from ztfl.models.preprocess import PIPELINE_VERSION
         doc["version"] = PIPELINE_VERSION
     except ImportError:
         pass
@@ -309,7 +309,7 @@ def _pipeline_seeds() -> list[bytes]:
 
 # --- configuration files -----------------------------------------------------------------------
 def _gateway_config(data: bytes):
-    from gateway.config import GatewayConfig
+    from ztfl.gateway.config import GatewayConfig
     return GatewayConfig.load(_scratch_file("gateway.yaml", data))
 
 
@@ -333,7 +333,7 @@ def _scratch_file(name: str, data: bytes) -> Path:
 
 
 def _agent_config(data: bytes):
-    from agent.daemon import AgentConfig
+    from ztfl.agent.daemon import AgentConfig
     return AgentConfig.load(_scratch_file("agent.yaml", data))
 
 
@@ -343,12 +343,12 @@ def _agent_config_seeds() -> list[bytes]:
 
 
 def _profile(data: bytes):
-    from hw_profiles import load_profile
+    from ztfl.hw_profiles import load_profile
     return load_profile(_scratch_file("profile.yaml", data))
 
 
 def _profile_seeds() -> list[bytes]:
-    from hw_profiles import PROFILE_DIR
+    from ztfl.hw_profiles import PROFILE_DIR
     return [p.read_bytes() for p in sorted(PROFILE_DIR.glob("*.yaml"))[:3]]
 
 
@@ -363,9 +363,9 @@ def _errors(*paths: str) -> tuple[type[BaseException], ...]:
 
 def catalogue() -> list[Target]:
     """All targets. Error classes are the ones the caller of each decoder catches."""
-    proto = _errors("protocol.errors.ProtocolError")
-    attest = _errors("attestation.errors.AttestationError")
-    wire_err = _errors("agent.wire.WireError")
+    proto = _errors("ztfl.protocol.errors.ProtocolError")
+    attest = _errors("ztfl.attestation.errors.AttestationError")
+    wire_err = _errors("ztfl.fednet.messages.WireError")
     yaml_err = _errors("yaml.YAMLError")
     targets = [
         Target("protocol.frame", _decode_frame, proto, _protocol_seeds, "protocol"),
@@ -400,14 +400,14 @@ def catalogue() -> list[Target]:
         Target("mqtt.model_blob", _model_blob, wire_err, _model_seeds, "mqtt"),
         Target("mqtt.vector", _vector, wire_err, _vector_seeds, "mqtt"),
         Target("mqtt.detector", _detector, wire_err, _detector_seeds, "mqtt"),
-        Target("mqtt.agent_topic", _agent_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
-        Target("mqtt.broadcast_topic", _broadcast_topic, _errors("agent.topics.TopicError"), _topic_seeds, "mqtt"),
+        Target("mqtt.agent_topic", _agent_topic, _errors("ztfl.fednet.topics.TopicError"), _topic_seeds, "mqtt"),
+        Target("mqtt.broadcast_topic", _broadcast_topic, _errors("ztfl.fednet.topics.TopicError"), _topic_seeds, "mqtt"),
         Target("mqtt.pipeline", _pipeline, wire_err, _pipeline_seeds, "mqtt"),
-        Target("config.gateway", _gateway_config, _errors("gateway.config.ConfigError") + yaml_err,
+        Target("config.gateway", _gateway_config, _errors("ztfl.gateway.config.ConfigError") + yaml_err,
                _gateway_config_seeds, "config"),
-        Target("config.agent", _agent_config, _errors("agent.daemon.AgentConfigError") + yaml_err,
+        Target("config.agent", _agent_config, _errors("ztfl.agent.daemon.AgentConfigError") + yaml_err,
                _agent_config_seeds, "config"),
-        Target("config.hw_profile", _profile, _errors("hw_profiles.ProfileError"), _profile_seeds,
+        Target("config.hw_profile", _profile, _errors("ztfl.hw_profiles.ProfileError"), _profile_seeds,
                "config"),
     ]
     return targets

@@ -1,6 +1,6 @@
 """Federated against centralised accuracy on one validation split, in this process.
 
-The same Dirichlet partitions the agents use (agent.data), the same pipeline the gateway fits,
+The same Dirichlet partitions the agents use (models.partition), the same pipeline the gateway fits,
 the same local training the agents run, and per round the transformations the real system
 applies to the numbers, each one the project's own code:
 
@@ -28,7 +28,7 @@ TRANSFORMS = ("wire", "secagg")
 
 
 def default_dataset() -> str:
-    from models.datasets import datasets_dir   # here, not at the top: it loads pandas
+    from ztfl.models.datasets import datasets_dir   # here, not at the top: it loads pandas
     return str(datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt")
 
 
@@ -61,17 +61,17 @@ class FederatedConfig:
 
 @dataclass
 class Federation:
-    spec: object                        # agent.model.ModelSpec
+    spec: object                        # models.spec.ModelSpec
     train: object                       # models.preprocess.Encoded, all training rows
     val: object
     parts: list                         # Encoded per agent
 
 
 def build(cfg: FederatedConfig) -> Federation:
-    from agent.data import PartitionSpec, dirichlet_partition, train_validation
-    from agent.model import ModelSpec
-    from models.datasets import stratified_split
-    from models.preprocess import Pipeline
+    from ztfl.models.partition import AGENT_MIN_ROWS, PartitionSpec, dirichlet_partition, train_validation
+    from ztfl.models.spec import ModelSpec
+    from ztfl.models.datasets import stratified_split
+    from ztfl.models.preprocess import Pipeline
     import torch
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -82,14 +82,15 @@ def build(cfg: FederatedConfig) -> Federation:
         train = train.take(np.sort(keep))
     pipeline = Pipeline.fit(train)                       # as the gateway fits it
     encoded = pipeline.encode(train)
-    parts = [encoded.subset(idx) for idx in dirichlet_partition(train.category, cfg.agents, cfg.alpha, cfg.seed)]
+    cut = dirichlet_partition(train.category, cfg.agents, cfg.alpha, cfg.seed, min_size=AGENT_MIN_ROWS, top_up=True)
+    parts = [encoded.subset(idx) for idx in cut]
     model_spec = ModelSpec("cnn-lstm", pipeline.n_features, pipeline.n_classes, cfg.model_size)
     return Federation(model_spec, encoded, pipeline.encode(val), parts)
 
 
 def _metrics(spec, flat: np.ndarray, val) -> dict:
-    from models.params import set_flat
-    from models.training import evaluate
+    from ztfl.models.params import set_flat
+    from ztfl.models.training import evaluate
 
     model = spec.build()
     set_flat(model, flat.astype(np.float32))
@@ -100,9 +101,9 @@ def _metrics(spec, flat: np.ndarray, val) -> dict:
 
 def _wire(spec, flat: np.ndarray, version: int) -> np.ndarray:
     """What an agent holds after the gateway published `flat` as a model blob."""
-    from agent.model import flat_to_tensors, layout, tensors_to_flat
-    from agent.wire import ModelBlob
-    from models.params import get_flat, set_flat
+    from ztfl.models.spec import flat_to_tensors, layout, tensors_to_flat
+    from ztfl.fednet.messages import ModelBlob
+    from ztfl.models.params import get_flat, set_flat
 
     model = spec.build()
     shape_table = layout(model)
@@ -116,10 +117,10 @@ def _secure_mean(deltas: dict[int, np.ndarray], samples: dict[int, int], mask_bi
                  round_id: int, cohort) -> tuple[np.ndarray, int]:
     """One real secure-aggregation round over the deltas with the gateway's configuration and
     the agents' weights; returns (weighted mean, samples it stands for) as the gateway reads it."""
-    from gateway.cohort import threshold_for, weight_unit
-    from gateway.config import GatewayConfig
-    from gateway.secagg import cohort_round_config
-    from protocol.simulate import run_round
+    from ztfl.gateway.cohort import threshold_for, weight_unit
+    from ztfl.gateway.config import GatewayConfig
+    from ztfl.gateway.secagg import cohort_round_config
+    from ztfl.protocol.simulate import run_round
 
     n = len(deltas)
     dim = next(iter(deltas.values())).size
@@ -134,9 +135,9 @@ def _secure_mean(deltas: dict[int, np.ndarray], samples: dict[int, int], mask_bi
 
 
 def run_federation(cfg: FederatedConfig, fed: Federation | None = None, log=None) -> "FederationRun":
-    from agent.update import local_update
-    from models.params import get_flat
-    from protocol.simulate import Cohort
+    from ztfl.agent.update import local_update
+    from ztfl.models.params import get_flat
+    from ztfl.protocol.simulate import Cohort
 
     fed = fed or build(cfg)
     global_flat = get_flat(fed.spec.build())
@@ -178,7 +179,7 @@ class FederationRun:
 
 
 def run_centralised(cfg: FederatedConfig, fed: Federation) -> dict:
-    from models.training import TrainConfig, train_local
+    from ztfl.models.training import TrainConfig, train_local
 
     model = fed.spec.build()
     result = train_local(model, fed.train, TrainConfig(epochs=cfg.central_epochs, batch_size=cfg.batch_size,

@@ -24,11 +24,12 @@ from dataclasses import replace
 import numpy as np
 from nacl.signing import SigningKey
 
-from protocol import kdf, session
-from protocol.config import SEMI_HONEST, RoundConfig, group_size, minimum_threshold
-from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
-from protocol.prg import apply_masks, word_dtype
-from protocol.simulate import Cohort, expected_sums, run_round
+from ztfl.protocol import kdf, session
+from ztfl.protocol.config import SEMI_HONEST, RoundConfig, group_size, minimum_threshold
+from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
+from ztfl.protocol.prg import apply_masks, word_dtype
+from ztfl.bench.report import process_clock
+from ztfl.protocol.simulate import Cohort, expected_sums, run_round
 
 WORK = ("ed25519_verify", "ed25519_sign", "session_tags", "consistency_tags")
 
@@ -104,7 +105,7 @@ def run_policy(policy: EpochPolicy, config: RoundConfig, ids: list[int], rounds:
         before = {c: keys[c].agreements for c in ids}
         inputs = {c: rng.normal(0, 0.05, config.dim) for c in ids}
         run = run_round(config, cohort, inputs, round_id=round_id, epoch_keys=keys,
-                        revealed_keys=schedule.revealed_keys)
+                        revealed_keys=schedule.revealed_keys, clock=process_clock)
         for c in ids:
             keyrings[c].finish(run.clients[c])
         schedule.finish(run.server)

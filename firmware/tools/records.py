@@ -37,7 +37,7 @@ def encode_records(x: np.ndarray, y: np.ndarray) -> bytes:
 
 
 def partition_records(data: dict) -> tuple[bytes, list[str]]:
-    """ZTRC bytes and class names of one agent's partition (agent.data PartitionSpec dict),
+    """ZTRC bytes and class names of one agent's partition (models.partition PartitionSpec dict),
     encoded with the pipeline the gateway fits from the same spec."""
     records, classes = partitions_records(data, [data.get("index", 0)])
     return records[0], classes
@@ -45,12 +45,12 @@ def partition_records(data: dict) -> tuple[bytes, list[str]]:
 
 def partitions_records(data: dict, indices: list[int]) -> tuple[list[bytes], list[str]]:
     """Like partition_records for several partition indices, loading the dataset once."""
-    from agent.data import PartitionSpec, dirichlet_partition, train_validation
-    from models.preprocess import Pipeline
+    from ztfl.models.partition import PartitionSpec, agent_partitions, train_validation
+    from ztfl.models.preprocess import Pipeline
     spec = PartitionSpec.from_dict(data)
     train, _ = train_validation(spec)
     pipeline = Pipeline.fit(train)
-    parts = dirichlet_partition(train.category, spec.count, spec.alpha, spec.seed)
+    parts = agent_partitions(spec, train.category)
     out = []
     for index in indices:
         if not 0 <= index < spec.count:

@@ -29,16 +29,17 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
-from agent.sim import sim_update
-from agent.topics import Topics, TopicError
-from agent.transport import BrokerConfig, MqttTransport
-from agent.wire import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
-from gateway.cohort import CohortRun, CohortState, Participant
-from gateway.secagg import CLIP, FRAC_BITS, CohortAggregation
-from protocol.config import ACTIVE, RoundConfig, minimum_threshold
-from protocol.errors import ProtocolError
-from protocol.fixedpoint import quantize
-from protocol.server import ServerSession
+from ztfl.agent.sim import sim_update
+from ztfl.fednet.topics import Topics, TopicError
+from ztfl.fednet.transport import BrokerConfig, MqttTransport
+from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from ztfl.gateway.cohort import CohortRun, CohortState, Participant
+from ztfl.gateway.secagg import CLIP, FRAC_BITS, CohortAggregation
+from ztfl.protocol.config import ACTIVE, RoundConfig, minimum_threshold
+from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.fixedpoint import quantize
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.rounds import attempt_id
 
 FEDERATION = "bench"
 MAX_PAYLOAD = 64 * 1024 * 1024
@@ -77,7 +78,7 @@ class BenchCohortRun(CohortRun):
     def _begin_aggregation(self, now: float):
         seated = {p.sid: p for p in self.participants.values() if p.evidence_ok}
         self.aggregation = SparseAggregation(
-            round_id=self.round, epoch=self.round * 16 + self.attempt, mask_bits=self.mask_bits,
+            round_id=self.round, epoch=attempt_id(self.round, self.attempt), mask_bits=self.mask_bits,
             dim=self.dim, threshold=self.threshold, max_clients=len(self.participants),
             identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity,
             neighbors=self.neighbors)
@@ -96,7 +97,7 @@ def _spawn_fleets(broker_url: str, n: int, procs: int, dim: int, seed: int, drop
         first, count = int(chunk[0]), len(chunk)
         drop = ",".join(str(i) for i in sorted(dropped) if first <= i < first + count)
         fleets.append(subprocess.Popen(
-            [sys.executable, "-m", "agent.sim", "--broker", broker_url, "--agents", str(count),
+            [sys.executable, "-m", "ztfl.agent.sim", "--broker", broker_url, "--agents", str(count),
              "--first-id", str(first), "--dim", str(dim), "--seed", str(seed), "--federation", FEDERATION,
              "--drop", drop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     return fleets

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-from models.micro import MicroConfig, MicroMLP
-from models.params import get_flat, set_flat
+from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+from ztfl.models.micro import MicroConfig, MicroMLP
+from ztfl.models.params import get_flat, set_flat
 
 SIZES = ("small", "default")
 

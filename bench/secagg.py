@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 
-from protocol.config import ACTIVE, SEMI_HONEST, RoundConfig, group_size, minimum_threshold
-from protocol.prg import default_workers
-from protocol.simulate import Cohort, expected_sums, run_round
-from protocol.stages import Stage
+from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig, group_size, minimum_threshold
+from ztfl.protocol.prg import default_workers
+from ztfl.bench.report import process_clock
+from ztfl.protocol.simulate import Cohort, expected_sums, run_round
+from ztfl.protocol.stages import Stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def run(args) -> int:
     cohort = Cohort.create(ids)
     round_run = run_round(config, cohort, inputs,
                           drop_before={int(c): Stage.MASKED_INPUT_COLLECTION for c in dropped},
-                          workers=args.workers)
+                          workers=args.workers, clock=process_clock)
     result = round_run.result
     finished = [c for c in ids if round_run.clients[c].stage == Stage.DONE]
     report = {

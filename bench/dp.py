@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _federation(args):
-    from models.datasets import datasets_dir
-    from models.partition import dirichlet_partition
-    from models.prepare import prepare
+    from ztfl.models.datasets import datasets_dir
+    from ztfl.models.partition import dirichlet_partition
+    from ztfl.models.prepare import prepare
 
     prep = prepare(datasets_dir() / DATASET_FILES[args.dataset], args.dataset, target="binary",
                    val_fraction=0.3, seed=args.seed, max_rows=args.max_rows)
@@ -54,16 +54,16 @@ def _federation(args):
 def train_run(args, prep, parts, epsilon: float) -> dict:
     import torch
 
-    from models.micro import MicroConfig, MicroMLP
-    from models.params import get_flat, set_flat
-    from models.training import TrainConfig, metrics_from_predictions, predict, train_local
-    from privacy import add_noise, clip_l2
-    from privacy.accountant import PrivacyLedger, calibrate
-    from privacy.params import PrivacyBudget
-    from protocol import fixedpoint
-    from protocol.config import SEMI_HONEST, RoundConfig
-    from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
-    from protocol.simulate import Cohort, run_round
+    from ztfl.models.micro import MicroConfig, MicroMLP
+    from ztfl.models.params import get_flat, set_flat
+    from ztfl.models.training import TrainConfig, metrics_from_predictions, predict, train_local
+    from ztfl.privacy import add_noise, clip_l2
+    from ztfl.privacy.accountant import PrivacyLedger, calibrate
+    from ztfl.privacy.params import PrivacyBudget
+    from ztfl.protocol import fixedpoint
+    from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+    from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
+    from ztfl.protocol.simulate import Cohort, run_round
 
     torch.manual_seed(args.seed)
     hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ztfl.micropython_host import FIRMWARE_DIR
+from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR
 
 PACKAGE = "ztfw"
 # Compiled to native code by the board itself (viper): shipped as source.
@@ -137,7 +137,7 @@ def run(args) -> int:
         records = args.records.read_bytes() if args.records else None
         classes = [c for c in (args.classes or "").split(",") if c] or None
         if args.data:
-            from ztfl.firmware_records import partition_records
+            from ztfl.firmware_tools.records import partition_records
             records, derived = partition_records({"path": args.data, "fmt": args.data_format,
                                                   "count": args.partition_count, "index": args.partition_index})
             classes = classes or derived

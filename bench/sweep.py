@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from robustness.experiment import ExperimentConfig, run_experiment
-from robustness.result import RobustnessError
+from ztfl.bench.byzantine import ExperimentConfig, run_experiment
+from ztfl.robustness.result import RobustnessError
 
 NONE_DEFENSES = ("fedavg", "krum", "multi-krum", "median", "trimmed-mean", "geomed", "flame", "shap", "shap-mad")
 GROUPED_DEFENSES = ("fedavg", "median", "geomed", "multi-krum", "trimmed-mean")

@@ -32,13 +32,13 @@ def _summary(samples: list[float]) -> dict:
 
 
 def run(args) -> int:
-    from attestation.enrolment import EnrolmentAuthority
-    from attestation.measure import expected_pcr
-    from attestation.policy import AttestationPolicy
-    from attestation.registry import IdentityRegistry
-    from attestation.tpm_agent import TpmAttestor
-    from attestation.tpm_wire import PcrSelection
-    from attestation.verifier import Verifier
+    from ztfl.attestation.enrolment import EnrolmentAuthority
+    from ztfl.attestation.measure import expected_pcr
+    from ztfl.attestation.policy import AttestationPolicy
+    from ztfl.attestation.registry import IdentityRegistry
+    from ztfl.attestation.tpm_agent import TpmAttestor
+    from ztfl.attestation.tpm_wire import PcrSelection
+    from ztfl.attestation.verifier import Verifier
     from ztfl.services import start_swtpm
 
     if args.quotes < 1:

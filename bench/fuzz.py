@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ztfl.fuzz_targets import Target, by_name
+from ztfl.bench.fuzz_targets import Target, by_name
 
 INTERESTING = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF,
                0x80000000, 0xFFFFFFFF, 1 << 27, (1 << 27) + 1)
@@ -123,8 +123,8 @@ def run_target(target: Target, inputs: int, seed: int = 0, max_samples: int = 3)
 _ATHERIS_DRIVER = """
 import sys, atheris
 with atheris.instrument_imports():
-    import protocol.wire, protocol.config, attestation.messages, attestation.tpm_wire, agent.wire
-from ztfl.fuzz_targets import by_name
+    import ztfl.protocol.wire, ztfl.protocol.config, ztfl.attestation.messages, ztfl.attestation.tpm_wire, ztfl.fednet.messages
+from ztfl.bench.fuzz_targets import by_name
 target = by_name([sys.argv[1]])[0]
 def one(data):
     try:

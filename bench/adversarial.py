@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import bundle
-from models.adversarial import attack, input_gradient, strongest
-from models.cnn_lstm import READOUTS
-from models.datasets import FORMATS
-from models.params import num_trainable
-from models.prepare import prepare
-from models.preprocess import SCALINGS, Encoded
-from models.training import TrainConfig, evaluate, metrics_from_predictions, predict, train_local
+from ztfl.models import bundle
+from ztfl.models.adversarial import attack, input_gradient, strongest
+from ztfl.models.cnn_lstm import READOUTS
+from ztfl.models.datasets import FORMATS
+from ztfl.models.params import num_trainable
+from ztfl.models.prepare import prepare
+from ztfl.models.preprocess import SCALINGS, Encoded
+from ztfl.models.training import TrainConfig, evaluate, metrics_from_predictions, predict, train_local
 
 PERTURB = ("continuous", "numeric")
 GAIN_TARGET = 0.15        # robust accuracy gained by adversarial training

@@ -7,8 +7,8 @@ import json
 import sys
 from dataclasses import fields
 
-from robustness.attacks import ATTACKS
-from robustness.modes import DEFENSES, PRIVACY_MODES
+from ztfl.robustness.attacks import ATTACKS
+from ztfl.robustness.modes import DEFENSES, PRIVACY_MODES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -57,25 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     many.add_argument("--out", default="robustness-sweep", help="output directory")
     _common(many)
     many.set_defaults(group_size=4)
-    from ztfl import federated_experiment
+    from ztfl.bench import federated as federated_experiment
     federated_experiment.add_arguments(sub.add_parser(
         "federated", help="federated (real update path) vs centralised accuracy on one validation split"))
 
 
 def _config_kwargs(args) -> dict:
-    from robustness.experiment import ExperimentConfig
+    from ztfl.bench.byzantine import ExperimentConfig
 
     names = {f.name for f in fields(ExperimentConfig)}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def run(args) -> int:
-    from robustness.experiment import ExperimentConfig, run_experiment
-    from robustness.result import RobustnessError
-    from robustness.sweep import acceptance_grid, attack_suite_grid, grid, sweep
+    from ztfl.bench.byzantine import ExperimentConfig, run_experiment
+    from ztfl.robustness.result import RobustnessError
+    from ztfl.bench.sweep import acceptance_grid, attack_suite_grid, grid, sweep
 
     if args.experiment == "federated":
-        from ztfl import federated_experiment
+        from ztfl.bench import federated as federated_experiment
         return federated_experiment.run(args)
     try:
         if args.experiment == "byzantine":

@@ -73,7 +73,7 @@ class _Cohort:
     def __init__(self, n: int, files, heapsize: str | None):
         from nacl.signing import SigningKey
 
-        from ztfl.micropython_host import FirmwareClient, MicroPythonError
+        from ztfl.firmware_tools.micropython_host import FirmwareClient, MicroPythonError
         blob_path, records_path, dim, lib = files
         self.n, self.dim = n, dim
         self.ids = list(range(1, n + 1))
@@ -93,7 +93,7 @@ class _Cohort:
 
 
 def _check(reply: dict) -> dict:
-    from ztfl.micropython_host import MicroPythonError
+    from ztfl.firmware_tools.micropython_host import MicroPythonError
     if "error" in reply:
         raise MicroPythonError(f"{reply['error']}: {reply.get('message', '')}")
     return reply
@@ -103,11 +103,11 @@ def _run(cohort: _Cohort, key_reuse: bool, rounds: int, samples: int, first_roun
     """`rounds` rounds of one kind; per round the firmware's parts, work counts and the result."""
     from dataclasses import replace
 
-    from protocol.client import ClientSession
-    from protocol.config import RoundConfig, minimum_threshold
-    from protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
-    from protocol.server import ServerSession
-    from ztfl.micropython_host import MicroPythonError, drive_round
+    from ztfl.protocol.client import ClientSession
+    from ztfl.protocol.config import RoundConfig, minimum_threshold
+    from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
+    from ztfl.protocol.server import ServerSession
+    from ztfl.firmware_tools.micropython_host import MicroPythonError, drive_round
 
     n = cohort.n
     config = RoundConfig(dim=cohort.dim, threshold=minimum_threshold(n), max_clients=n, mask_bits=32,
@@ -213,11 +213,11 @@ def _compare(cohort: _Cohort, rounds: int, samples: int) -> dict:
 
 
 def _fixtures(args, work: Path):
-    from agent.model import flat_to_tensors, layout
-    from agent.wire import ModelBlob
-    from models.micro import MicroConfig, MicroMLP
-    from models.params import get_flat
-    from ztfl.firmware_records import encode_records
+    from ztfl.models.spec import flat_to_tensors, layout
+    from ztfl.fednet.messages import ModelBlob
+    from ztfl.models.micro import MicroConfig, MicroMLP
+    from ztfl.models.params import get_flat
+    from ztfl.firmware_tools.records import encode_records
     import torch
     torch.manual_seed(0)
     model = MicroMLP(MicroConfig.fitting(args.features, args.classes))
@@ -229,8 +229,8 @@ def _fixtures(args, work: Path):
     (work / "model.bin").write_bytes(blob)
     (work / "records.bin").write_bytes(encode_records(x, y))
     # The board imports compiled .mpy files (no compiler run on the device): so does the bench.
-    from ztfl.firmware_cli import PACKAGE, SOURCE_MODULES, compile_module
-    from ztfl.micropython_host import FIRMWARE_DIR
+    from ztfl.firmware_tools.cli import PACKAGE, SOURCE_MODULES, compile_module
+    from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR
     lib = work / "lib"
     (lib / PACKAGE).mkdir(parents=True)
     for src in (FIRMWARE_DIR / PACKAGE).glob("*.py"):
@@ -246,7 +246,7 @@ def _fixtures(args, work: Path):
 
 def _heap_search(files, args, n: int) -> dict:
     """Smallest heap (KiB) in which a classic round and two key-reuse rounds succeed."""
-    from ztfl.micropython_host import MicroPythonError
+    from ztfl.firmware_tools.micropython_host import MicroPythonError
     fits: dict[int, bool] = {}
 
     def fits_in(kib: int) -> bool:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import bundle
-from models.datasets import FORMATS, datasets_dir
-from models.params import num_trainable
-from models.prepare import encode_file, validation_split
+from ztfl.models import bundle
+from ztfl.models.datasets import FORMATS, datasets_dir
+from ztfl.models.params import num_trainable
+from ztfl.models.prepare import encode_file, validation_split
 
 BATCHES = (1, 256)
 
@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _quick_model(out: Path) -> Path:
-    from models.prepare import prepare
-    from models.training import TrainConfig, train_local
+    from ztfl.models.prepare import prepare
+    from ztfl.models.training import TrainConfig, train_local
     f = datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt"
     split = {"data": str(f), "format": "nsl-kdd", "seed": 0, "val_fraction": 0.2, "max_rows": 3000, "window": 1}
     prep = prepare(f, "nsl-kdd", seed=0, max_rows=3000)
@@ -77,18 +77,22 @@ def run(args) -> int:
 def _ensure(model_dir: Path, name: str, argv: list[str]) -> Path:
     path = model_dir / name
     if not path.exists():
-        from ztfl.cli import main as ztfl_main
+        import argparse
+
+        from ztfl.models.export import cli as export_cli
+        parser = argparse.ArgumentParser(prog="ztfl export")
+        export_cli.add_arguments(parser)
         # The exporter's progress line must not mix into the one JSON object bench prints.
         with contextlib.redirect_stdout(io.StringIO()):
-            code = ztfl_main(["export", "--model", str(model_dir), *argv, "--out", str(path)])
+            code = export_cli.run(parser.parse_args(["--model", str(model_dir), *argv, "--out", str(path)]))
         if code != 0:
             raise RuntimeError(f"export of {name} failed (exit {code})")
     return path
 
 
 def bench(model_dir: Path, args) -> dict:
-    from models.export.runtime import IDSRuntime
-    from models.training import metrics_from_predictions, predict
+    from ztfl.models.export.runtime import IDSRuntime
+    from ztfl.models.training import metrics_from_predictions, predict
     model, pipeline = bundle.load(model_dir)
     meta_path = model_dir / "metrics.json"
     split = json.loads(meta_path.read_text()).get("split") if meta_path.exists() else None

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from robustness import attacks as atk
-from robustness.modes import AggregatorConfig, make_aggregator, validate
-from robustness.result import RobustnessError
-from robustness.rules import clip_to_norm
+from ztfl.robustness import attacks as atk
+from ztfl.robustness.modes import AggregatorConfig, make_aggregator, validate
+from ztfl.robustness.result import RobustnessError
+from ztfl.robustness.rules import clip_to_norm
 
 DATASET_FILES = {"nsl-kdd": "nsl_kdd/KDDTrain+_20Percent.txt", "unsw-nb15": "unsw_nb15/UNSW_NB15_dev.csv"}
 # micro: the MLP of models.micro (fast enough for 20+ agents x many rounds on a shared
@@ -96,9 +96,9 @@ class Federation:
 
 
 def build_federation(cfg: ExperimentConfig) -> Federation:
-    from models.datasets import datasets_dir
-    from models.partition import dirichlet_partition
-    from models.prepare import prepare
+    from ztfl.models.datasets import datasets_dir
+    from ztfl.models.partition import dirichlet_partition
+    from ztfl.models.prepare import prepare
 
     fmt = cfg.dataset
     prep = prepare(datasets_dir() / DATASET_FILES[fmt], fmt, target=cfg.target, val_fraction=0.3,
@@ -140,10 +140,10 @@ def new_model(cfg: ExperimentConfig, n_features: int, n_classes: int):
 
     torch.manual_seed(cfg.seed)
     if cfg.model == "micro":
-        from models.micro import MicroConfig, MicroMLP
+        from ztfl.models.micro import MicroConfig, MicroMLP
 
         return MicroMLP(MicroConfig.fitting(n_features, n_classes))
-    from models.cnn_lstm import CNNLSTM, CNNLSTMConfig
+    from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
 
     return CNNLSTM(CNNLSTMConfig.small(n_features, n_classes))
 
@@ -174,7 +174,7 @@ class Experiment:
         x0 = self.fed.test
         self.n_classes = len(x0.classes)
         self.model = new_model(cfg, x0.x.shape[1], self.n_classes)
-        from models.params import get_flat
+        from ztfl.models.params import get_flat
 
         self.global_flat = get_flat(self.model)
         self.rng = np.random.default_rng(cfg.seed + 1)
@@ -200,8 +200,8 @@ class Experiment:
         return part
 
     def _train(self, data, seed: int):
-        from models.params import set_flat
-        from models.training import TrainConfig, train_local
+        from ztfl.models.params import set_flat
+        from ztfl.models.training import TrainConfig, train_local
 
         set_flat(self.model, self.global_flat)
         res = train_local(self.model, data, TrainConfig(epochs=1, batch_size=self.cfg.batch_size, lr=self.cfg.lr,
@@ -250,13 +250,13 @@ class Experiment:
 
     # -- gateway side --------------------------------------------------------------------
     def _model_at(self, delta: np.ndarray):
-        from models.params import set_flat
+        from ztfl.models.params import set_flat
 
         set_flat(self.model, (self.global_flat + delta).astype(np.float32))
         return self.model
 
     def _gateway_metric(self, delta: np.ndarray) -> float:
-        from models.training import predict
+        from ztfl.models.training import predict
 
         model = self._model_at(delta)
         return float(np.mean(predict(model, self.fed.gateway_val.x) == self.fed.gateway_val.y))
@@ -264,7 +264,7 @@ class Experiment:
     def _attributions(self, delta: np.ndarray) -> np.ndarray:
         import torch
 
-        from robustness.shap_stability import shap_attributions
+        from ztfl.robustness.shap_stability import shap_attributions
 
         model = self._model_at(delta)
         normal = self.fed.normal
@@ -280,7 +280,7 @@ class Experiment:
         return shap_attributions(p_attack, background, batch, seed=self.cfg.seed)
 
     def _aggregate(self, ups: dict, weights: dict, r: int):
-        from robustness.secure_groups import secure_group_sums, secure_sum
+        from ztfl.robustness.secure_groups import secure_group_sums, secure_sum
 
         cfg = self.cfg
         ids = list(range(cfg.agents))
@@ -300,7 +300,7 @@ class Experiment:
 
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate(self) -> tuple[dict, float | None]:
-        from models.training import metrics_from_predictions, predict
+        from ztfl.models.training import metrics_from_predictions, predict
 
         model = self._model_at(np.zeros_like(self.global_flat))
         test = self.fed.test

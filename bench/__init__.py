@@ -1,0 +1,1 @@
+"""Benchmarks, fuzzing and experiments: everything `ztfl bench` and `ztfl experiment` run."""
