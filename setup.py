@@ -12,6 +12,7 @@ FOLDERS = {
     "ztfl.privacy": "privacy",
     "ztfl.robustness": "robustness",
     "ztfl.hw_profiles": "hw_profiles",
+    "ztfl.config": "config",
     "ztfl.agent": "agent",
     "ztfl.gateway": "gateway",
     "ztfl.services": "services",
