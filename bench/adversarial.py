@@ -14,7 +14,6 @@ Prints one JSON object with --json; --out keeps both trained models (model direc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -31,6 +30,7 @@ from ztfl.models.params import num_trainable
 from ztfl.models.prepare import prepare
 from ztfl.models.preprocess import SCALINGS, Encoded
 from ztfl.models.training import TrainConfig, evaluate, metrics_from_predictions, predict, train_local
+from ztfl.bench.report import add_json_flag, emit
 
 PERTURB = ("continuous", "numeric")
 GAIN_TARGET = 0.15        # robust accuracy gained by adversarial training
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strong-steps", type=int, default=50)
     p.add_argument("--strong-restarts", type=int, default=2)
     p.add_argument("--out", default=None, help="directory to keep both models in (undefended/, adversarial/)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(p)
 
 
 def _attack_mask(prepared, perturb: str) -> np.ndarray:
@@ -209,20 +209,23 @@ def compare(args) -> dict:
 
 def run(args) -> int:
     report = compare(args)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for name in ("undefended", "adversarial"):
-            e = report[name]
-            print(f"{name:>11s}: clean {e['clean_accuracy']:.4f}  FGSM {e['fgsm_accuracy']:.4f}  "
-                  f"PGD-10 {e['pgd10_accuracy']:.4f}"
-                  + (f"  strongest {e['strongest_accuracy']:.4f} (PGD-10 {e['pgd10_accuracy_strong_rows']:.4f} "
-                     f"on the same {e['strong_rows']} rows)" if "strongest_accuracy" in e else ""))
-        print(f"robust gain {report['robust_gain_points']} points, clean loss {report['clean_loss_points']} points, "
-              f"target {'met' if report['target_met'] else 'not met'}"
-              + (f"; gain under the strongest attack {report['strongest_gain_points']} points"
-                 if "strongest_gain_points" in report else ""))
+    emit(report, args.json, _text)
     return 0
+
+
+def _text(report: dict) -> str:
+    lines = []
+    for name in ("undefended", "adversarial"):
+        e = report[name]
+        lines.append(f"{name:>11s}: clean {e['clean_accuracy']:.4f}  FGSM {e['fgsm_accuracy']:.4f}  "
+                     f"PGD-10 {e['pgd10_accuracy']:.4f}"
+                     + (f"  strongest {e['strongest_accuracy']:.4f} (PGD-10 {e['pgd10_accuracy_strong_rows']:.4f} "
+                        f"on the same {e['strong_rows']} rows)" if "strongest_accuracy" in e else ""))
+    lines.append(f"robust gain {report['robust_gain_points']} points, clean loss {report['clean_loss_points']} "
+                 f"points, target {'met' if report['target_met'] else 'not met'}"
+                 + (f"; gain under the strongest attack {report['strongest_gain_points']} points"
+                    if "strongest_gain_points" in report else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

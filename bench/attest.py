@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from ztfl.bench.report import add_json_flag, emit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tcti", default=None, help="TPM to use (default: start a private swtpm)")
     parser.add_argument("--quotes", type=int, default=200, help="rounds to time (default 200)")
     parser.add_argument("--pcrs", default="sha256:23", help="PCR selection (default sha256:23)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
 
 
 def _summary(samples: list[float]) -> dict:
@@ -85,10 +85,8 @@ def run(args) -> int:
               "enrolment_ms": round(enrol_s * 1e3, 3),
               "quote": _summary(quote_s), "verify": _summary(verify_s),
               "accepted": verifier.metrics.accepted_tpm, "rejected": sum(verifier.metrics.rejected.values())}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"enrolment {result['enrolment_ms']} ms; quote median {result['quote']['median_ms']} ms "
-              f"p95 {result['quote']['p95_ms']} ms; verify median {result['verify']['median_ms']} ms "
-              f"p95 {result['verify']['p95_ms']} ms over {args.quotes} rounds ({size}-byte evidence)")
+    emit(result, args.json, lambda r: (
+        f"enrolment {r['enrolment_ms']} ms; quote median {r['quote']['median_ms']} ms "
+        f"p95 {r['quote']['p95_ms']} ms; verify median {r['verify']['median_ms']} ms "
+        f"p95 {r['verify']['p95_ms']} ms over {args.quotes} rounds ({size}-byte evidence)"))
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import time
 from dataclasses import replace
@@ -28,8 +27,8 @@ from ztfl.protocol import kdf, session
 from ztfl.protocol.config import SEMI_HONEST, RoundConfig, group_size, minimum_threshold
 from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
 from ztfl.protocol.prg import apply_masks, word_dtype
-from ztfl.bench.report import process_clock
 from ztfl.protocol.simulate import Cohort, expected_sums, run_round
+from ztfl.bench.report import add_json_flag, emit, process_clock
 
 WORK = ("ed25519_verify", "ed25519_sign", "session_tags", "consistency_tags")
 
@@ -40,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--neighbors", type=int, default=0, help="SecAgg+ degree (even); 0 = complete graph")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
 
 
 def _cpu_per_call(fn, calls: int) -> float:
@@ -155,8 +154,5 @@ def run(args) -> int:
         "load_average_1min": os.getloadavg()[0],
         "exact": reuse["exact"] and fresh["exact"],
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=1))
+    emit(report, args.json)
     return 0 if report["exact"] else 1

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ztfl.bench.report import add_json_flag, emit
 
 # pystones/s of the unix port measured on this machine (70,016, best of 3) over the 1,661
 # pystones/s reported for MicroPython on a 240 MHz ESP32 (docs/firmware.md).
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=64, help="local training samples (one epoch)")
     parser.add_argument("--heap-search", action="store_true", help="find the smallest heap the rounds fit in")
     parser.add_argument("--esp32-factor", type=float, default=ESP32_FACTOR)
-    parser.add_argument("--json", action="store_true")
+    add_json_flag(parser)
 
 
 class _Cohort:
@@ -321,5 +322,5 @@ def run(args) -> int:
         # What the rounds need beyond the loaded code (frozen into the board's image, the code
         # costs no heap at all).
         report["min_heap_beyond_code_kib"] = heap["min_heap_kib"] - cohorts[0]["code_heap"] // 1024
-    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
+    emit(report, args.json)
     return 0

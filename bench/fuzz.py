@@ -13,7 +13,6 @@ reported with the input that caused it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ztfl.bench.fuzz_targets import Target, by_name
+from ztfl.bench.report import add_json_flag, emit
 
 INTERESTING = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF,
                0x80000000, 0xFFFFFFFF, 1 << 27, (1 << 27) + 1)
@@ -172,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("mutate", "atheris"), default="mutate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
 
 
 def run(args) -> int:
@@ -203,9 +203,6 @@ def run(args) -> int:
         "crashing_targets": [r.target for r in reports if r.crashes],
         "results": [{**asdict(r), "inputs_per_second": round(r.inputs_per_second, 1)} for r in reports],
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"total: {summary['total_inputs']} inputs, {summary['total_crashes']} crashes "
-              f"in {summary['crashing_targets'] or 'no target'}")
+    emit(summary, args.json, lambda s: f"total: {s['total_inputs']} inputs, {s['total_crashes']} crashes "
+                                       f"in {s['crashing_targets'] or 'no target'}")
     return 1 if summary["total_crashes"] else 0

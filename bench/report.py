@@ -29,3 +29,8 @@ def emit(report: dict, as_json: bool, text: Callable[[dict], str] | None = None,
 def process_clock() -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): the clock the in-process round simulator takes."""
     return time.perf_counter(), time.process_time()
+
+
+def key_value_lines(width: int) -> Callable[[dict], str]:
+    """A text view: one `key  value` line per top-level entry."""
+    return lambda report: "\n".join(f"{key:{width}s} {value}" for key, value in report.items())

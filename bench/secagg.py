@@ -9,7 +9,6 @@ reported next to wall-clock seconds, with the load average, because the machine 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 
@@ -17,9 +16,9 @@ import numpy as np
 
 from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig, group_size, minimum_threshold
 from ztfl.protocol.prg import default_workers
-from ztfl.bench.report import process_clock
 from ztfl.protocol.simulate import Cohort, expected_sums, run_round
 from ztfl.protocol.stages import Stage
+from ztfl.bench.report import add_json_flag, emit, key_value_lines, process_clock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="threads per session for mask expansion (default: CPU count, at most 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
 
 
 def run(args) -> int:
@@ -84,9 +83,5 @@ def run(args) -> int:
         report["max_abs_error"] = float(np.max(np.abs(result.mean() - plain_mean)))
     else:
         report["aborted"] = round_run.server.abort_reason
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:28s} {value}")
+    emit(report, args.json, key_value_lines(28))
     return 0 if report["exact"] else 1
