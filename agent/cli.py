@@ -5,6 +5,8 @@ import argparse
 import logging
 import os
 import signal
+import sys
+from dataclasses import replace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,10 +20,15 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.agent.daemon import Agent, AgentConfig
-    config = AgentConfig.load(args.config)
+    from ztfl.agent.config import AgentConfig, AgentConfigError
+    try:
+        config = AgentConfig.load(args.config)
+    except AgentConfigError as exc:
+        print(f"ztfl agent: {exc}", file=sys.stderr)
+        return 2
     if args.profile:
-        config.profile = args.profile
+        config = replace(config, profile=args.profile)
+    from ztfl.agent.daemon import Agent
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     code = agent.run_forever()

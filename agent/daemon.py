@@ -12,87 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from ztfl.models.partition import PartitionSpec, agent_partition
+from ztfl.agent.config import AgentConfig
+from ztfl.models.partition import agent_partition
 from ztfl.agent.keyrings import AgentKeyrings
 from ztfl.models.spec import ModelSpec, layout, tensors_to_flat
 from ztfl.agent.secagg import AgentAggregation
 from ztfl.agent.state import StateStore
 from ztfl.fednet.topics import Topics, TopicError
-from ztfl.fednet.transport import BrokerConfig, MqttTransport
+from ztfl.fednet.transport import MqttTransport
 from ztfl.agent.update import local_update
 from ztfl.fednet.messages import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
                         WireError, decode_pipeline)
 from ztfl.hw_profiles import Profile, resolve_profile
 from ztfl.models.params import set_flat
 from ztfl.models.preprocess import Pipeline
-from ztfl.protocol.epochs import EpochPolicy
 from ztfl.protocol.errors import ProtocolError
 
 log = logging.getLogger("ztfl.agent")
-
-
-class AgentConfigError(ValueError):
-    pass
-
-
-@dataclass
-class AgentConfig:
-    agent_id: str
-    federation: str = "plant"
-    gateway: str = "fog1"
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
-    profile: str | None = None
-    state_dir: str = "/var/lib/ztfl/agent"
-    data: dict = field(default_factory=dict)
-    model_size: str = "small"
-    stream_rate_hz: float = 20.0
-    heartbeat_s: float = 2.0
-    train_epochs: int | None = None        # overrides the profile's budget (tests, demos)
-    max_batches: int | None = None
-    lr: float = 3e-3                       # local Adam step; a fresh optimiser each round
-    seed: int = 0
-    record_updates_dir: str | None = None  # keep each plaintext update locally (audits, tests)
-    tpm: dict | None = None                # {"tcti": "swtpm:host=...,port=..."}: quote with this TPM
-    threads: int = 1                       # torch threads for local training (cores to give it)
-    key_epoch: dict | None = None          # {max_rounds, max_seconds}: this agent's ceiling on key reuse
-
-    @classmethod
-    def load(cls, path: str | Path) -> "AgentConfig":
-        try:
-            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except RecursionError:
-            raise AgentConfigError(f"{path}: YAML nested too deeply") from None
-        if not isinstance(doc, dict):
-            raise AgentConfigError("agent config must be a mapping")
-        unknown = set(doc) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise AgentConfigError(f"agent config: unknown key '{sorted(map(str, unknown))[0]}'")
-        if "agent_id" not in doc:
-            raise AgentConfigError("agent config: missing key 'agent_id'")
-        broker = doc.pop("broker", {}) or {}
-        try:
-            cfg = cls(broker=BrokerConfig(**broker), **doc)
-        except TypeError as exc:
-            raise AgentConfigError(f"agent config: {exc}") from exc
-        cfg.epoch_policy()
-        return cfg
-
-    def epoch_policy(self) -> EpochPolicy:
-        """The longest this agent reuses one key setup (the gateway may end epochs sooner)."""
-        doc = self.key_epoch or {}
-        if not isinstance(doc, dict) or set(doc) - {"max_rounds", "max_seconds"}:
-            raise AgentConfigError("agent config: key 'key_epoch' takes max_rounds and max_seconds")
-        try:
-            return EpochPolicy(**doc)
-        except ValueError as exc:
-            raise AgentConfigError(f"agent config: key_epoch: {exc}") from exc
 
 
 class Agent:
@@ -104,7 +45,7 @@ class Agent:
         self.topics = Topics(config.federation, config.gateway)
         self.store = StateStore(config.state_dir)
         self.identity = self.store.identity()
-        self.table = agent_partition(PartitionSpec.from_dict(config.data))
+        self.table = agent_partition(config.partition())
         self.pipeline: Pipeline | None = None
         self.encoded = None
         self.spec: ModelSpec | None = None
@@ -127,9 +68,9 @@ class Agent:
         self.stopping = threading.Event()
         self.attestor = None
         self.next_enrol = 0.0
-        config.broker.client_id = config.broker.client_id or f"agent-{config.agent_id}"
         offline = Heartbeat(config.agent_id, "offline", 0, -1, 0, 0).encode()
-        self.transport = MqttTransport(config.broker, self.topics.agent_subscriptions(config.agent_id),
+        self.transport = MqttTransport(config.broker.with_default_client_id(f"agent-{config.agent_id}"),
+                                       self.topics.agent_subscriptions(config.agent_id),
                                        self.profile.payload_limit_bytes,
                                        will=(self.topics.agent("" + config.agent_id, "heartbeat"), offline))
 
@@ -143,10 +84,7 @@ class Agent:
     def _open_tpm(self) -> None:
         from ztfl.attestation.measure import measure_agent
         from ztfl.attestation.tpm_agent import TpmAttestor
-        tcti = self.config.tpm.get("tcti") if isinstance(self.config.tpm, dict) else None
-        if not isinstance(tcti, str):
-            raise AgentConfigError("agent config: key 'tpm.tcti' must be a TCTI string")
-        self.attestor = TpmAttestor(tcti, Path(self.config.state_dir) / "tpm")
+        self.attestor = TpmAttestor(self.config.tpm.tcti, Path(self.config.state_dir) / "tpm")
         # PCR 23 holds the measurement of the code this agent runs; quotes report it.
         self.attestor.extend_measurement(measure_agent(Path(__file__).resolve().parents[1]))
 

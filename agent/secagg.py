@@ -20,7 +20,7 @@ from nacl.signing import SigningKey, VerifyKey
 from ztfl.privacy import DpParams, add_noise, clip_l2
 from ztfl.protocol import fixedpoint, wire
 from ztfl.protocol.client import ClientSession
-from ztfl.protocol.errors import ConfigurationError
+from ztfl.protocol.errors import ConfigurationError, MalformedMessage
 from ztfl.protocol.keys import EpochKeys
 
 # Which MQTT topic kind carries each client frame type: masked inputs have their own topic.
@@ -28,7 +28,12 @@ _KIND = {wire.MASKED_INPUT: "masked"}
 
 
 def frame_type(frame: bytes) -> int:
-    return frame[3] if len(frame) >= wire.HEADER_BYTES else -1
+    """The message type in a frame's header, or -1 when the header does not parse (the session
+    then refuses the frame with the reason)."""
+    try:
+        return wire.peek(frame).type
+    except MalformedMessage:
+        return -1
 
 
 class PeerKeys(Mapping):

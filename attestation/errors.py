@@ -1,12 +1,15 @@
 """One exception class per reason an identity, an enrolment or a quote is refused.
 
-Every class carries a short `reason` code (stable, snake_case) that the gateway uses as a
-metrics label and stores with the rejection; the message says what exactly was wrong.
+Every class carries a short `reason` code (stable, snake_case, unique across every refusal:
+protocol.refusal) that the gateway uses as a metrics label and stores with the rejection; the
+message says what exactly was wrong.
 """
 from __future__ import annotations
 
+from ztfl.protocol.refusal import Refusal
 
-class AttestationError(Exception):
+
+class AttestationError(Refusal):
     """Base class: the peer's evidence was refused (fail closed)."""
 
     reason = "attestation"

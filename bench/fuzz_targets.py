@@ -333,13 +333,13 @@ def _scratch_file(name: str, data: bytes) -> Path:
 
 
 def _agent_config(data: bytes):
-    from ztfl.agent.daemon import AgentConfig
+    from ztfl.agent.config import AgentConfig
     return AgentConfig.load(_scratch_file("agent.yaml", data))
 
 
 def _agent_config_seeds() -> list[bytes]:
     return [b"agent_id: pi-01\nfederation: plant\ngateway: fog1\nprofile: raspberry-pi-4\n"
-            b"broker: {url: 'mqtt://127.0.0.1:1883', keepalive_s: 10}\ndata: {path: x.txt, agents: 4, index: 0}\n"]
+            b"broker: {url: 'mqtt://127.0.0.1:1883', keepalive_s: 10}\ndata: {path: x.txt, count: 4, index: 0}\n"]
 
 
 def _profile(data: bytes):
@@ -366,7 +366,6 @@ def catalogue() -> list[Target]:
     proto = _errors("ztfl.protocol.errors.ProtocolError")
     attest = _errors("ztfl.attestation.errors.AttestationError")
     wire_err = _errors("ztfl.fednet.messages.WireError")
-    yaml_err = _errors("yaml.YAMLError")
     targets = [
         Target("protocol.frame", _decode_frame, proto, _protocol_seeds, "protocol"),
         Target("protocol.peek", _peek, proto, _protocol_seeds, "protocol"),
@@ -403,9 +402,9 @@ def catalogue() -> list[Target]:
         Target("mqtt.agent_topic", _agent_topic, _errors("ztfl.fednet.topics.TopicError"), _topic_seeds, "mqtt"),
         Target("mqtt.broadcast_topic", _broadcast_topic, _errors("ztfl.fednet.topics.TopicError"), _topic_seeds, "mqtt"),
         Target("mqtt.pipeline", _pipeline, wire_err, _pipeline_seeds, "mqtt"),
-        Target("config.gateway", _gateway_config, _errors("ztfl.gateway.config.ConfigError") + yaml_err,
+        Target("config.gateway", _gateway_config, _errors("ztfl.gateway.config.ConfigError"),
                _gateway_config_seeds, "config"),
-        Target("config.agent", _agent_config, _errors("ztfl.agent.daemon.AgentConfigError") + yaml_err,
+        Target("config.agent", _agent_config, _errors("ztfl.agent.config.AgentConfigError"),
                _agent_config_seeds, "config"),
         Target("config.hw_profile", _profile, _errors("ztfl.hw_profiles.ProfileError"), _profile_seeds,
                "config"),

@@ -30,16 +30,17 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
 from ztfl.agent.sim import sim_update
-from ztfl.fednet.topics import Topics, TopicError
+from ztfl.fednet.topics import Topics
 from ztfl.fednet.transport import BrokerConfig, MqttTransport
-from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
+from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd
 from ztfl.gateway.cohort import CohortRun, CohortState, Participant
 from ztfl.gateway.secagg import CLIP, FRAC_BITS, CohortAggregation
 from ztfl.protocol.config import ACTIVE, RoundConfig, minimum_threshold
-from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.refusal import Refusal
 from ztfl.protocol.fixedpoint import quantize
 from ztfl.protocol.server import ServerSession
 from ztfl.protocol.rounds import attempt_id
+from ztfl.bench.report import add_json_flag, emit, key_value_lines
 
 FEDERATION = "bench"
 MAX_PAYLOAD = 64 * 1024 * 1024
@@ -173,7 +174,7 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
                     elif kind in ("protocol", "masked"):
                         env = Envelope.decode(msg.payload, MAX_PAYLOAD)
                         run.receive(agent_id, env.body)
-                except (TopicError, WireError, ProtocolError, RuntimeError, KeyError):
+                except Refusal:
                     rejected += 1
                 msg = transport.get(0)
             now = time.monotonic()
@@ -254,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", default="", help="mqtt://host:port; default a private mosquitto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_flag(parser)
 
 
 def run(args) -> int:
@@ -272,9 +273,5 @@ def run(args) -> int:
     finally:
         if broker is not None:
             broker.stop()
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:24s} {value}")
+    emit(report, args.json, key_value_lines(24))
     return 0 if report["exact"] else 1

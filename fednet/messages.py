@@ -16,11 +16,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 
+from ztfl.protocol.refusal import Refusal
+
 MAX_JSON_BYTES = 64 * 1024
 
 
-class WireError(ValueError):
+class WireError(Refusal, ValueError):
     """A payload from a peer that we refuse; the message says why."""
+
+    reason = "malformed"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ztfl.protocol.refusal import Refusal
+
 # What an agent publishes about itself.
 AGENT_KINDS = ("hello", "heartbeat", "alerts", "enrol", "attest", "protocol", "masked")
 # What the gateway publishes to all agents or to one.
@@ -20,8 +22,22 @@ BROADCAST_KINDS = ("round", "model-cnn-lstm", "model-micro", "detector-cnn-lstm"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class TopicError(ValueError):
+class TopicError(Refusal, ValueError):
     """A topic that is not ours or names an invalid id."""
+
+    reason = "topic"
+
+
+class Impersonation(TopicError):
+    """A payload speaks for another agent than the one whose topic it arrived on."""
+
+    reason = "impersonation"
+
+
+def require_sender(topic_agent: str, claimed: str, what: str) -> None:
+    """The broker's ACL ties each agent to its own topics: a payload there must name that agent."""
+    if claimed != topic_agent:
+        raise Impersonation(f"{what} for {claimed} on {topic_agent}'s topic")
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -13,12 +13,14 @@ import queue
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from ztfl.config import setting
 
 log = logging.getLogger("ztfl.transport")
 
@@ -27,27 +29,40 @@ class TransportError(RuntimeError):
     """The broker could not be reached or refused us."""
 
 
-@dataclass
+def broker_address(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of an mqtt:// or mqtts:// url; a ValueError says what is wrong with it."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"must be mqtt:// or mqtts://, got {url!r}")
+    tls = parsed.scheme == "mqtts"
+    return parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
-    url: str = "mqtt://127.0.0.1:1883"
+    """The `broker:` section of every role's configuration (checked when the file is loaded)."""
+    url: str = setting("mqtt://127.0.0.1:1883", check=broker_address)
     client_id: str = ""
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     username: str | None = None
     password: str | None = None
-    keepalive_s: int = 15
-    session_expiry_s: int = 3600
-    reconnect_min_s: int = 1
-    reconnect_max_s: int = 16
+    keepalive_s: int = setting(15, at_least=0, at_most=65535)              # MQTT's 16-bit field
+    session_expiry_s: int = setting(3600, at_least=0, at_most=0xFFFFFFFF)
+    reconnect_min_s: int = setting(1, at_least=1)
+    reconnect_max_s: int = setting(16, at_least=1)
 
     @property
     def host_port(self) -> tuple[str, int, bool]:
-        parsed = urlparse(self.url)
-        if parsed.scheme not in ("mqtt", "mqtts"):
-            raise TransportError(f"broker url must be mqtt:// or mqtts://, got {self.url!r}")
-        tls = parsed.scheme == "mqtts"
-        return parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls
+        try:
+            return broker_address(self.url)
+        except ValueError as exc:
+            raise TransportError(f"broker url {exc}") from None
+
+    def with_default_client_id(self, client_id: str) -> "BrokerConfig":
+        """This broker config, with `client_id` unless it names its own."""
+        return self if self.client_id else replace(self, client_id=client_id)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ztfl.attestation.policy import AttestationPolicy
 from ztfl.attestation.provision import ProvisionError, load_devices, register_provisioned
 from ztfl.attestation.registry import SOFTWARE_ROOTED, TPM_ROOTED, IdentityRegistry
 from ztfl.attestation.verifier import Verifier
+from ztfl.fednet.topics import Impersonation
 from ztfl.hw_profiles import available_profiles, load_profile
 from ztfl.protocol.rounds import attempt_id
 
@@ -112,23 +113,24 @@ class GatewayAttestation:
         return None
 
     def on_enrol(self, agent_id: str, payload: bytes) -> bytes | None:
-        """An enrolment message; returns the challenge to send back, if any. Raises AttestationError."""
+        """An enrolment message; returns the challenge to send back, if any. Raises AttestationError, or
+        Impersonation for a message naming another agent than the topic's."""
         if self.root_of(agent_id) == SOFTWARE_ROOTED:
             # Its identity is the provisioned device key: a TPM enrolling under its name must not replace it.
             raise errors.EnrolmentError(f"{agent_id} is a provisioned device-key board; it does not enrol")
         if payload[:4] == TAG_ENROL:
             request = EnrolmentRequest.from_bytes(payload)
             if request.agent_id != agent_id:
-                raise ValueError(f"enrolment for {request.agent_id} on {agent_id}'s topic")
+                raise Impersonation(f"enrolment for {request.agent_id} on {agent_id}'s topic")
             return self.authority.begin(request).to_bytes()
         if payload[:4] == TAG_ACTIVATION:
             response = ActivationResponse.from_bytes(payload)
             if response.agent_id != agent_id:
-                raise ValueError(f"activation for {response.agent_id} on {agent_id}'s topic")
+                raise Impersonation(f"activation for {response.agent_id} on {agent_id}'s topic")
             self.authority.complete(response)
             log.info("agent %s enrolled (AK activated)", agent_id)
             return None
-        raise ValueError("neither an enrolment request nor an activation response")
+        raise errors.MalformedEvidence("neither an enrolment request nor an activation response")
 
     def issue_nonce(self, round_id: int, attempt: int) -> bytes:
         return self.verifier.issue_nonce(attempt_id(round_id, attempt))

@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 
@@ -32,9 +33,13 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.gateway.config import GatewayConfig
+    from ztfl.gateway.config import ConfigError, GatewayConfig
+    try:
+        config = GatewayConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"ztfl gateway: {exc}", file=sys.stderr)
+        return 2
     from ztfl.gateway.server import STATE_WRITE_FAILED, Gateway
-    config = GatewayConfig.load(args.config)
     try:
         gateway = Gateway(config)
     except (OSError, sqlite3.Error) as exc:

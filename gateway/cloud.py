@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ztfl.models.partition import PartitionSpec, train_validation
+from ztfl.models.partition import train_validation
 from ztfl.models.spec import ModelSpec
 from ztfl.fednet.topics import CloudTopics, TopicError
-from ztfl.fednet.transport import BrokerConfig, MqttTransport
-from ztfl.fednet.messages import AGGREGATE_FIELDS, VectorMessage, WireError
-from ztfl.gateway.config import ConfigError
+from ztfl.fednet.transport import MqttTransport
+from ztfl.fednet.messages import AGGREGATE_FIELDS, VectorMessage
+from ztfl.gateway.cloud_config import CloudConfig
+from ztfl.protocol.refusal import Refusal
 from ztfl.gateway.registry import ModelVersion, Registry
 from ztfl.models.params import get_flat, set_flat
 from ztfl.models.preprocess import Pipeline
@@ -30,40 +29,12 @@ from ztfl.models.training import evaluate
 log = logging.getLogger("ztfl.cloud")
 
 
-@dataclass
-class CloudConfig:
-    federation: str = "plant"
-    broker: BrokerConfig = field(default_factory=BrokerConfig)
-    state_dir: str = "/var/lib/ztfl/cloud"
-    data: dict = field(default_factory=dict)
-    model_size: str = "small"
-    gateways: list = field(default_factory=list)      # ids expected each round
-    wait_s: float = 60.0
-    rounds: int = 5
-    max_payload: int = 64 * 1024 * 1024
-    seed: int = 0
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CloudConfig":
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(doc, dict):
-            raise ConfigError("cloud config must be a mapping")
-        unknown = set(doc) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"cloud config: unknown key '{sorted(map(str, unknown))[0]}'")
-        broker = doc.pop("broker", {}) or {}
-        cfg = cls(broker=BrokerConfig(**broker), **doc)
-        if not cfg.gateways or not all(isinstance(g, str) for g in cfg.gateways):
-            raise ConfigError("cloud config: key 'gateways' must list the gateway ids")
-        return cfg
-
-
 class Cloud:
     def __init__(self, config: CloudConfig):
         self.config = config
         self.topics = CloudTopics(config.federation)
         self.registry = Registry(config.state_dir)
-        train, val = train_validation(PartitionSpec.from_dict(config.data))
+        train, val = train_validation(config.partition())
         pipeline = Pipeline.fit(train)
         self.val = pipeline.encode(val)
         self.specs = {v: ModelSpec(v, pipeline.n_features, pipeline.n_classes, config.model_size)
@@ -82,8 +53,8 @@ class Cloud:
         self.pending: dict[tuple[int, str], dict[str, tuple[np.ndarray, int]]] = {}
         self.first_seen: dict[tuple[int, str], float] = {}
         self.rejected = 0
-        config.broker.client_id = config.broker.client_id or f"cloud-{config.federation}"
-        self.transport = MqttTransport(config.broker, [self.topics.gateways_wildcard()], config.max_payload)
+        self.transport = MqttTransport(config.broker.with_default_client_id(f"cloud-{config.federation}"),
+                                       [self.topics.gateways_wildcard()], config.max_payload)
 
     def _publish(self, variant: str) -> None:
         mv = self.versions[variant]
@@ -97,7 +68,7 @@ class Cloud:
             if kind != "aggregate":
                 raise TopicError(f"unknown kind {kind}")
             msg = VectorMessage.decode(payload, self.config.max_payload, AGGREGATE_FIELDS)
-        except (TopicError, WireError) as exc:
+        except Refusal as exc:
             self.rejected += 1
             log.warning("rejected %s: %s", topic, exc)
             return

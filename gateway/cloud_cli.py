@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,5 +16,12 @@ def run(args) -> int:
     logging.getLogger("ztfl").setLevel(args.log_level.upper())
     logging.basicConfig(level=logging.WARNING,
                         format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.gateway.cloud import Cloud, CloudConfig
-    return Cloud(CloudConfig.load(args.config)).run_forever()
+    from ztfl.config import ConfigError
+    from ztfl.gateway.cloud_config import CloudConfig
+    try:
+        config = CloudConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"ztfl cloud: {exc}", file=sys.stderr)
+        return 2
+    from ztfl.gateway.cloud import Cloud
+    return Cloud(config).run_forever()

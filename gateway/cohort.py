@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ztfl.gateway.secagg import CohortAggregation, Outgoing
+from ztfl.protocol.errors import InvalidTransition, UnknownSender
 from ztfl.protocol.stages import Stage
 from ztfl.protocol.rounds import attempt_id
 
@@ -210,9 +211,9 @@ class CohortRun:
         """A protocol frame from a participant; ProtocolError propagates to the caller's counter."""
         p = self.participants.get(agent_id)
         if p is None:
-            raise KeyError(f"{agent_id} is not in cohort {self.name}")
+            raise UnknownSender(f"{agent_id} is not in cohort {self.name}")
         if self.state is not CohortState.AGGREGATING:
-            raise CohortTransitionError(f"cohort {self.name} is {self.state.value}, not aggregating")
+            raise InvalidTransition(f"cohort {self.name} is {self.state.value}, not aggregating")
         self.aggregation.receive(p.sid, frame)
         self._news = True
 

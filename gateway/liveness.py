@@ -1,14 +1,25 @@
 """What the gateway knows about each agent: its announcement, its identity key, when it was last
-heard from, its state (online / training / detecting / offline) and its alert counts."""
+heard from, its state (online / training / detecting / offline) and its alert counts.
+
+The first hello pins the agent's identity key: a hello with another key is refused
+(IdentityChanged) until the agent is enrolled again."""
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ztfl.fednet.messages import Alert, Heartbeat, Hello
+from ztfl.fednet.messages import Alert, Heartbeat, Hello, WireError
+from ztfl.protocol.refusal import Refusal
 
 STATES = ("online", "training", "detecting", "offline")
+IDENTITY_KEY_BYTES = 32
+
+
+class IdentityChanged(Refusal):
+    """A hello announces another identity key than the one pinned by the agent's first hello."""
+
+    reason = "identity"
 
 
 @dataclass
@@ -33,6 +44,19 @@ class AgentTable:
     def __init__(self, offline_after_s: float):
         self.offline_after_s = offline_after_s
         self.agents: dict[str, AgentInfo] = {}
+
+    def identity_of(self, msg: Hello) -> bytes:
+        """The identity key a hello announces, if it is well formed and the one pinned for the agent."""
+        try:
+            pk = bytes.fromhex(msg.identity_pk)
+        except ValueError:
+            pk = b""
+        if len(pk) != IDENTITY_KEY_BYTES:
+            raise WireError(f"{msg.agent_id}: identity key is not {IDENTITY_KEY_BYTES} hex bytes")
+        known = self.agents.get(msg.agent_id)
+        if known is not None and known.identity_pk != pk:
+            raise IdentityChanged(f"{msg.agent_id} announced a different identity key")
+        return pk
 
     def hello(self, msg: Hello, identity_pk: bytes, now: float | None = None) -> AgentInfo:
         now = time.monotonic() if now is None else now

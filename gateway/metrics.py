@@ -1,6 +1,9 @@
 """Prometheus metrics and the JSON status endpoint of a gateway, on one small HTTP server.
 
 GET /metrics -> Prometheus text format; GET /status -> the status document `ztfl status` shows.
+
+Refused peer messages are counted in one place, `count_refusal`, by the refusal's reason code
+(protocol.refusal): the `reason` label of `ztfl_rejected_messages` and the `refusals` of /status.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ class GatewayMetrics:
         self.round = Gauge("ztfl_round", "last committed round", registry=r)
         self.agents = Gauge("ztfl_agents", "agents by state", ["state"], registry=r)
         self.alerts = Counter("ztfl_alerts", "alerts received", ["agent", "label"], registry=r)
-        self.rejected = Counter("ztfl_rejected_messages", "messages rejected", ["reason"], registry=r)
+        self.rejected = Counter("ztfl_rejected_messages", "messages rejected, by refusal reason code", ["reason"],
+                                registry=r)
+        self.refusals: dict[str, int] = {}     # the same counts, for /status
         self.attestation = Counter("ztfl_attestation", "attestation verdicts by root of trust (tpm, software)",
                                    ["root", "verdict", "reason"], registry=r)
         self.dropouts = Counter("ztfl_dropouts", "participants that dropped out of a round", registry=r)
@@ -40,6 +45,11 @@ class GatewayMetrics:
                                       ["cohort"], registry=r)
         self.key_setups = Counter("ztfl_key_setups", "agents that advertised mask keys new to the gateway",
                                   ["cohort"], registry=r)
+
+    def count_refusal(self, reason: str) -> None:
+        """One refused peer message, by the reason code of its Refusal class."""
+        self.rejected.labels(reason).inc()
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

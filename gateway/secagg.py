@@ -3,12 +3,12 @@ choices the gateway makes for it (fixed-point range per mask width, thresholds, 
 expected in each stage, and addressing of the frames it sends)."""
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
+from ztfl.protocol import wire
 from ztfl.protocol.config import ACTIVE, RoundConfig
 from ztfl.protocol.errors import UnknownSender
 from ztfl.protocol.server import ServerSession, StageOutput
@@ -71,7 +71,7 @@ class CohortAggregation:
 
     def receive(self, sid: int, frame: bytes) -> None:
         # The frame is signed by its sender; also insist it arrived on that sender's own topic.
-        if len(frame) < 6 or struct.unpack_from("<H", frame, 4)[0] != sid:
+        if wire.peek(frame).sender != sid:
             raise UnknownSender(f"frame on client {sid}'s topic claims another sender")
         self.server.receive(frame)
 

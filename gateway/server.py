@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from ztfl.models.partition import PartitionSpec, train_validation
+from ztfl.models.partition import train_validation
 from ztfl.models.spec import ModelSpec, flat_to_tensors, layout
-from ztfl.fednet.topics import CloudTopics, Topics, TopicError
+from ztfl.fednet.topics import CloudTopics, Topics, require_sender
 from ztfl.fednet.transport import MqttTransport
 from ztfl.fednet.messages import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
                         RoundEnd, VectorMessage, WireError, DetectorBlob, dp_document)
+from ztfl.attestation.errors import EnrolmentError
 from ztfl.gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
 from ztfl.gateway.config import GatewayConfig
 from ztfl.gateway.epochs import KeyEpochs
@@ -44,7 +45,8 @@ from ztfl.gateway.registry import ModelVersion, Registry
 from ztfl.models.params import set_flat
 from ztfl.models.preprocess import Pipeline
 from ztfl.models.training import evaluate
-from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.errors import WrongRound
+from ztfl.protocol.refusal import Refusal
 
 log = logging.getLogger("ztfl.gateway")
 STATE_WRITE_FAILED = 3      # exit code: the state directory could not be written
@@ -86,16 +88,16 @@ class Gateway:
         self.stopped = ""                            # why the gateway stopped before its last round
         self.key_epochs = KeyEpochs(self.state_dir, config.epoch_policy)
         self.privacy = None
-        if config.privacy is not None or any("privacy" in c for c in config.cohorts.values()):
+        if config.uses_privacy():
             from ztfl.gateway.dp import PrivacyBook
             self.privacy = PrivacyBook(self.state_dir, config.privacy_spec, config.rounds)
         self.bytes_up = self.bytes_down = 0          # payload bytes through this gateway
         self._round_bytes = (0, 0)
-        config.broker.client_id = config.broker.client_id or f"gateway-{config.federation}-{config.gateway}"
         subscriptions = [self.topics.agents_wildcard()]
         if self.cloud is not None:
             subscriptions.append(self.cloud.broadcast("+"))
-        self.transport = MqttTransport(config.broker, subscriptions, config.max_payload)
+        broker = config.broker.with_default_client_id(f"gateway-{config.federation}-{config.gateway}")
+        self.transport = MqttTransport(broker, subscriptions, config.max_payload)
         self.http = StatusServer(config.http_host, config.http_port, self.metrics, lambda: self._status)
 
     # setup -------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class Gateway:
         return key
 
     def _prepare_data(self) -> None:
-        spec = PartitionSpec.from_dict(self.config.data)
+        spec = self.config.partition()
         train, val = train_validation(spec)
         self.pipeline = Pipeline.fit(train)
         self.val = self.pipeline.encode(val)
@@ -179,34 +181,27 @@ class Gateway:
         self.transport.publish(self.topics.broadcast(f"detector-{variant}"), payload, retain=True)
 
     # message handling --------------------------------------------------------------------------
-    def _reject(self, reason: str, detail: str) -> None:
-        self.metrics.rejected.labels(reason).inc()
-        log.warning("rejected message (%s): %s", reason, detail)
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Count a refused peer message by its refusal's reason code, and log why."""
+        self.metrics.count_refusal(reason)
+        log.warning("refused message (%s): %s", reason, detail)
 
     def handle(self, topic: str, payload: bytes) -> None:
         self.metrics.bytes.labels("up").inc(len(payload))
         self.bytes_up += len(payload)
-        if self.cloud is not None and topic.startswith(self.cloud.base + "/broadcast/model-"):
-            try:
+        try:
+            if self.cloud is not None and topic.startswith(self.cloud.base + "/broadcast/model-"):
                 return self._on_cloud_model(payload)
-            except WireError as exc:
-                return self._reject("malformed", f"{topic}: {exc}")
-        try:
             agent_id, kind = self.topics.parse_agent_topic(topic)
-        except TopicError as exc:
-            return self._reject("topic", str(exc))
-        try:
             if kind == "hello":
                 self._on_hello(agent_id, Hello.decode(payload))
             elif kind == "heartbeat":
                 msg = Heartbeat.decode(payload)
-                if msg.agent_id != agent_id:
-                    return self._reject("impersonation", f"heartbeat for {msg.agent_id} on {agent_id}'s topic")
+                require_sender(agent_id, msg.agent_id, "heartbeat")
                 self.agents.heartbeat(msg)
             elif kind == "alerts":
                 msg = Alert.decode(payload)
-                if msg.agent_id != agent_id:
-                    return self._reject("impersonation", f"alert for {msg.agent_id} on {agent_id}'s topic")
+                require_sender(agent_id, msg.agent_id, "alert")
                 if self.agents.alert(msg):
                     self.metrics.alerts.labels(agent_id, msg.label).inc()
             elif kind in ("protocol", "masked"):
@@ -215,29 +210,19 @@ class Gateway:
                 self._on_attest(agent_id, payload)
             elif kind == "enrol":
                 self._on_enrol(agent_id, payload)
-        except WireError as exc:
-            self._reject("malformed", f"{topic}: {exc}")
+        except Refusal as exc:
+            self._refuse(exc.reason, f"{topic}: {exc}")
 
     def _on_hello(self, agent_id: str, msg: Hello) -> None:
-        if msg.agent_id != agent_id:
-            return self._reject("impersonation", f"hello for {msg.agent_id} on {agent_id}'s topic")
-        try:
-            pk = bytes.fromhex(msg.identity_pk)
-        except ValueError:
-            pk = b""
-        if len(pk) != 32:
-            return self._reject("malformed", f"{agent_id}: identity key is not 32 hex bytes")
-        known = self.agents.agents.get(agent_id)
-        if known is not None and known.identity_pk != pk:
-            # Enrolment pins the first identity key; a different one needs re-enrolment.
-            return self._reject("identity", f"{agent_id} announced a different identity key")
+        require_sender(agent_id, msg.agent_id, "hello")
+        pk = self.agents.identity_of(msg)
         if self.attestation is not None:
             refusal = self.attestation.refusal_before_round(agent_id, msg.attestation)
             if refusal is not None:
                 # Counted once per announcement; the agent stays out of every cohort (_eligible).
                 self.metrics.attestation.labels(self.attestation.root_of(agent_id) or "unknown", "refused",
                                                 refusal.reason).inc()
-                self._reject("attestation", f"{agent_id}: {refusal.reason}: {refusal}")
+                self._refuse(refusal.reason, f"{agent_id}: {refusal}")
         self.agents.hello(msg, pk)
         self.registry.upsert_agent(agent_id, msg.profile, msg.model_variant, msg.mask_bits, msg.samples)
         log.info("agent %s (%s, %s/%d-bit) announced %d samples", agent_id, msg.profile,
@@ -253,35 +238,28 @@ class Gateway:
         env = Envelope.decode(payload, self.config.max_payload)
         run = self._cohort_of(agent_id)
         if run is None or (env.round, env.attempt, env.cohort) != (run.round, run.attempt, run.name):
-            return self._reject("out-of-round", f"{agent_id}: frame for round {env.round}.{env.attempt} "
-                                                f"{env.cohort}, current {self.round}.{self.attempt}")
-        try:
-            run.receive(agent_id, env.body)
-        except (ProtocolError, RuntimeError, KeyError) as exc:
-            self._reject(type(exc).__name__, f"{agent_id} in {run.name}: {exc}")
+            raise WrongRound(f"frame for round {env.round}.{env.attempt} {env.cohort}, "
+                             f"current {self.round}.{self.attempt}")
+        run.receive(agent_id, env.body)
 
     def _on_enrol(self, agent_id: str, payload: bytes) -> None:
         if self.attestation is None:
-            return self._reject("attestation", f"{agent_id}: enrolment sent to a gateway without attestation")
-        from ztfl.attestation.errors import AttestationError
-        try:
-            challenge = self.attestation.on_enrol(agent_id, payload)
-        except (AttestationError, ValueError) as exc:
-            return self._reject("enrolment", f"{agent_id}: {exc}")
+            raise EnrolmentError("enrolment sent to a gateway without attestation")
+        challenge = self.attestation.on_enrol(agent_id, payload)
         if challenge is not None:
             self._send(self.topics.to_agent(agent_id, "attest"), challenge)
 
     def _on_attest(self, agent_id: str, payload: bytes) -> None:
         run = self._cohort_of(agent_id)
         if run is None or self.attestation is None:
-            return self._reject("out-of-round", f"{agent_id}: attestation outside a round")
+            raise WrongRound("attestation outside a round")
         verdict = self.attestation.verify(agent_id, run.round, run.attempt,
                                           run.participants[agent_id].identity_pk, payload)
         self.metrics.attestation.labels(verdict.root, "seated" if verdict.ok else "refused", verdict.reason).inc()
         if verdict.ok:
             self.roots[agent_id] = verdict.root
         else:
-            self._reject("attestation", f"{agent_id}: {verdict.message}")
+            self._refuse(verdict.reason, f"{agent_id}: {verdict.message}")
         run.attested(agent_id, verdict.ok, verdict.message)
 
     # rounds ------------------------------------------------------------------------------------
@@ -328,7 +306,7 @@ class Gateway:
                 continue
             quoted = any(self._needs_quote(a) for a in members)
             run = CohortRun(self.round, self.attempt, variant, bits, participants, threshold,
-                            self.config.deadlines_s, quoted,
+                            self.config.deadlines_s.by_stage(), quoted,
                             dim=dim, server_identity=self.identity,
                             nonce=(self.attestation.issue_nonce(self.round, self.attempt) if quoted
                                    else os.urandom(32)),
@@ -341,7 +319,7 @@ class Gateway:
             announce = RoundAnnounce(self.round, self.attempt, run.name, variant, bits,
                                      self.versions[variant].version, self.versions[variant].sha256,
                                      [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
-                                     run.threshold, run.nonce.hex(), self.config.deadlines_s,
+                                     run.threshold, run.nonce.hex(), self.config.deadlines_s.by_stage(),
                                      weight_unit=run.weight_unit,
                                      server_pk=bytes(self.identity.verify_key).hex(),
                                      # Left out for cohorts without key epochs: agents that predate
@@ -478,14 +456,14 @@ class Gateway:
                                 delta.astype(np.float32))
             self.transport.publish(self.cloud.from_gateway(self.config.gateway, "aggregate"), msg.encode())
         self.awaiting = {"variants": set(updates), "detail": detail,
-                         "deadline": now + float(self.config.parent.get("wait_s", 120))}
+                         "deadline": now + self.config.parent.wait_s}
         log.info("round %d.%d: aggregates of %s sent to the cloud", self.round, self.attempt, sorted(updates))
 
     def _on_cloud_model(self, payload: bytes) -> None:
         msg = VectorMessage.decode(payload, self.config.max_payload, CLOUD_MODEL_FIELDS)
         variant, version = msg.header["variant"], msg.header["version"]
         if variant not in self.models or msg.vector.size != self.models[variant].size:
-            return self._reject("cloud-model", f"cloud model for {variant} does not fit")
+            raise WireError(f"cloud model for {variant} does not fit this gateway's model")
         self.cloud_models[variant] = (version, msg.vector)
 
     def _check_cloud(self, now: float) -> None:
@@ -615,6 +593,7 @@ class Gateway:
                            "records": i.records_total, "model_version": i.model_version}
                        for a, i in sorted(self.agents.agents.items())},
             "rejected": self.transport.oversized,
+            "refusals": dict(sorted(self.metrics.refusals.items())),
         }
 
     def run_forever(self, stop_when_done: bool = True) -> int:

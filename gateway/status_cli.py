@@ -64,6 +64,13 @@ def render(status: dict) -> Group:
             privacy.add_row(n, f"{d['epsilon_spent']:.4f}", f"{d['epsilon_budget']:g}", f"{d['delta']:g}",
                             str(d["rounds"]), d["mode"], d["stopped"] or ("exhausted" if d["exhausted"] else "ok"))
         parts.append(privacy)
+    if status.get("refusals"):
+        refusals = Table(title="refused messages")
+        for col in ("reason", "count"):
+            refusals.add_column(col)
+        for reason, count in status["refusals"].items():
+            refusals.add_row(reason, str(count))
+        parts.append(refusals)
     if status.get("stopped"):
         parts.append(Table(title=f"stopped: {status['stopped']}"))
     return Group(*parts)

@@ -1,67 +1,98 @@
 """Typed errors of the secure-aggregation protocol.
 
-Every rejection has its own class so callers (and tests) can tell causes apart. A message that
-raises any `ProtocolError` subclass leaves the receiving session's state unchanged, except
-`RoundAborted`, which is final.
+Every rejection has its own class so callers (and tests) can tell causes apart, and its own
+stable `reason` code (protocol.refusal) for counting. A message that raises any `ProtocolError`
+subclass leaves the receiving session's state unchanged, except `RoundAborted`, which is final.
 """
 from __future__ import annotations
 
+from ztfl.protocol.refusal import Refusal
 
-class ProtocolError(Exception):
+
+class ProtocolError(Refusal):
     """Base class: a message or a request was refused."""
+
+    reason = "protocol"
 
 
 class ConfigurationError(ProtocolError):
     """A round configuration is unsafe or inconsistent (threshold, overflow, sizes)."""
 
+    reason = "configuration"
+
 
 class MalformedMessage(ProtocolError):
     """Bytes from a peer do not parse: truncated, wrong length, bad magic, unknown type..."""
+
+    reason = "malformed_message"
 
 
 class UnsupportedVersion(MalformedMessage):
     """The frame announces a protocol version this implementation does not speak."""
 
+    reason = "unsupported_version"
+
 
 class BadSignature(ProtocolError):
-    """An Ed25519 signature does not verify under the sender's identity key."""
+    """An Ed25519 signature or a session tag does not verify under the sender's key."""
+
+    # Not "bad_signature": that code is attestation's (a quote's signature).
+    reason = "bad_authenticator"
 
 
 class UnknownSender(ProtocolError):
     """The sender id is not enrolled, or not expected at this point."""
 
+    reason = "unknown_sender"
+
 
 class WrongRound(ProtocolError):
     """The frame belongs to another epoch or round."""
+
+    reason = "wrong_round"
 
 
 class DuplicateMessage(ProtocolError):
     """A second message of the same kind from the same sender, or a repeated entry."""
 
+    reason = "duplicate_message"
+
 
 class DecryptionFailed(ProtocolError):
     """An encrypted share failed authentication (AEAD)."""
+
+    reason = "decryption_failed"
 
 
 class InvalidTransition(ProtocolError):
     """The message or call is not allowed in the session's current stage."""
 
+    reason = "invalid_transition"
+
 
 class ConsistencyViolation(ProtocolError):
     """The server's lists are inconsistent or hostile (overlap, growing sets, forged survivors...)."""
+
+    reason = "consistency_violation"
 
 
 class ShamirError(ProtocolError):
     """Shares are invalid: duplicate or zero index, wrong length, too few, inconsistent."""
 
+    reason = "invalid_shares"
+
 
 class KeyAgreementError(ProtocolError):
     """X25519 produced the all-zero secret (low-order public key)."""
+
+    reason = "low_order_key"
 
 
 class RoundAborted(ProtocolError):
     """The round cannot complete (too few clients or shares); final for the session."""
 
-    def __init__(self, reason: str, code: int = 1):
-        super().__init__(reason)
+    reason = "round_aborted"
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
         self.code = code

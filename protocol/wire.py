@@ -647,6 +647,7 @@ class SignedFrame:
 
 @dataclass(frozen=True)
 class FrameHeader:
+    """The fields of a frame's 20-byte header (docs/protocol.md 1.6), magic and version checked."""
     type: int
     sender: int
     epoch: int
@@ -655,8 +656,10 @@ class FrameHeader:
     auth: int = AUTH_SIGNATURE
 
 
-def _header(data: bytes) -> tuple:
-    """Header fields after the checks every frame gets: length, magic, version, type, auth."""
+def peek(data: bytes) -> FrameHeader:
+    """The header of a frame after the checks every frame gets (length, magic, version, type,
+    auth), without parsing the body or checking the authenticator. The one reader of header bytes:
+    routing, topic checks and `decode_frame` all go through it."""
     if len(data) < MIN_FRAME:
         raise MalformedMessage(f"frame of {len(data)} bytes is shorter than a header and a tag")
     magic, version, mtype, sender, auth, epoch, round_id, body_len = HEADER.unpack_from(data)
@@ -668,12 +671,6 @@ def _header(data: bytes) -> tuple:
         raise MalformedMessage(f"unknown message type 0x{mtype:02x}")
     if auth not in (AUTH_SIGNATURE, AUTH_SESSION):
         raise MalformedMessage(f"unknown authentication mode {auth}")
-    return mtype, sender, auth, epoch, round_id, body_len
-
-
-def peek(data: bytes) -> FrameHeader:
-    """The header of a frame, for routing, without parsing the body or checking the authenticator."""
-    mtype, sender, auth, epoch, round_id, body_len = _header(data)
     return FrameHeader(mtype, sender, epoch, round_id, body_len, auth)
 
 
@@ -698,16 +695,16 @@ def decode_frame(data: bytes, max_body: int = MAX_BODY, max_recipients: int = 0x
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessage("a frame is bytes")
     data = bytes(data) if not isinstance(data, bytes) else data
-    mtype, sender, auth, epoch, round_id, body_len = _header(data)
-    if body_len > max_body:
-        raise MalformedMessage(f"body of {body_len} bytes exceeds the limit of {max_body}")
-    end = HEADER_BYTES + body_len
+    head = peek(data)
+    if head.body_len > max_body:
+        raise MalformedMessage(f"body of {head.body_len} bytes exceeds the limit of {max_body}")
+    end = HEADER_BYTES + head.body_len
     signature, tag, tags = b"", b"", ()
-    if auth == AUTH_SIGNATURE:
+    if head.auth == AUTH_SIGNATURE:
         if len(data) != end + SIGNATURE_BYTES:
             raise MalformedMessage(f"frame is {len(data)} bytes, header announces {end + SIGNATURE_BYTES}")
         signature = data[end:]
-    elif sender != SERVER_ID:
+    elif head.sender != SERVER_ID:
         if len(data) != end + TAG_BYTES:
             raise MalformedMessage(f"frame is {len(data)} bytes, header announces {end + TAG_BYTES}")
         tag = data[end:]
@@ -715,8 +712,8 @@ def decode_frame(data: bytes, max_body: int = MAX_BODY, max_recipients: int = 0x
         tags = _recipient_tags(data, end, max_recipients)
     # A view, not a copy: a masked vector is parsed in place.
     body = memoryview(data)[HEADER_BYTES:end]
-    message = MESSAGE_TYPES[mtype].parse(sender, epoch, round_id, body)
-    return SignedFrame(message, signed_bytes(data[:HEADER_BYTES], body), signature, auth, tag, tags)
+    message = MESSAGE_TYPES[head.type].parse(head.sender, head.epoch, head.round_id, body)
+    return SignedFrame(message, signed_bytes(data[:HEADER_BYTES], body), signature, head.auth, tag, tags)
 
 
 def advertise_signed_bytes(entry: RosterEntry, config_digest: bytes, epoch: int, round_id: int) -> bytes:

@@ -28,11 +28,12 @@ from ztfw.local_update import delta_source, training_steps
 from ztfw.records import Records, dequantise, float_row
 from ztfw.secagg_client import ClientSession, StreamedFrame
 from ztfw.secagg_errors import ProtocolError
+from ztfw.secagg_wire import SHARES_RELAY
 from ztfw.store import Store
 
-SHARES_RELAY = 0x05
 NORMAL = "normal"
 ALERT_SEQ_BLOCK = 64
+PAYLOAD_LIMIT_BYTES = 16 * 1024     # the esp32 hardware profile's payload_limit_bytes
 
 
 class ConfigError(ValueError):
@@ -118,7 +119,7 @@ class Agent:
         if "device_public_key" in cfg and unhexlify(cfg["device_public_key"]) != self.public:
             raise ConfigError("device_public_key does not belong to device_key")
         self.base = "ztfl/%s/%s" % (cfg["federation"], cfg["gateway"])
-        self.payload_limit = cfg.get("payload_limit_bytes", 16384)
+        self.payload_limit = cfg.get("payload_limit_bytes", PAYLOAD_LIMIT_BYTES)
         self.heartbeat_ms = int(cfg.get("heartbeat_s", 2.0) * 1000)
         self.record_ms = int(1000 / cfg.get("stream_rate_hz", 5.0))
         train = cfg.get("training", {})
@@ -328,11 +329,11 @@ class Agent:
         self.announce = msg
         if self.cfg.get("attest"):
             # Device-key evidence over the round's nonce, bound like a TPM quote to the attestation
-            # round (round * 16 + attempt, gateway/attest.py) and the identity key this board is
-            # seated under. Off unless configured: a gateway that does not check evidence gets none.
+            # round (attempt_id, gateway/attest.py) and the identity key this board is seated
+            # under. Off unless configured: a gateway that does not check evidence gets none.
             try:
                 evidence = software_evidence(self.seed, self.public, unhexlify(msg.nonce),
-                                             msg.round * 16 + msg.attempt, self.public)
+                                             agent_wire.attempt_id(msg.round, msg.attempt), self.public)
             except (ValueError, AttestError) as e:
                 self._reject("cannot attest: %s" % e)
             else:

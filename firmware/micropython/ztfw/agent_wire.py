@@ -49,11 +49,19 @@ def _field(doc, name, kind, default=None, required=True):
 
 
 MAX_U32 = 0xFFFFFFFF
+# At most this many attempts per round keep the attempt ids of different rounds apart
+# (protocol/rounds.py; tests/test_firmware_parity.py holds the two equal).
+ATTEMPTS_PER_ROUND = 16
+
+
+def attempt_id(round_id, attempt):
+    """The id of one attempt of one round: the attestation round and a classic round's epoch."""
+    return round_id * ATTEMPTS_PER_ROUND + attempt
 
 
 class RoundAnnounce:
     """A round starts for one cohort. Optional key-epoch fields (docs/wire.md): `epoch` (the key
-    epoch id; absent: round * 16 + attempt), `protocol_round` (the round id inside the protocol;
+    epoch id; absent: attempt_id(round, attempt)), `protocol_round` (the round id inside the protocol;
     absent: `round`), `key_reuse` (absent: false) and `dp` (differential-privacy parameters;
     absent: none)."""
     FIELDS = (("round", int), ("attempt", int), ("cohort", str), ("model_variant", str), ("mask_bits", int),
@@ -75,7 +83,7 @@ class RoundAnnounce:
         if self.weight_unit < 1:
             raise WireError("RoundAnnounce: weight_unit must be positive")
         if self.epoch is None:
-            self.epoch = self.round * 16 + self.attempt
+            self.epoch = attempt_id(self.round, self.attempt)
         if self.protocol_round is None:
             self.protocol_round = self.round
         for name in ("epoch", "protocol_round"):
