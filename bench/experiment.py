@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import fields
 
+from ztfl.bench.byzantine import MODELS
 from ztfl.robustness.attacks import ATTACKS
 from ztfl.robustness.modes import DEFENSES, PRIVACY_MODES
 
@@ -17,7 +18,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=5, help="privacy grouped: agents per group, at least")
     p.add_argument("--expected-byzantine", type=float, default=0.3,
                    help="fraction of inputs the defence is sized for (Krum's f)")
-    p.add_argument("--model", choices=("micro", "small"), default="micro",
+    p.add_argument("--model", choices=tuple(MODELS), default="micro",
                    help="micro: the MLP of models.micro; small: the small CNN-LSTM")
     p.add_argument("--target", choices=("binary", "multiclass"), default="binary")
     p.add_argument("--local-batches", type=int, default=8)
@@ -29,10 +30,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ztfl.models.datasets import DATASET_FILES
+
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     sub.required = True
     one = sub.add_parser("byzantine", help="one federation under attack")
-    one.add_argument("--dataset", choices=("nsl-kdd", "unsw-nb15"), default="nsl-kdd")
+    one.add_argument("--dataset", choices=tuple(DATASET_FILES), default="nsl-kdd")
     one.add_argument("--attack", choices=ATTACKS, default="none")
     one.add_argument("--fraction", type=float, default=0.0, help="share of agents that attack")
     one.add_argument("--defense", choices=DEFENSES, default="fedavg")

@@ -1,14 +1,16 @@
 """Federated against centralised accuracy on one validation split, in this process.
 
-The same Dirichlet partitions the agents use (models.partition), the same pipeline the gateway fits,
-the same local training the agents run, and per round the transformations the real system
-applies to the numbers, each one the project's own code:
+It runs on the simulated federation of bench.simfed: the same Dirichlet partitions the agents
+use (models.partition), the same pipeline the gateway fits, the same local update the agents run
+(agent.update), and per round the transformations the real system applies to the numbers, each
+one the project's own code:
 
-    wire      the global model as a ModelBlob (agent.wire): encoded, decoded, loaded by the agent
-    secagg    the weighted deltas through one real secure-aggregation round (protocol.simulate,
-              with the RoundConfig the gateway builds), including fixed-point encoding and clipping
-    (always)  the delta against the base the agent trained from, the weight the agent sends,
-              the gateway's update of its float model
+    wire      the global model as a ModelBlob (fednet.messages): encoded, decoded, loaded by the agent
+    secagg    the deltas through one secure-aggregation round of the gateway's own cohort code
+              against the agents' own clients (bench.simfed.secure): fixed-point encoding,
+              clipping, the weight unit and the weights the agents send
+    (always)  the delta against the base the agent trained from, the gateway's update of its
+              float model
 
 `exact` runs the same rounds with none of them: float deltas, averaged by sample count in
 float64 (plain FedAvg). Only the transport (MQTT) and the TPM are absent; the radio and the
@@ -28,8 +30,8 @@ TRANSFORMS = ("wire", "secagg")
 
 
 def default_dataset() -> str:
-    from ztfl.models.datasets import datasets_dir   # here, not at the top: it loads pandas
-    return str(datasets_dir() / "nsl_kdd" / "KDDTrain+_20Percent.txt")
+    from ztfl.models.datasets import dataset_file   # here, not at the top: it loads pandas
+    return str(dataset_file("nsl-kdd"))
 
 
 @dataclass
@@ -59,111 +61,42 @@ class FederatedConfig:
             raise ValueError("a secure-aggregation cohort needs at least 3 agents")
 
 
-@dataclass
-class Federation:
-    spec: object                        # models.spec.ModelSpec
-    train: object                       # models.preprocess.Encoded, all training rows
-    val: object
-    parts: list                         # Encoded per agent
+def build(cfg: FederatedConfig):
+    """The federation (bench.simfed.SimulatedFederation): the agents' cut of the training rows,
+    the gateway's pipeline, the CNN-LSTM of `model_size`."""
+    from ztfl.bench.simfed import DataSpec, LocalTraining, SimulatedFederation
+
+    data = DataSpec(cfg.fmt, path=cfg.data, seed=cfg.seed, max_train_rows=cfg.max_train_rows, agents=cfg.agents,
+                    alpha=cfg.alpha)
+    training = LocalTraining(cfg.local_batches, cfg.batch_size, cfg.lr, cfg.local_epochs)
+    return SimulatedFederation.create(data, "cnn-lstm", cfg.model_size, training=training, seed=cfg.seed,
+                                      threads=cfg.threads)
 
 
-def build(cfg: FederatedConfig) -> Federation:
-    from ztfl.models.partition import AGENT_MIN_ROWS, PartitionSpec, dirichlet_partition, train_validation
-    from ztfl.models.spec import ModelSpec
-    from ztfl.models.datasets import stratified_split
-    from ztfl.models.preprocess import Pipeline
-    import torch
-
-    torch.set_num_threads(max(1, cfg.threads))
-    spec = PartitionSpec(path=cfg.data, fmt=cfg.fmt, seed=cfg.seed, count=cfg.agents, alpha=cfg.alpha)
-    train, val = train_validation(spec)
-    if cfg.max_train_rows is not None and cfg.max_train_rows < len(train):
-        keep, _ = stratified_split(train.category, 1.0 - cfg.max_train_rows / len(train), cfg.seed)
-        train = train.take(np.sort(keep))
-    pipeline = Pipeline.fit(train)                       # as the gateway fits it
-    encoded = pipeline.encode(train)
-    cut = dirichlet_partition(train.category, cfg.agents, cfg.alpha, cfg.seed, min_size=AGENT_MIN_ROWS, top_up=True)
-    parts = [encoded.subset(idx) for idx in cut]
-    model_spec = ModelSpec("cnn-lstm", pipeline.n_features, pipeline.n_classes, cfg.model_size)
-    return Federation(model_spec, encoded, pipeline.encode(val), parts)
-
-
-def _metrics(spec, flat: np.ndarray, val) -> dict:
-    from ztfl.models.params import set_flat
-    from ztfl.models.training import evaluate
-
-    model = spec.build()
-    set_flat(model, flat.astype(np.float32))
-    m = evaluate(model, val)
+def _metrics(m: dict) -> dict:
     return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
             "per_class_recall": m["per_class_recall"]}
 
 
-def _wire(spec, flat: np.ndarray, version: int) -> np.ndarray:
-    """What an agent holds after the gateway published `flat` as a model blob."""
-    from ztfl.models.spec import flat_to_tensors, layout, tensors_to_flat
-    from ztfl.fednet.messages import ModelBlob
-    from ztfl.models.params import get_flat, set_flat
-
-    model = spec.build()
-    shape_table = layout(model)
-    payload = ModelBlob(version, spec.variant, "", flat_to_tensors(flat, shape_table)).encode()
-    received = ModelBlob.decode(payload, len(payload))
-    set_flat(model, tensors_to_flat(received.tensors, shape_table))
-    return get_flat(model)
-
-
-def _secure_mean(deltas: dict[int, np.ndarray], samples: dict[int, int], mask_bits: int,
-                 round_id: int, cohort) -> tuple[np.ndarray, int]:
-    """One real secure-aggregation round over the deltas with the gateway's configuration and
-    the agents' weights; returns (weighted mean, samples it stands for) as the gateway reads it."""
-    from ztfl.gateway.cohort import threshold_for, weight_unit
-    from ztfl.gateway.config import GatewayConfig
-    from ztfl.gateway.secagg import cohort_round_config
-    from ztfl.protocol.simulate import run_round
-
-    n = len(deltas)
-    dim = next(iter(deltas.values())).size
-    config = cohort_round_config(mask_bits, dim, threshold_for(n, GatewayConfig.threshold_fraction), n)
-    unit = weight_unit(samples.values(), mask_bits, n)
-    # The agent's weight (agent.daemon), clamped as agent.secagg clamps it.
-    weights = {c: max(1, min(round(samples[c] / unit), config.max_weight)) for c in deltas}
-    run = run_round(config, cohort, deltas, weights, round_id=round_id)
-    if run.result is None:
-        raise RuntimeError(f"secure aggregation aborted: {run.server.abort_reason}")
-    return run.result.mean(), run.result.total_weight * unit
-
-
-def run_federation(cfg: FederatedConfig, fed: Federation | None = None, log=None) -> "FederationRun":
-    from ztfl.agent.update import local_update
-    from ztfl.models.params import get_flat
-    from ztfl.protocol.simulate import Cohort
+def run_federation(cfg: FederatedConfig, fed=None, log=None) -> "FederationRun":
+    from ztfl.bench.simfed import GatewayAggregation, fedavg
 
     fed = fed or build(cfg)
-    global_flat = get_flat(fed.spec.build())
-    cohort = Cohort.create(range(1, cfg.agents + 1)) if "secagg" in cfg.transforms else None
+    fed.reset()
+    secure = GatewayAggregation(fed.agents, cfg.mask_bits, fed.spec.variant) if "secagg" in cfg.transforms else None
     history = []
     for r in range(1, cfg.rounds + 1):
         t0 = time.monotonic()
-        base = _wire(fed.spec, global_flat, r - 1) if "wire" in cfg.transforms else global_flat
-        deltas, samples = {}, {}
-        for i, part in enumerate(fed.parts):
-            update = local_update(fed.spec, base, part, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                                  lr=cfg.lr, max_batches=cfg.local_batches, seed=i + r)
-            deltas[i + 1], samples[i + 1] = update.delta, update.samples
-        if cohort is not None:
-            mean, _ = _secure_mean(deltas, samples, cfg.mask_bits, r, cohort)
-        else:
-            total = sum(samples.values())
-            mean = sum(d.astype(np.float64) * samples[c] for c, d in deltas.items()) / total
-        global_flat = (global_flat.astype(np.float64) + mean).astype(np.float32)   # the gateway's commit
-        m = _metrics(fed.spec, global_flat, fed.val)
+        base = fed.published() if "wire" in cfg.transforms else None
+        deltas, samples = fed.local_updates(r, base=base)
+        fed.commit(secure.aggregate(r, deltas, samples).mean if secure else fedavg(deltas, samples))
+        m = _metrics(fed.evaluate())
         history.append({"round": r, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                         "seconds": round(time.monotonic() - t0, 2)})
         if log:
             log(f"[{'+'.join(cfg.transforms) or 'exact'}] round {r}: accuracy {m['accuracy']:.4f} "
                 f"macro-F1 {m['macro_f1']:.4f}")
-    return FederationRun(list(cfg.transforms), history, _metrics(fed.spec, global_flat, fed.val), global_flat)
+    return FederationRun(list(cfg.transforms), history, _metrics(fed.evaluate()), fed.global_flat.copy())
 
 
 @dataclass
@@ -178,13 +111,8 @@ class FederationRun:
                 "best_accuracy": max(h["accuracy"] for h in self.rounds)}
 
 
-def run_centralised(cfg: FederatedConfig, fed: Federation) -> dict:
-    from ztfl.models.training import TrainConfig, train_local
-
-    model = fed.spec.build()
-    result = train_local(model, fed.train, TrainConfig(epochs=cfg.central_epochs, batch_size=cfg.batch_size,
-                                                       lr=cfg.lr, seed=0))
-    return {"epochs": cfg.central_epochs, **_metrics(fed.spec, result.weights, fed.val)}
+def run_centralised(cfg: FederatedConfig, fed) -> dict:
+    return {"epochs": cfg.central_epochs, **_metrics(fed.centralised(cfg.central_epochs))}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -231,7 +159,7 @@ def run(args) -> int:
         print(f"ztfl experiment federated: {exc}", file=sys.stderr)
         return 2
     out = {"config": {**asdict(cfg), "transforms": list(cfg.transforms)},
-           "validation_rows": len(fed.val), "centralised": centralised, "federated": system, "exact_fedavg": exact,
+           "validation_rows": len(fed.data.test), "centralised": centralised, "federated": system, "exact_fedavg": exact,
            "gap_points": round(100 * (centralised["accuracy"] - system["final"]["accuracy"]), 2)}
     if exact is not None:
         out["system_vs_exact_points"] = round(100 * (exact["final"]["accuracy"] - system["final"]["accuracy"]), 2)

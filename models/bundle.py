@@ -8,29 +8,30 @@ No pickle anywhere: every file is plain JSON or a numpy archive read with allow_
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ztfl.models.cnn_lstm import CNNLSTM, CNNLSTMConfig
-from ztfl.models.micro import MicroConfig, MicroMLP
 from ztfl.models.preprocess import Pipeline
+from ztfl.models.spec import MODELS, build_model, model_config
 
-KINDS = {"cnn-lstm": (CNNLSTM, CNNLSTMConfig), "micro": (MicroMLP, MicroConfig)}
+KINDS = MODELS
 
 
 class BundleError(ValueError):
     """A model directory is incomplete or inconsistent."""
 
 
-def build(kind: str, config_dict: dict) -> nn.Module:
+def _known(kind: str) -> str:
     if kind not in KINDS:
         raise BundleError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
-    cls, cfg_cls = KINDS[kind]
-    return cls(cfg_cls.from_dict(config_dict))
+    return kind
+
+
+def build(kind: str, config_dict: dict) -> nn.Module:
+    return build_model(_known(kind), config_dict)
 
 
 def save(directory: str | Path, model: nn.Module, pipeline: Pipeline, metrics: dict | None = None) -> Path:
@@ -74,9 +75,5 @@ def load(directory: str | Path) -> tuple[nn.Module, Pipeline]:
 def new_model(kind: str, pipeline: Pipeline, size: str = "default", readout: str | None = None) -> nn.Module:
     """A fresh model shaped for `pipeline`. size: "default" (about 0.5 M parameters) or "small";
     `readout` overrides the CNN-LSTM's ("max" or "last", see models.cnn_lstm)."""
-    if kind == "micro":
-        return MicroMLP(MicroConfig.fitting(pipeline.n_features, pipeline.n_classes))
-    if kind == "cnn-lstm":
-        cfg = (CNNLSTMConfig.small if size == "small" else CNNLSTMConfig)(pipeline.n_features, pipeline.n_classes)
-        return CNNLSTM(replace(cfg, readout=readout) if readout else cfg)
-    raise BundleError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+    config = model_config(_known(kind), pipeline.n_features, pipeline.n_classes, size, readout=readout)
+    return build_model(kind, config)

@@ -66,6 +66,16 @@ def datasets_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
+# The file each experiment reads for a dataset, by format, under datasets_dir().
+DATASET_FILES = {"nsl-kdd": "nsl_kdd/KDDTrain+_20Percent.txt", "unsw-nb15": "unsw_nb15/UNSW_NB15_dev.csv"}
+
+
+def dataset_file(fmt: str) -> Path:
+    if fmt not in DATASET_FILES:
+        raise DataFormatError(f"no dataset file for format {fmt!r}; known: {', '.join(DATASET_FILES)}")
+    return datasets_dir() / DATASET_FILES[fmt]
+
+
 # --- NSL-KDD ---------------------------------------------------------------------------
 
 NSL_KDD_FEATURES = (

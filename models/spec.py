@@ -3,10 +3,13 @@
 The gateway and the agents build the same architecture from the same spec (variant, size,
 feature and class counts from the shared preprocessing pipeline), so a model travels as its flat
 float vector (models.params order) cut into named tensors.
+
+`build_model` is the one model factory: the spec, a saved bundle (models.bundle) and the
+experiments all build through it, from the configuration `model_config` chooses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,6 +19,37 @@ from ztfl.models.micro import MicroConfig, MicroMLP
 from ztfl.models.params import get_flat, set_flat
 
 SIZES = ("small", "default")
+# Model kind -> (module, configuration); a kind is also the model's `kind` attribute.
+MODELS = {"cnn-lstm": (CNNLSTM, CNNLSTMConfig), "micro": (MicroMLP, MicroConfig)}
+
+
+class ModelKindError(ValueError):
+    """A model kind the project does not build."""
+
+
+def model_config(kind: str, n_features: int, n_classes: int, size: str = "small", readout: str | None = None,
+                 hidden: tuple[int, ...] | None = None):
+    """A fresh model's configuration. cnn-lstm: `size` "small" (a few thousand parameters) or
+    "default" (about 0.5 M), `readout` overrides its readout ("max" or "last"); micro: `hidden`
+    layer sizes, else the widest standard shape within the parameter cap."""
+    if kind == "cnn-lstm":
+        cfg = (CNNLSTMConfig.small if size == "small" else CNNLSTMConfig)(n_features, n_classes)
+        return replace(cfg, readout=readout) if readout else cfg
+    if kind == "micro":
+        return MicroConfig(n_features, n_classes, tuple(hidden)) if hidden is not None \
+            else MicroConfig.fitting(n_features, n_classes)
+    raise ModelKindError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+
+
+def build_model(kind: str, config, seed: int | None = None) -> torch.nn.Module:
+    """The model of `kind` from its configuration (the dataclass, or its dict as a bundle's
+    model.json stores it); `seed`, when given, fixes the initial weights."""
+    if kind not in MODELS:
+        raise ModelKindError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    cls, cfg_cls = MODELS[kind]
+    if seed is not None:
+        torch.manual_seed(seed)
+    return cls(cfg_cls.from_dict(config) if isinstance(config, dict) else config)
 
 
 @dataclass(frozen=True)
@@ -24,16 +58,11 @@ class ModelSpec:
     n_features: int
     n_classes: int
     size: str = "small"
+    hidden: tuple[int, ...] | None = None     # micro only: hidden layer sizes (None: model_config's choice)
 
     def build(self, seed: int = 0) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        if self.variant == "cnn-lstm":
-            cfg = (CNNLSTMConfig.small(self.n_features, self.n_classes) if self.size == "small"
-                   else CNNLSTMConfig(self.n_features, self.n_classes))
-            return CNNLSTM(cfg)
-        if self.variant == "micro":
-            return MicroMLP(MicroConfig.fitting(self.n_features, self.n_classes))
-        raise ValueError(f"unknown model variant {self.variant!r}")
+        return build_model(self.variant, model_config(self.variant, self.n_features, self.n_classes, self.size,
+                                                      hidden=self.hidden), seed)
 
 
 def layout(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
@@ -65,4 +94,4 @@ def tensors_to_flat(tensors: dict[str, np.ndarray], shape_table) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-__all__ = ["ModelSpec", "layout", "flat_to_tensors", "tensors_to_flat", "get_flat", "set_flat"]
+__all__ = ["ModelSpec", "build_model", "model_config", "layout", "flat_to_tensors", "tensors_to_flat", "get_flat", "set_flat"]

@@ -25,6 +25,7 @@ drift (cumulative drift tracking, privacy none only); attributions_of(delta) -> 
 for the shap defences.
 
 Modules: rules (the numpy rules), shap_stability, drift, attacks, modes (privacy modes,
-validation, the aggregator), secure_groups (one real secure aggregation per group),
-experiment / sweep (the `ztfl experiment` runner).
+validation, the aggregator). The experiments (`ztfl experiment byzantine | sweep`) are
+bench.byzantine and bench.sweep, on the simulated federation of bench.simfed, which also runs
+the secure aggregation of each group.
 """

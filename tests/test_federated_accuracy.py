@@ -1,8 +1,8 @@
 """The federation's update path against plain FedAvg, on real NSL-KDD rows and a tiny budget.
 
-Every agent's update goes through what the real system does to it (the int8 model blob it trains
-from, the fixed-point encoding, clipping and masking of a real secure-aggregation round with the
-gateway's configuration and the agents' weights) and must land where exact float FedAvg lands.
+Every agent's update goes through what the real system does to it (the model blob it trains
+from, the fixed-point encoding, clipping and masking of a secure-aggregation round run by the
+gateway's own cohort code with the agents' weights) and must land where exact float FedAvg lands.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from ztfl.agent.update import local_update
+from ztfl.bench.federated import FederatedConfig, build, run_federation
+from ztfl.bench.simfed import GatewayAggregation, fedavg
 from ztfl.gateway.secagg import CLIP
 from ztfl.models.params import get_flat
-from ztfl.protocol.simulate import Cohort
-from ztfl.bench.federated import FederatedConfig, _secure_mean, build, run_federation
 
 TINY = dict(agents=8, alpha=0.5, rounds=3, local_batches=12, batch_size=32, max_train_rows=2400, mask_bits=32)
 
@@ -30,15 +30,15 @@ def tiny():
 
 def test_partitions_are_non_iid_and_complete(tiny):
     cfg, fed = tiny
-    assert len(fed.parts) == cfg.agents
-    assert sum(len(p) for p in fed.parts) == len(fed.train)
-    majority = [np.bincount(p.y[p.y >= 0]).max() / len(p) for p in fed.parts]
+    assert len(fed.data.parts) == cfg.agents
+    assert sum(len(p) for p in fed.data.parts) == len(fed.data.train)
+    majority = [np.bincount(p.y[p.y >= 0]).max() / len(p) for p in fed.data.parts]
     assert max(majority) > 0.8          # alpha 0.5: some agent is dominated by one class
 
 
 def test_local_update_takes_the_whole_batch_budget(tiny):
     cfg, fed = tiny
-    small = min(fed.parts, key=len)
+    small = min(fed.data.parts, key=len)
     assert len(small) < 4 * cfg.batch_size          # shorter than the budget in one pass
     base = get_flat(fed.spec.build())
     update = local_update(fed.spec, base, small, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -50,19 +50,16 @@ def test_local_update_takes_the_whole_batch_budget(tiny):
 
 def test_secure_mean_is_the_weighted_mean_and_nothing_is_clipped(tiny):
     cfg, fed = tiny
-    base = get_flat(fed.spec.build())
-    deltas, samples = {}, {}
-    for i, part in enumerate(fed.parts):
-        u = local_update(fed.spec, base, part, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
-                         max_batches=cfg.local_batches, seed=i)
-        deltas[i + 1], samples[i + 1] = u.delta, u.samples
+    fed.reset()
+    deltas, samples = fed.local_updates(1)
     assert max(float(np.abs(d).max()) for d in deltas.values()) < CLIP
-    mean, total = _secure_mean(deltas, samples, cfg.mask_bits, 1, Cohort.create(deltas))
-    exact = sum(d.astype(np.float64) * samples[c] for c, d in deltas.items()) / sum(samples.values())
+    result = GatewayAggregation(fed.agents, cfg.mask_bits, fed.spec.variant).aggregate(1, deltas, samples)
+    exact = fedavg(deltas, samples)
     scale = float(np.abs(exact).max())
     # 16 fractional bits and weights rounded to the weight unit: far below the update's size.
-    assert float(np.abs(mean - exact).max()) < 0.01 * scale
-    assert abs(total - sum(samples.values())) <= len(samples) * 8
+    assert result.survivors == fed.agents
+    assert float(np.abs(result.mean - exact).max()) < 0.01 * scale
+    assert abs(result.weight - sum(samples.values())) <= len(samples) * 8      # the weight unit's rounding
 
 
 def test_system_update_path_loses_at_most_one_point_against_exact_fedavg(tiny):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ztfl.bench.byzantine import Experiment, ExperimentConfig
+from ztfl.bench.simfed import SimulatedFederation
 from ztfl.cli import main
 
 TINY = ExperimentConfig(dataset="nsl-kdd", agents=20, rounds=1, max_rows=3000, local_batches=2, seed=4)
@@ -38,17 +39,18 @@ def test_update_attacks_change_only_the_attackers_updates(clean_updates, attack)
 
 def test_data_attacks_poison_only_the_attackers_data():
     exp = Experiment(replace(TINY, attack="backdoor", fraction=0.1))
-    trig = exp.fed.trigger
+    assert isinstance(exp.fed, SimulatedFederation)
+    trig = exp.trigger
     for i in range(20):
-        part, data = exp.fed.parts[i], exp.data[i]
+        part, data = exp.fed.data.parts[i], exp.data[i]
         triggered = np.all(data.x[:, list(trig.features)] == trig.value, axis=1)
         if i in exp.malicious:
-            assert triggered.sum() >= 1 and np.all(data.y[triggered] == exp.fed.normal)
+            assert triggered.sum() >= 1 and np.all(data.y[triggered] == exp.normal)
         else:
             assert data is part
     flip = Experiment(replace(TINY, attack="label-flip", fraction=0.3))
     for i in flip.malicious:
-        assert np.array_equal(flip.data[i].y, 1 - flip.fed.parts[i].y)
+        assert np.array_equal(flip.data[i].y, 1 - flip.fed.data.parts[i].y)
 
 
 def test_cli_byzantine_grouped_run_prints_one_json_object(capsys):
