@@ -8,8 +8,12 @@ STAMP  := $(VENV)/.ztfl-installed
 # litert-torch (int8 .tflite export) pins packages the runtime stack conflicts with: its own venv.
 LITERT_VENV  := .venv-litert
 LITERT_STAMP := $(LITERT_VENV)/.ztfl-installed
+# keylime (the independent IMA verifier the attestation tests cross-check against) needs Debian's
+# python3-gpg, which PyPI cannot build: its venv is made from Debian's Python with system packages.
+KEYLIME_VENV  := .venv-keylime
+KEYLIME_STAMP := $(KEYLIME_VENV)/.ztfl-installed
 
-.PHONY: demo test bootstrap system-packages export-venv clean-venv
+.PHONY: demo test bootstrap system-packages export-venv keylime-venv clean-venv
 
 demo: bootstrap
 	$(VENV)/bin/ztfl demo
@@ -17,7 +21,7 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-bootstrap: system-packages $(STAMP) export-venv
+bootstrap: system-packages $(STAMP) export-venv keylime-venv
 
 system-packages:
 	@bash scripts/install-system-packages.sh
@@ -43,3 +47,10 @@ $(LITERT_STAMP): setup.py
 	$(LITERT_VENV)/bin/python -m pip install -q litert-torch==0.10.0 torch==2.13.0
 	$(LITERT_VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $(LITERT_STAMP)
+
+keylime-venv: $(KEYLIME_STAMP)
+
+$(KEYLIME_STAMP):
+	@test -x $(KEYLIME_VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(KEYLIME_VENV)
+	$(KEYLIME_VENV)/bin/python -m pip install -q keylime==7.14.3 jsonschema pyyaml lark packaging cryptography
+	@touch $(KEYLIME_STAMP)

@@ -37,7 +37,7 @@ CORE = [
     "pyyaml>=6",
     "rich>=13",
 ]
-AGENT = ["paho-mqtt>=2.1,<3", "onnxruntime>=1.20", "ai-edge-litert>=2.0"]
+AGENT = ["paho-mqtt>=2.1,<3", "onnxruntime>=1.20", "ai-edge-litert>=2.0", "dp-accounting>=0.4"]
 GATEWAY = ["paho-mqtt>=2.1,<3", "prometheus-client>=0.20", "onnxruntime>=1.20", "matplotlib>=3.8",
            "dp-accounting>=0.4"]
 MODELS = ["torch==2.13.0", "pandas>=2.2", "scikit-learn>=1.5", "shap>=0.46"]

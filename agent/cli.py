@@ -29,7 +29,12 @@ def run(args) -> int:
     if args.profile:
         config = replace(config, profile=args.profile)
     from ztfl.agent.daemon import Agent
-    agent = Agent(config)
+    from ztfl.fednet.trust import TrustFileError
+    try:
+        agent = Agent(config)
+    except TrustFileError as exc:            # its certified identity does not fit: one line, no traceback
+        print(f"ztfl agent: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     code = agent.run_forever()
     # Exit at once: the MQTT session is closed and the state saved; nothing else needs a

@@ -12,7 +12,9 @@ from functools import partial
 from ztfl.config import ConfigError, ConfigFile, setting
 from ztfl.fednet.topics import check_id
 from ztfl.fednet.transport import BrokerConfig
+from ztfl.fednet.trust import TrustFiles
 from ztfl.models.partition import PartitionSpec
+from ztfl.privacy.floor import PrivacyFloor
 from ztfl.protocol.epochs import EpochPolicy
 
 AgentConfigError = ConfigError          # the agent's name for a bad agent.yaml
@@ -47,6 +49,12 @@ class AgentConfig(ConfigFile):
     tpm: TpmSpec | None = None
     threads: int = setting(1, at_least=1)  # torch threads for local training (cores to give it)
     key_epoch: EpochPolicy | None = None   # {max_rounds, max_seconds}: this agent's ceiling on key reuse
+    # The least DP this agent's update joins, and its own privacy budget (docs/privacy.md); the
+    # round's parameters never lower it.
+    privacy_floor: PrivacyFloor = setting(default_factory=PrivacyFloor)
+    # {anchor, certificate, identity_key, revocations}: the certified identity `ztfl provision`
+    # wrote; absent: the agent runs, but refuses every round (it cannot check anyone's key).
+    trust: TrustFiles | None = None
 
     def epoch_policy(self) -> EpochPolicy:
         """The longest this agent reuses one key setup (the gateway may end epochs sooner)."""

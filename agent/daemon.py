@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from ztfl.agent.config import AgentConfig
 from ztfl.models.partition import agent_partition
 from ztfl.agent.keyrings import AgentKeyrings
+from ztfl.agent.privacy_guard import open_guard
 from ztfl.models.spec import ModelSpec, layout, tensors_to_flat
 from ztfl.agent.secagg import AgentAggregation
 from ztfl.agent.state import StateStore
@@ -27,11 +29,15 @@ from ztfl.fednet.topics import Topics, TopicError
 from ztfl.fednet.transport import MqttTransport
 from ztfl.agent.update import local_update
 from ztfl.fednet.messages import (Alert, DetectorBlob, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce, RoundEnd,
-                        WireError, decode_pipeline)
+                        WireError, certificate_text, decode_pipeline)
+from ztfl.fednet.trust import adopt_revocations, load_identity, save_revocations
+from ztfl.agent.trust import seat as seat_in
 from ztfl.hw_profiles import Profile, resolve_profile
 from ztfl.models.params import set_flat
 from ztfl.models.preprocess import Pipeline
+from ztfl.protocol.certs import SignedRevocations, Uncertified
 from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.refusal import Refusal
 
 log = logging.getLogger("ztfl.agent")
 
@@ -44,7 +50,10 @@ class Agent:
         self.profile: Profile = resolve_profile(config.profile)
         self.topics = Topics(config.federation, config.gateway)
         self.store = StateStore(config.state_dir)
-        self.identity = self.store.identity()
+        self.certified = self._load_trust()           # fednet.trust.CertifiedIdentity, or None
+        self.identity = self.store.identity(self.certified.key if self.certified else None)
+        self.refusals: Counter = Counter()              # refused peer input by reason code
+        self.privacy = open_guard(config.privacy_floor, config.state_dir)   # DP floor and own ledger
         self.table = agent_partition(config.partition())
         self.pipeline: Pipeline | None = None
         self.encoded = None
@@ -85,8 +94,12 @@ class Agent:
         from ztfl.attestation.measure import measure_agent
         from ztfl.attestation.tpm_agent import TpmAttestor
         self.attestor = TpmAttestor(self.config.tpm.tcti, Path(self.config.state_dir) / "tpm")
-        # PCR 23 holds the measurement of the code this agent runs; quotes report it.
+        # PCR 23 holds the agent's own (application-level) measurement of its code; quotes report it.
         self.attestor.extend_measurement(measure_agent(Path(__file__).resolve().parents[1]))
+        # Where the kernel keeps an IMA list, quotes also carry it and the boot event log, and the
+        # gateway judges the code by them (docs/attestation.md, "Measured boot and IMA").
+        if self.attestor.use_kernel_measurements():
+            log.info("quotes carry the boot event log and the IMA list (PCRs 0-7, 10)")
 
     def _enrolled(self) -> bool:
         return (Path(self.config.state_dir) / "tpm" / "enrolled").exists()
@@ -100,9 +113,14 @@ class Agent:
 
     def _on_challenge(self, payload: bytes) -> None:
         from ztfl.attestation.errors import AttestationError
-        from ztfl.attestation.messages import EnrolmentChallenge
+        from ztfl.attestation.messages import TAG_RECEIPT, AttestationReceipt, EnrolmentChallenge
         if self.attestor is None:
             return self._reject("enrolment challenge without a TPM")
+        if payload[:4] == TAG_RECEIPT:   # how much of our IMA list the gateway holds
+            try:
+                return self.attestor.acknowledge(AttestationReceipt.from_bytes(payload))
+            except AttestationError as exc:
+                return self._reject(f"attestation receipt refused: {exc}")
         try:
             response = self.attestor.activate(self.config.agent_id, EnrolmentChallenge.from_bytes(payload))
         except (AttestationError, RuntimeError, ValueError) as exc:
@@ -120,10 +138,22 @@ class Agent:
             return self._reject(f"cannot quote: {exc}")
         self.transport.publish(self.topics.agent(self.config.agent_id, "attest"), evidence.to_bytes())
 
+    def _load_trust(self):
+        """The provisioned identity and trust anchor (agent.yaml `trust:`); the newest revocation
+        list this agent accepted before a restart is taken back from its state directory."""
+        if self.config.trust is None:
+            log.warning("no trust: section: this agent cannot check certificates and refuses every round")
+            return None
+        now = int(time.time())
+        certified = load_identity(self.config.trust, self.config.federation, "agent", self.config.agent_id, now)
+        adopt_revocations(certified.trust, self.store.revocations_path, now)
+        return certified
+
     def _hello(self) -> None:
         msg = Hello(self.config.agent_id, self.profile.name, self.profile.model_variant, self.profile.mask_bits,
                     self.profile.runtime, len(self.table), self.profile.attestation,
-                    bytes(self.identity.verify_key).hex())
+                    bytes(self.identity.verify_key).hex(),
+                    certificate_text(self.certified.certificate_bytes) if self.certified else "")
         # Retained: a gateway that starts (or restarts) after us still learns who we are.
         self.transport.publish(self.topics.agent(self.config.agent_id, "hello"), msg.encode(), retain=True)
 
@@ -135,6 +165,8 @@ class Agent:
                 msg = self.transport.get(0.05)
                 if msg is not None:
                     self.handle(msg.topic, msg.payload)
+                # Dropped on the network thread (oversized, inbox full): counted as rejections.
+                self.rejected += sum(self.transport.take_refusals().values())
                 if self.transport.connects != seen_connects:
                     seen_connects = self.transport.connects
                     self._hello()
@@ -166,8 +198,25 @@ class Agent:
                 self._on_frame(Envelope.decode(payload, self.profile.payload_limit_bytes))
             elif kind == "attest" and topic == self.topics.to_agent(self.config.agent_id, "attest"):
                 self._on_challenge(payload)
-        except WireError as exc:
-            self._reject(f"{topic}: {exc}")
+            elif kind == "revocations":
+                self._on_revocations(payload)
+        except Refusal as exc:
+            self._refuse(exc, topic)
+
+    def _refuse(self, exc: Refusal, what: str) -> None:
+        self.refusals[exc.reason] += 1
+        self._reject(f"{what} ({exc.reason}): {exc}")
+
+    def _on_revocations(self, payload: bytes) -> None:
+        """A signed revocation list (retained broadcast): kept if genuine and newer, and saved so
+        that a restart does not roll back to an older one."""
+        if self.certified is None:
+            return
+        signed = SignedRevocations.decode(payload)
+        if self.certified.trust.accept_revocations(signed, int(time.time())):
+            save_revocations(self.store.revocations_path, signed)
+            log.info("revocation list %d adopted: %d serials revoked", signed.revocations.number,
+                     len(signed.revocations.revoked))
 
     def _on_pipeline(self, payload: bytes) -> None:
         try:
@@ -232,11 +281,6 @@ class Agent:
         key = f"{ann.round}.{ann.attempt}.{ann.cohort}"
         if key in self.store.state.uploaded:
             return  # a redelivered announcement of a round we already uploaded to
-        if self.store.state.gateway_pk and self.store.state.gateway_pk != ann.server_pk:
-            return self._reject("round announced with a gateway key other than the pinned one")
-        if not self.store.state.gateway_pk:
-            self.store.state.gateway_pk = ann.server_pk   # pinned on first use
-            self.store.save()
         if self.encoded is None or self.model is None:
             return self._reject("round announced before pipeline and model arrived")
         current = self.announce
@@ -245,13 +289,21 @@ class Agent:
             return  # redelivered while the session runs
         self._end_session()               # a round whose end we never heard of
         try:
-            peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
-            server_pk, dp = bytes.fromhex(ann.server_pk), ann.dp_params
+            # Every key in the announcement is certified by our root before any is used (agent.trust).
+            if self.certified is None:
+                raise Uncertified("no trust anchor configured: no key can be checked")
+            trust = self.certified.trust
+            seat = seat_in(trust, ann, self.config.gateway, self.config.agent_id,
+                           bytes(self.identity.verify_key), int(time.time()))
+            dp = ann.dp_params
             keys = self.keyrings.keys_for(ann.cohort, ann.keying, time.monotonic())
-            self.session = AgentAggregation(sid=int(me[0][1]), identity=self.identity, server_pk=server_pk,
-                                            peers=peers, round_id=ann.keying.protocol_round, keys=keys,
-                                            key_reuse=ann.keying.key_reuse, dp=dp)
-        except (ValueError, TypeError, ProtocolError) as exc:
+            self.session = AgentAggregation(sid=seat.sid, identity=self.identity, server_pk=seat.server_key,
+                                            peers=seat.peers, round_id=ann.keying.protocol_round, keys=keys,
+                                            key_reuse=ann.keying.key_reuse, dp=dp, check_peer=seat.checker(trust),
+                                            privacy=self.privacy)
+        except Refusal as exc:
+            return self._refuse(exc, f"round {ann.round}.{ann.attempt} {ann.cohort}")
+        except (ValueError, TypeError) as exc:
             return self._reject(f"bad round announcement: {exc}")
         self.announce = ann
         self.trained = None
@@ -287,7 +339,9 @@ class Agent:
             return  # someone else's cohort or a past round
         try:
             self._send(self.session.receive(env.body))
-        except (ProtocolError, ValueError) as exc:
+        except Refusal as exc:
+            self._refuse(exc, f"protocol frame ({type(exc).__name__})")
+        except ValueError as exc:
             self._reject(f"protocol frame refused: {type(exc).__name__}: {exc}")
 
     def _send(self, frames) -> None:

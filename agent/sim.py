@@ -10,7 +10,13 @@ A dropping agent stops answering after ShareKeys (it never sends its masked inpu
 dropout for the gateway) and publishes the offline heartbeat its MQTT will would carry.
 
 Each agent keeps its key epochs in an agent.keyrings.AgentKeyrings across rounds and applies the
-announced DP parameters (clip, Skellam noise), as the daemon does.
+DP parameters signed in the round configuration (clip, Skellam noise) under the default privacy
+floor, with its own ledger in memory, as the daemon does.
+
+Identities are certified as in a provisioned fleet, by a simulation root CA derived from the seed
+(`sim_root`: never a production key): each agent sends its certificate in its hello and checks the
+gateway's certificate and its peers' before it uses their keys (agent.trust), each with its own
+cache of verified certificates. `write_sim_trust` gives a gateway its certificate from that root.
 
     python -m ztfl.agent.sim --broker mqtt://127.0.0.1:1883 --agents 500 --first-id 1 --dim 100000 \
         --seed 0 --drop 7,19 --timeout 300
@@ -30,17 +36,29 @@ from nacl.signing import SigningKey
 
 from ztfl.agent.keyrings import AgentKeyrings
 from ztfl.agent.secagg import AgentAggregation, frame_type
-from ztfl.fednet.topics import Topics, TopicError
+from ztfl.agent.trust import check_roster, seat as seat_in
+from ztfl.fednet.topics import Topics
 from ztfl.fednet.transport import BrokerConfig, MqttTransport
-from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, WireError
-from ztfl.protocol import wire
+from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, certificate_text
+from ztfl.privacy.guard import PrivacyGuard
+from ztfl.protocol import certs, wire
 from ztfl.protocol.errors import ProtocolError
+from ztfl.protocol.refusal import Refusal
 
 MAX_PAYLOAD = 64 * 1024 * 1024
 # The gateway stage in which a frame of this type reaches an agent (gateway.secagg.STAGE_KEYS).
-STAGE_OF_FRAME = {wire.ROUND_CONFIG: "advertise", wire.ROSTER: "share", wire.SHARES_RELAY: "masked",
-                  wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask",
+STAGE_OF_FRAME = {wire.ROUND_CONFIG: "advertise", wire.ROSTER: "share", wire.GRAPH_SEEDS: "share",
+                  wire.SHARES_RELAY: "masked", wire.CONSISTENCY_REQUEST: "consistency", wire.UNMASK_REQUEST: "unmask",
                   wire.UNMASK_REQUEST_TAGS: "unmask"}      # key-reuse rounds' per-client request
+
+
+def stage_of(session: AgentAggregation | None, frame: bytes) -> str | None:
+    """The gateway stage of a frame reaching an agent: in a round that fixes a sparse graph the
+    roster opens the reveal stage, and the relayed graph seeds open ShareKeys."""
+    config = session.session.config if session is not None else None
+    if frame_type(frame) == wire.ROSTER and config is not None and config.reveals_graph:
+        return "reveal"
+    return STAGE_OF_FRAME.get(frame_type(frame))
 
 
 def agent_name(i: int) -> str:
@@ -64,6 +82,42 @@ def sim_devices(seed: int, indices) -> list[dict]:
              "device_public_key": public_key_of(sim_device_seed(seed, i)).hex()} for i in indices]
 
 
+SIM_VALIDITY = (0, certs.MAX_U32)        # simulation certificates never expire
+
+
+def sim_root(seed: int) -> SigningKey:
+    """The simulation's root CA key: anyone with the seed can issue, so only for benches and tests."""
+    return SigningKey(np.random.default_rng([seed, 0, 4]).bytes(32))
+
+
+def sim_certificate(seed: int, federation: str, device_id: str, role: str, key: SigningKey,
+                    serial: int) -> certs.Certificate:
+    return certs.issue(sim_root(seed), federation=federation, device_id=device_id, role=role,
+                       public_key=bytes(key.verify_key), not_before=SIM_VALIDITY[0], not_after=SIM_VALIDITY[1],
+                       serial=serial)
+
+
+def sim_gateway(seed: int, federation: str, gateway: str) -> tuple[SigningKey, certs.Certificate]:
+    """The gateway's identity key and certificate in a simulated federation."""
+    key = SigningKey(np.random.default_rng([seed, 0, 5]).bytes(32))
+    return key, sim_certificate(seed, federation, gateway, "gateway", key, serial=1 << 32)
+
+
+def write_sim_trust(directory, seed: int, federation: str, gateway: str) -> dict:
+    """Write a gateway's trust files from the simulation root into `directory`; returns the
+    `trust:` section of its gateway.yaml."""
+    from pathlib import Path
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    key, cert = sim_gateway(seed, federation, gateway)
+    (out / "root.pub").write_text(bytes(sim_root(seed).verify_key).hex() + "\n")
+    (out / "identity.crt").write_bytes(cert.encode())
+    (out / "identity.key").write_bytes(bytes(key))
+    os.chmod(out / "identity.key", 0o600)
+    return {"anchor": str(out / "root.pub"), "certificate": str(out / "identity.crt"),
+            "identity_key": str(out / "identity.key")}
+
+
 def sim_update(seed: int, i: int, dim: int) -> np.ndarray:
     """The update agent i contributes: small normal deltas, as a trained model's would be."""
     return np.random.default_rng([seed, i, 2]).normal(0.0, 0.05, size=dim).astype(np.float32)
@@ -75,10 +129,13 @@ class SimAgent:
     name: str
     identity: SigningKey
     drop: bool
+    certificate: bytes = b""
+    trust: certs.TrustStore | None = None
     session: AgentAggregation | None = None
     announce: RoundAnnounce | None = None
     sent_masked: bool = False
     keyrings: AgentKeyrings = field(default_factory=AgentKeyrings)
+    privacy: PrivacyGuard = field(default_factory=PrivacyGuard.in_memory)   # default floor, ledger in memory
     missing: int | None = None          # the round it is missing (miss_plan); back after its end
 
 
@@ -114,11 +171,19 @@ class SimFleet:
         self.stalled = 0
         self.agents = {agent_name(i): SimAgent(i, agent_name(i), sim_identity(seed, i), i in drop)
                        for i in indices}
+        anchor = bytes(sim_root(seed).verify_key)
+        # The announcement's structure is checked once for the whole fleet (signatures not: each
+        # agent verifies those it uses with its own store), as one parse served every agent before.
+        self.roster_trust = certs.TrustStore(anchor, federation)
+        for a in self.agents.values():
+            a.certificate = sim_certificate(seed, federation, a.name, "agent", a.identity, a.index).encode()
+            a.trust = certs.TrustStore(anchor, federation)
         base = self.topics.base
         self.transport = MqttTransport(BrokerConfig(url=broker_url, client_id=client_id or f"simfleet-{indices[0]}",
                                                     keepalive_s=60),
                                        [f"{base}/broadcast/round", f"{base}/broadcast/protocol",
-                                        f"{base}/broadcast/to/+/protocol"], MAX_PAYLOAD)
+                                        f"{base}/broadcast/to/+/protocol", f"{base}/broadcast/revocations"],
+                                       MAX_PAYLOAD)
         self.rejected = 0
         self.ended = False
         self.cpu_seconds = 0.0
@@ -130,7 +195,7 @@ class SimFleet:
         self.transport.start()
         for a in self.agents.values():
             hello = Hello(a.name, "x86-64-gateway", "cnn-lstm", 32, "onnxruntime", 100, "device-key",
-                          bytes(a.identity.verify_key).hex())
+                          bytes(a.identity.verify_key).hex(), certificate_text(a.certificate))
             # Retained, as a real agent's: a gateway that restarts still learns who we are.
             self.transport.publish(self.topics.agent(a.name, "hello"), hello.encode(), retain=True)
 
@@ -161,7 +226,7 @@ class SimFleet:
             offline = Heartbeat(a.name, "offline", a.announce.round, -1, 0, 0)
             self.transport.publish(self.topics.agent(a.name, "heartbeat"), offline.encode())
             return
-        stage = STAGE_OF_FRAME.get(frame_type(body))
+        stage = stage_of(a.session, body)
         dies = self.drop_plan.get(a.index) == (a.announce.round, stage)
         if dies or self.miss_plan.get(a.index) == (a.announce.round, stage):
             if dies:
@@ -197,7 +262,7 @@ class SimFleet:
         if a.session is None:
             return
         c0 = time.process_time()
-        stage = STAGE_OF_FRAME.get(frame_type(body), "other")
+        stage = stage_of(a.session, body) or "other"
         try:
             frames = a.session.receive(body)
             config = a.session.session.config
@@ -231,7 +296,13 @@ class SimFleet:
             return
         c0 = time.process_time()
         ann = RoundAnnounce.decode(payload)
-        peers = {int(sid): bytes.fromhex(pk) for _, sid, pk in ann.participants}
+        now = int(time.time())
+        try:
+            roster = check_roster(self.roster_trust, ann, now)
+        except Refusal as exc:
+            self.rejected += 1
+            print(f"announcement refused ({exc.reason}): {exc}", file=sys.stderr)
+            return
         for name, sid, _ in ann.participants:
             a = self.agents.get(name)
             if a is None or name in self.dead:
@@ -239,17 +310,32 @@ class SimFleet:
             self._end_session(a)
             a.announce = ann
             try:
+                seat = seat_in(a.trust, ann, self.topics.gateway, a.name, bytes(a.identity.verify_key), now, roster)
                 keys = a.keyrings.keys_for(ann.cohort, ann.keying, time.monotonic())
-            except ValueError as exc:
+            except (Refusal, ValueError) as exc:
                 self.rejected += 1
-                print(f"{a.name}: announcement refused: {exc}", file=sys.stderr)
+                print(f"{a.name}: announcement refused ({getattr(exc, 'reason', 'malformed')}): {exc}",
+                      file=sys.stderr)
                 continue
-            a.session = AgentAggregation(sid=int(sid), identity=a.identity, server_pk=bytes.fromhex(ann.server_pk),
-                                         peers=peers, round_id=ann.keying.protocol_round, keys=keys,
-                                         key_reuse=ann.keying.key_reuse, dp=ann.dp_params)
+            a.session = AgentAggregation(sid=seat.sid, identity=a.identity, server_pk=seat.server_key,
+                                         peers=seat.peers, round_id=ann.keying.protocol_round, keys=keys,
+                                         key_reuse=ann.keying.key_reuse, dp=ann.dp_params,
+                                         check_peer=seat.checker(a.trust), privacy=a.privacy)
             if self.attest:
                 self._attest(a, ann)
         self.cpu_by_stage["announce"] = self.cpu_by_stage.get("announce", 0.0) + time.process_time() - c0
+
+    def _on_revocations(self, payload: bytes) -> None:
+        """Each agent keeps the newest genuine revocation list (as agent.daemon does)."""
+        signed = certs.SignedRevocations.decode(payload)
+        now = int(time.time())
+        for store in [self.roster_trust] + [a.trust for a in self.agents.values()]:
+            try:
+                store.accept_revocations(signed, now)
+            except Refusal as exc:
+                self.rejected += 1
+                print(f"revocation list refused ({exc.reason}): {exc}", file=sys.stderr)
+                return
 
     def _attest(self, a: SimAgent, ann: RoundAnnounce) -> None:
         from ztfl.attestation.software_identity import sign_software_quote
@@ -269,8 +355,10 @@ class SimFleet:
             kind = self.topics.parse_broadcast_topic(topic)
             if kind == "round":
                 return self._on_round(payload)
+            if kind == "revocations":
+                return self._on_revocations(payload)
             env = Envelope.decode(payload, MAX_PAYLOAD)
-        except (TopicError, WireError, ValueError) as exc:
+        except (Refusal, ValueError) as exc:
             self.rejected += 1
             print(f"refused {topic}: {exc}", file=sys.stderr)
             return

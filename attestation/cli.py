@@ -5,6 +5,10 @@
            concatenated, ak.pem, plus qualification.hex = the quote's extraData)
   verify   check such a directory in Python (signature, extraData, PCR digest, expected PCRs)
   measure  print the measurement of the agent's code and model and the PCR value it yields
+  ek       read the local TPM's EK into a PEM file and print its pin (for `ztfl provision --ek`)
+  approve  let an enrolled id enrol once more with a new EK or AK (logged in the gateway's audit log)
+  revoke   take a device's seat away from the next round on (logged likewise)
+  policy, boot-policy   the runtime (IMA) and measured-boot reference policies (attestation.measured_cli)
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from ztfl.attestation import measured_cli
 
 DEFAULT_STATE = Path.home() / ".ztfl" / "attestation"
 
@@ -44,6 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--model", action="append", default=[], type=Path, help="model file (repeatable)")
     m.add_argument("--hash", default="sha256")
 
+    e = sub.add_parser("ek", help="read the TPM's endorsement key (PEM) and print its pin")
+    e.add_argument("--tcti", required=True, help="e.g. device:/dev/tpmrm0")
+    e.add_argument("--out", type=Path, default=Path("ek.pem"), help="PEM file to write (default ek.pem)")
+    e.add_argument("--ek-type", default="EK-RSA2048", choices=["EK-RSA2048", "EK-ECC256"])
+
+    for action, what in [("approve", "approve one re-enrolment of an id with a new EK or AK"),
+                         ("revoke", "revoke a device: no seat from the next round on, no enrolment")]:
+        d = sub.add_parser(action, help=what)
+        d.add_argument("--state", required=True, type=Path, help="the gateway's state directory (state_dir)")
+        d.add_argument("--agent", required=True, help="the device id")
+        d.add_argument("--note", default="", help="why (kept in the audit log)")
+        if action == "approve":
+            d.add_argument("--ek", type=Path, help="only this EK: PEM key (ztfl attest ek), certificate, or pin")
+
+
+    measured_cli.add_parsers(sub)
+
 
 def _hex(text: str, what: str) -> bytes:
     try:
@@ -53,7 +76,8 @@ def _hex(text: str, what: str) -> bytes:
 
 
 def run(args) -> int:
-    return {"quote": _quote, "verify": _verify, "measure": _measure}[args.attest_command](args)
+    return {"quote": _quote, "verify": _verify, "measure": _measure, "ek": _ek, "approve": _decide,
+            "revoke": _decide, **measured_cli.HANDLERS}[args.attest_command](args)
 
 
 def _quote(args) -> int:
@@ -142,4 +166,55 @@ def _measure(args) -> int:
     measurement = measure_agent(args.repo, args.model)
     print(json.dumps({"measurement": measurement.hex(), "hash": args.hash,
                       "expected_pcr": expected_pcr(measurement, args.hash).hex()}))
+    return 0
+
+
+def _ek(args) -> int:
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_SENSITIVE_CREATE, TSS2_Exception
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+    from ztfl.attestation.ek_pin import ek_fingerprint
+    from ztfl.attestation.keys import public_bytes_to_pem
+
+    try:
+        esapi = ESAPI(args.tcti)
+        try:
+            cert, template = create_ek_template(args.ek_type, NVReadEK(esapi))
+            handle, public, _, _, _ = esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
+            esapi.flush_context(handle)
+        finally:
+            esapi.close()
+    except TSS2_Exception as exc:
+        print(f"ztfl attest ek: reading the EK through {args.tcti}: {exc}", file=sys.stderr)
+        return 1
+    ek_public = bytes(public.marshal())
+    args.out.write_bytes(public_bytes_to_pem(ek_public))
+    print(json.dumps({"out": str(args.out), "ek_sha256": ek_fingerprint(ek_public), "ek_type": args.ek_type,
+                      "certificate": bool(cert)}))
+    return 0
+
+
+def _decide(args) -> int:
+    """approve / revoke: one line appended to the gateway's audit log, picked up while it runs."""
+    import getpass
+    import re
+
+    from ztfl.attestation.audit import AuditLog
+    from ztfl.attestation.ek_pin import read_ek_pin
+
+    command = f"ztfl attest {args.attest_command}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.agent):
+        print(f"{command}: --agent {args.agent!r} is not a device id", file=sys.stderr)
+        return 2
+    if not args.state.is_dir():
+        print(f"{command}: --state {args.state} is not a directory (the gateway's state_dir)", file=sys.stderr)
+        return 2
+    try:
+        pin = read_ek_pin(args.ek) if getattr(args, "ek", None) else ""
+    except ValueError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    entry = AuditLog(args.state).append(args.attest_command, args.agent, ek_sha256=pin, note=args.note,
+                                        operator=getpass.getuser())
+    print(json.dumps(entry))
     return 0

@@ -20,9 +20,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ztfl.attestation.errors import (ActivationFailed, EkCertificateRejected, EndorsementKeyReused,
-                                KeyAttributesRejected, NoPendingEnrolment, ProfileMismatch,
-                                PublicKeyFormatError, UnknownDevice)
+from ztfl.attestation.audit import ENROLLED, REENROLLED, Approval, OperatorDecisions
+from ztfl.attestation.ek_pin import ek_fingerprint
+from ztfl.attestation.errors import (ActivationFailed, AttestationKeyChanged, DeviceRevoked, EkCertificateRejected,
+                                EkNotPinned, EndorsementKeyChanged, EndorsementKeyReused, KeyAttributesRejected,
+                                NoPendingEnrolment, ProfileMismatch, PublicKeyFormatError, UnknownDevice)
 from ztfl.attestation.keys import public_area_to_key
 from ztfl.attestation.messages import ActivationResponse, EnrolmentChallenge, EnrolmentRequest
 from ztfl.attestation.policy import AttestationPolicy
@@ -45,6 +47,8 @@ class _Pending:
     identity: EnrolledIdentity
     secret: bytes
     expires_at: float
+    ek_sha256: str
+    approval: Approval | None       # the operator's approval this enrolment uses, if any
 
 
 def check_ak(ak: PublicArea, policy: AttestationPolicy) -> None:
@@ -83,7 +87,7 @@ def check_ek_certificate(cert_der: bytes, ek: PublicArea, trusted_cas: Sequence[
             current.verify_directly_issued_by(issuer)
         except (InvalidSignature, ValueError, TypeError) as exc:
             raise EkCertificateRejected(f"EK certificate chain: {current.subject.rfc4514_string()} "
-                                        f"not signed by its issuer: {exc or 'bad signature'}") from None
+                                        f"not signed by its issuer: {str(exc) or 'bad signature'}") from None
         if any(issuer == ca for ca in trusted_cas):
             break
         current = issuer
@@ -107,14 +111,26 @@ class EnrolmentAuthority:
     provisioned: agent id -> profile from `ztfl provision`; when given, only those agents may
     enrol and only with their provisioned profile. trusted_ek_cas: manufacturer CA certificates;
     when given, every EK must come with a certificate that chains to one of them (through
-    ek_intermediates) and certifies that EK. Without them the EK is trusted on first use: it is
-    recorded, and a second agent id presenting it is refused."""
+    ek_intermediates) and certifies that EK.
+
+    ek_pins: agent id -> the EK pin recorded at provisioning (attestation.ek_pin); a device with
+    a pin enrols only with that EK. A device without one is trusted on first use (its first EK is
+    recorded, and refused for any other agent id) only if `trust_on_first_use`: on by default for
+    direct use of this class, while the gateway passes `attestation.trust_on_first_use`, off
+    unless the operator turns it on.
+
+    decisions: the operator's audit log (attestation.audit). An id that holds an active identity
+    enrolling with another EK or AK is refused unless the operator approved it; a revoked id
+    cannot enrol. Every accepted enrolment is logged there. Without it, no re-enrolment is ever
+    approved."""
 
     def __init__(self, registry: IdentityRegistry, policy: AttestationPolicy,
                  provisioned: Mapping[str, str] | None = None,
                  trusted_ek_cas: Sequence[x509.Certificate] = (),
                  ek_intermediates: Sequence[x509.Certificate] = (),
-                 challenge_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+                 challenge_ttl_s: float = 300.0, clock: Callable[[], float] = time.monotonic, *,
+                 ek_pins: Mapping[str, str] | None = None, trust_on_first_use: bool = True,
+                 decisions: OperatorDecisions | None = None):
         self.registry = registry
         self.policy = policy
         self.provisioned = dict(provisioned) if provisioned is not None else None
@@ -122,6 +138,9 @@ class EnrolmentAuthority:
         self.ek_intermediates = list(ek_intermediates)
         self.challenge_ttl_s = challenge_ttl_s
         self.clock = clock
+        self.ek_pins = dict(ek_pins or {})
+        self.trust_on_first_use = trust_on_first_use
+        self.decisions = decisions
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
 
@@ -136,12 +155,20 @@ class EnrolmentAuthority:
             if self.provisioned[agent_id] != request.profile:
                 raise ProfileMismatch(f"{agent_id} was provisioned as {self.provisioned[agent_id]}, "
                                       f"claims {request.profile}")
+        approval = self.decisions.approval(agent_id) if self.decisions is not None else None
+        if approval is None and self.decisions is not None and self.decisions.revoked(agent_id):
+            raise DeviceRevoked(f"{agent_id} was revoked by the operator")
         ak = parse_public(request.ak_public)
         ek = parse_public(request.ek_public)
         check_ak(ak, self.policy)
         check_ek(ek)
+        existing = self.registry.get(agent_id)
+        if approval is None:
+            self._refuse_new_keys(existing, request)
         if self.trusted_ek_cas:
             check_ek_certificate(request.ek_certificate, ek, self.trusted_ek_cas, self.ek_intermediates)
+        fingerprint = ek_fingerprint(request.ek_public)
+        self._check_pin(agent_id, fingerprint, existing, approval)
         owner = self.registry.find_by_ek(request.ek_public)
         if owner is not None and owner.agent_id != agent_id:
             raise EndorsementKeyReused(f"this EK is already enrolled as {owner.agent_id}")
@@ -157,13 +184,45 @@ class EnrolmentAuthority:
             ak_public=request.ak_public, ak_name=ak.name,
             ak_qualified_name=qualified_name_under_endorsement(ak.name, ak.name_alg))
         with self._lock:
-            self._pending[agent_id] = _Pending(identity, secret, self.clock() + self.challenge_ttl_s)
-        existing = self.registry.get(agent_id)
+            self._pending[agent_id] = _Pending(identity, secret, self.clock() + self.challenge_ttl_s,
+                                               fingerprint, approval)
         if existing is None or not existing.active:
             # Recorded as not yet activated so that its quotes get the precise refusal.
             self.registry.put(identity)
-        log.info("enrolment of %s (%s) started", agent_id, request.profile)
+        log.info("enrolment of %s (%s) started%s", agent_id, request.profile,
+                 " under the operator's approval" if approval else "")
         return EnrolmentChallenge(bytes(blob.marshal()), bytes(encrypted.marshal()))
+
+    @staticmethod
+    def _refuse_new_keys(existing: EnrolledIdentity | None, request: EnrolmentRequest) -> None:
+        """An active identity keeps its EK and AK: whoever holds the device's TLS key and brings
+        another TPM (or a new AK) must not take over the seat and lock the real device out."""
+        if existing is None or not existing.active or existing.root != TPM_ROOTED:
+            return
+        if existing.ek_public != request.ek_public:
+            raise EndorsementKeyChanged(f"{request.agent_id} is enrolled with another TPM (EK); the operator "
+                                        "must approve a new one (ztfl attest approve)")
+        if existing.ak_public != request.ak_public:
+            raise AttestationKeyChanged(f"{request.agent_id} is enrolled with another AK; the operator must "
+                                        "approve its re-enrolment (ztfl attest approve)")
+
+    def _check_pin(self, agent_id: str, fingerprint: str, existing: EnrolledIdentity | None,
+                   approval: Approval | None) -> None:
+        if approval is not None and approval.ek_sha256:
+            if fingerprint != approval.ek_sha256:
+                raise EkNotPinned(f"EK {fingerprint[:16]}... of {agent_id} is not the one the operator approved")
+            return
+        if approval is not None or (existing is not None and existing.active and existing.ek_public
+                                    and ek_fingerprint(existing.ek_public) == fingerprint):
+            return      # the operator admitted any EK, or the TPM enrolled before with this very EK
+        pin = self.ek_pins.get(agent_id)
+        if pin is not None:
+            if fingerprint != pin:
+                raise EkNotPinned(f"EK {fingerprint[:16]}... of {agent_id} is not the EK pinned at provisioning "
+                                  f"({pin[:16]}...)")
+        elif not self.trust_on_first_use:
+            raise EkNotPinned(f"no EK is pinned for {agent_id} and the policy does not trust the first one seen: "
+                              "pin it (ztfl provision --ek) or approve it (ztfl attest approve --ek)")
 
     def complete(self, response: ActivationResponse) -> EnrolledIdentity:
         with self._lock:
@@ -173,7 +232,17 @@ class EnrolmentAuthority:
         if not hmac.compare_digest(pending.secret, response.secret):
             log.warning("enrolment of %s refused: wrong activation secret", response.agent_id)
             raise ActivationFailed(f"{response.agent_id} did not recover the credential secret")
+        if self.decisions is not None:
+            # Decided meanwhile: the approval used by another enrolment, or the device revoked.
+            if pending.approval is not None and self.decisions.approval(response.agent_id) != pending.approval:
+                raise NoPendingEnrolment(f"the approval {response.agent_id}'s enrolment began under is used up")
+            if pending.approval is None and self.decisions.revoked(response.agent_id):
+                raise DeviceRevoked(f"{response.agent_id} was revoked by the operator")
+        previous = self.registry.get(response.agent_id)
         identity = replace(pending.identity, active=True)
         self.registry.put(identity)
+        if self.decisions is not None and (pending.approval is not None or previous is None or not previous.active):
+            self.decisions.record(REENROLLED if pending.approval is not None else ENROLLED, response.agent_id,
+                                  ek_sha256=pending.ek_sha256, ak_name=identity.ak_name.hex())
         log.info("enrolment of %s complete: AK %s", response.agent_id, identity.ak_name.hex()[:16])
         return identity

@@ -141,6 +141,106 @@ class ClockRollback(AttestationError):
     reason = "clock_rollback"
 
 
+# --- measured boot (TCG event log, PCRs 0-7) ---------------------------------------------------
+
+class EvidenceLogMissing(AttestationError):
+    """The policy asks for a boot event log or IMA entries and the evidence carries none."""
+
+    reason = "log_missing"
+
+
+class EventLogFormatError(AttestationError):
+    """The TCG2 boot event log is not well formed (header, sizes, algorithms, trailing bytes)."""
+
+    reason = "event_log_format"
+
+
+class BootLogReplayMismatch(AttestationError):
+    """The boot event log, replayed, does not give the PCR values the TPM quoted."""
+
+    reason = "boot_log_replay"
+
+
+class BootEventNotAllowed(AttestationError):
+    """A boot event (boot loader, kernel, firmware, variable) has a digest the boot policy does not list."""
+
+    reason = "boot_event_not_allowed"
+
+
+class BootEventDataMismatch(AttestationError):
+    """A boot event's digest is not the hash of its own data where the boot policy requires it."""
+
+    reason = "boot_event_data"
+
+
+class SecureBootStateRejected(AttestationError):
+    """The logged Secure Boot state is not the one the boot policy requires."""
+
+    reason = "secure_boot"
+
+
+# --- runtime measurements (Linux IMA, PCR 10) --------------------------------------------------
+
+class ImaLogFormatError(AttestationError):
+    """The IMA measurement list is not well formed (sizes, template, fields, trailing bytes)."""
+
+    reason = "ima_log_format"
+
+
+class ImaTemplateHashMismatch(AttestationError):
+    """An IMA entry's logged template digest is not the hash of its template data (a forged entry)."""
+
+    reason = "ima_template_hash"
+
+
+class ImaReplayMismatch(AttestationError):
+    """The IMA entries, replayed, never reach the quoted PCR 10 (truncated, reordered or forged log)."""
+
+    reason = "ima_replay"
+
+
+class ImaLogGap(AttestationError):
+    """Incremental IMA entries start at an offset the gateway holds no replay state for."""
+
+    reason = "ima_log_gap"
+
+
+class ImaViolation(AttestationError):
+    """IMA recorded a violation (a file measured while open for writing, or changed under a reader)."""
+
+    reason = "ima_violation"
+
+
+class ImaFileHashAlgorithm(AttestationError):
+    """An IMA entry's file digest uses another hash algorithm than the runtime policy."""
+
+    reason = "ima_file_hash_alg"
+
+
+class BootAggregateMismatch(AttestationError):
+    """IMA's boot_aggregate entry does not match the PCRs 0-9 of the replayed boot event log."""
+
+    reason = "ima_boot_aggregate"
+
+
+class UnknownRuntimeFile(AttestationError):
+    """IMA measured a file that the signed runtime policy does not list (unknown code)."""
+
+    reason = "ima_unknown_file"
+
+
+class RuntimeFileChanged(AttestationError):
+    """IMA measured a file the runtime policy lists, with another digest (changed code)."""
+
+    reason = "ima_file_changed"
+
+
+class ModelNotDistributed(AttestationError):
+    """The model file the agent loaded is not a version this gateway distributed."""
+
+    reason = "ima_model_digest"
+
+
 # --- enrolment ------------------------------------------------------------------------------
 
 class EnrolmentError(AttestationError):
@@ -191,10 +291,59 @@ class ActivationFailed(EnrolmentError):
     reason = "activation_failed"
 
 
+# --- the device registry (provisioned list, EK pins, operator decisions) ------------------------
+
+class EkNotPinned(EnrolmentError):
+    """The EK is not the one pinned for this device at provisioning (or named by the operator's
+    approval), or no EK is pinned and the policy does not trust the first one seen."""
+
+    reason = "ek_not_pinned"
+
+
+class ReenrolmentRefused(EnrolmentError):
+    """Base class: an id that already holds an active identity enrols again without approval."""
+
+    reason = "reenrolment_refused"
+
+
+class EndorsementKeyChanged(ReenrolmentRefused):
+    """Another TPM (another EK) enrols under an active identity: a stolen TLS key with a new TPM."""
+
+    reason = "ek_changed"
+
+
+class AttestationKeyChanged(ReenrolmentRefused):
+    """The enrolled TPM presents a new AK for an active identity without the operator's approval."""
+
+    reason = "ak_changed"
+
+
+class DeviceRevoked(AttestationError):
+    """The operator revoked this device: no enrolment and no seat."""
+
+    reason = "device_revoked"
+
+
+class BundleDigestMissing(AttestationError):
+    """A device-key board whose bundle digest was recorded at provisioning reports none."""
+
+    reason = "bundle_digest_missing"
+
+
+class BundleDigestMismatch(AttestationError):
+    """A device-key board reports another digest of its flashed files than the one recorded."""
+
+    reason = "bundle_digest"
+
+
 # --- configuration and local TPM ------------------------------------------------------------
 
 class PolicyError(ValueError):
     """An attestation policy is invalid; the message names the bad key."""
+
+
+class RuntimePolicyError(PolicyError):
+    """A runtime policy file is unreadable, malformed or not signed by the expected key."""
 
 
 class TpmError(RuntimeError):

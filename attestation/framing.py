@@ -22,6 +22,10 @@ class Writer:
         self.parts.append(struct.pack(">B", v))
         return self
 
+    def u32(self, v: int) -> "Writer":
+        self.parts.append(struct.pack(">I", v))
+        return self
+
     def u64(self, v: int) -> "Writer":
         self.parts.append(struct.pack(">Q", v))
         return self
@@ -38,6 +42,10 @@ class Writer:
         self.parts.append(struct.pack(">H", len(b)) + bytes(b))
         return self
 
+    def blob32(self, b: bytes) -> "Writer":
+        self.parts.append(struct.pack(">I", len(b)) + bytes(b))
+        return self
+
     def text(self, s: str) -> "Writer":
         return self.blob8(s.encode("utf-8"))
 
@@ -46,11 +54,11 @@ class Writer:
 
 
 class Reader:
-    def __init__(self, data: bytes, tag: bytes, what: str):
+    def __init__(self, data: bytes, tag: bytes, what: str, max_bytes: int = MAX_MESSAGE_BYTES):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise MalformedEvidence(f"{what}: expected bytes, got {type(data).__name__}")
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise MalformedEvidence(f"{what}: {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        if len(data) > max_bytes:
+            raise MalformedEvidence(f"{what}: {len(data)} bytes exceeds {max_bytes}")
         self.data = memoryview(bytes(data))
         self.what = what
         self.pos = 0
@@ -69,6 +77,9 @@ class Reader:
     def u8(self, field: str) -> int:
         return self._take(1, field)[0]
 
+    def u32(self, field: str) -> int:
+        return struct.unpack(">I", self._take(4, field))[0]
+
     def u64(self, field: str) -> int:
         return struct.unpack(">Q", self._take(8, field))[0]
 
@@ -79,6 +90,9 @@ class Reader:
     def blob16(self, field: str, min_len: int = 0, max_len: int = 0xFFFF) -> bytes:
         n = struct.unpack(">H", self._take(2, field))[0]
         return self._check(field, n, min_len, max_len)
+
+    def blob32(self, field: str, min_len: int = 0, max_len: int = MAX_MESSAGE_BYTES) -> bytes:
+        return self._check(field, self.u32(field), min_len, max_len)
 
     def text(self, field: str, max_len: int = 128) -> str:
         raw = self.blob8(field, 1, max_len)

@@ -1,10 +1,16 @@
 """What the agent extends into its measurement PCR, and what the gateway should expect there.
 
 measurement = SHA-256 over the sorted list of (relative path, SHA-256 of content) of the
-agent's code and model files, each entry framed as u16 path length || path || 32-byte digest.
+agent's code (Python sources and the hardware profiles it reads) and model files, each entry
+framed as u16 path length || path || 32-byte digest.
 The agent resets the PCR and runs PCR_Event(measurement), so every bank ends at
     H(0^n || H(measurement))      (expected_pcr below)
 which is what the allow-list of each hardware profile lists for a released agent.
+
+PCR 23 is resettable at locality 0, so this is the agent's own claim about its code: it is an
+application-level measurement. Where the kernel keeps an IMA list, the gateway judges the code
+by that list and the signed runtime policy instead (attestation.ima, attestation.runtime_policy),
+whatever PCR 23 holds.
 """
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ import struct
 from collections.abc import Iterable
 from pathlib import Path
 
-CODE_PACKAGES = ("agent", "fednet", "protocol", "attestation", "models")
+CODE_PACKAGES = ("agent", "fednet", "protocol", "attestation", "models", "privacy", "hw_profiles", "config")
+CODE_SUFFIXES = (".py", ".yaml")
 
 
 def measure_files(files: Iterable[str | Path], root: str | Path) -> bytes:
@@ -31,9 +38,10 @@ def measure_files(files: Iterable[str | Path], root: str | Path) -> bytes:
 
 
 def agent_code_files(repo_root: str | Path) -> list[Path]:
-    """The Python sources of the packages an agent runs."""
+    """The Python sources (and data files such as the hardware profiles) of the packages an agent runs."""
     root = Path(repo_root)
-    return sorted(p for pkg in CODE_PACKAGES if (root / pkg).is_dir() for p in (root / pkg).rglob("*.py"))
+    return sorted(p for pkg in CODE_PACKAGES if (root / pkg).is_dir() for p in (root / pkg).rglob("*")
+                  if p.suffix in CODE_SUFFIXES and p.is_file())
 
 
 def measure_agent(repo_root: str | Path, model_files: Iterable[str | Path] = ()) -> bytes:

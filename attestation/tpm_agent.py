@@ -2,7 +2,8 @@
 
 `TpmAttestor(tcti, state_dir)` creates (once) or loads the persistent attestation key (AK),
 builds the enrolment request, answers the gateway's credential challenge with
-ActivateCredential, extends the measurement PCR, and quotes. swtpm (tests, demo) has no
+ActivateCredential, extends the measurement PCR, and quotes; on boards with measured boot and
+IMA each quote carries the boot event log and the IMA entries the gateway has not seen. swtpm (tests, demo) has no
 resource manager and only three object slots, so every transient object and session is
 flushed right after use.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # ESYS prints an error line for every absent NV index probed while building the EK template.
@@ -23,19 +25,35 @@ os.environ.setdefault("TSS2_LOG", "all+none")
 
 from tpm2_pytss import (ESAPI, ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_SE, TPM2B_DATA,  # noqa: E402
                         TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
-                        TPMA_OBJECT, TPML_PCR_SELECTION, TPMT_SIG_SCHEME, TPMT_SYM_DEF, TSS2_Exception)
+                        TPMA_OBJECT, TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMT_SIG_SCHEME,
+                        TPMT_SYM_DEF, TPMU_HA, TSS2_Exception)
 from tpm2_pytss.utils import NVReadEK, create_ek_template  # noqa: E402
 
 from ztfl.attestation.binding import qualifying_data  # noqa: E402
 from ztfl.attestation.errors import TpmError, TpmStateMismatch  # noqa: E402
+from ztfl.attestation.ima import ImaCursor  # noqa: E402
 from ztfl.attestation.keys import public_bytes_to_pem  # noqa: E402
-from ztfl.attestation.messages import (ActivationResponse, EnrolmentChallenge, EnrolmentRequest,  # noqa: E402
-                                  QuoteEvidence)
-from ztfl.attestation.tpm_wire import PcrSelection, parse_quote_attest, parse_signature, pcr_composite_digest  # noqa: E402
+from ztfl.attestation.messages import (ActivationResponse, AttestationReceipt, EnrolmentChallenge,  # noqa: E402
+                                       EnrolmentRequest, QuoteEvidence)
+from ztfl.attestation.tpm_wire import (HASH_ALGS, PcrSelection, parse_quote_attest, parse_signature,  # noqa: E402
+                                       pcr_composite_digest)
 
 DEFAULT_AK_HANDLE = 0x81010020
 DEFAULT_PCR = 23
 DEFAULT_EK_TYPE = "EK-RSA2048"     # the EK most TPMs (and swtpm_setup) certify
+BOOT_EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
+LEGACY_SELECTION = "sha256:23"
+# With IMA: the boot PCRs, IMA's PCR and the application measurement. A gateway judges the PCRs
+# of its policy and ignores the others (PCR 23 alone on one without a runtime policy).
+MEASURED_SELECTION = "sha256:0,1,2,3,4,5,6,7,10,23"
+
+
+def read_boot_log(path: str | Path = BOOT_EVENT_LOG) -> bytes:
+    """The firmware's TCG2 event log as the kernel exposes it, or b"" on boards without one."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
 PERSISTENT_FIRST = 0x81000000
 
 AK_ATTRIBUTES = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM
@@ -62,6 +80,9 @@ class TpmAttestor:
             raise TpmError(f"cannot open TPM through TCTI {tcti!r}: {exc}") from None
         self._ak_tr = None
         self._ak_public: bytes | None = None
+        self.selection = LEGACY_SELECTION
+        self.boot_log = b""
+        self.ima: ImaCursor | None = None
 
     @classmethod
     def from_config(cls, doc: dict) -> "TpmAttestor":
@@ -222,6 +243,31 @@ class TpmAttestor:
         except TSS2_Exception as exc:
             raise TpmError(f"extending PCR {self.pcr_index}: {exc}") from None
 
+    def extend_pcr(self, index: int, digests: dict[str, bytes]) -> None:
+        """PCR_Extend(index) with one digest per bank ({"sha1": ..., "sha256": ...}), as firmware
+        and the kernel extend their measurements (tests drive a TPM this way with real logs)."""
+        values = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=HASH_ALGS[bank], digest=TPMU_HA(**{bank: d}))
+                                     for bank, d in digests.items()])
+        try:
+            self.esapi.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), values)
+        except TSS2_Exception as exc:
+            raise TpmError(f"extending PCR {index}: {exc}") from None
+
+    def use_kernel_measurements(self, ima_list: str | Path | None = None,
+                                boot_log: str | Path = BOOT_EVENT_LOG) -> bool:
+        """Quote PCRs 0-7, 10 and 23 with the boot event log and the IMA list, where the kernel
+        keeps an IMA list; elsewhere quotes stay as they were (PCR 23 alone). True if enabled."""
+        cursor = ImaCursor(ima_list) if ima_list is not None else ImaCursor()
+        if not ImaCursor.available(cursor.path):
+            return False
+        self.ima, self.boot_log, self.selection = cursor, read_boot_log(boot_log), MEASURED_SELECTION
+        return True
+
+    def acknowledge(self, receipt: AttestationReceipt) -> None:
+        """The gateway's receipt: the next quote sends the IMA entries after those it holds."""
+        if self.ima is not None:
+            self.ima.acknowledge(receipt.ima_accepted)
+
     def read_pcrs(self, selection: PcrSelection) -> tuple[bytes, ...]:
         wanted = list(selection.pcrs)
         values: list[bytes] = []
@@ -241,8 +287,15 @@ class TpmAttestor:
 
     # --- quotes -------------------------------------------------------------------------------
     def quote(self, nonce: bytes, round_id: int, public_keys: bytes,
-              selection: PcrSelection | str = "sha256:23", attempts: int = 3) -> QuoteEvidence:
-        """TPM2_Quote over `selection` with qualifying data H(nonce || round || public keys)."""
+              selection: PcrSelection | str | None = None, attempts: int = 3,
+              boot_log: bytes | None = None, ima: ImaCursor | None = None) -> QuoteEvidence:
+        """TPM2_Quote over `selection` with qualifying data H(nonce || round || public keys), with
+        the boot event log and, read after the quote, the IMA entries past the gateway's receipt
+        (the list may run ahead of the quoted PCR 10: the gateway replays to the quoted prefix).
+        Left out, selection and logs are this attestor's (use_kernel_measurements)."""
+        selection = self.selection if selection is None else selection
+        boot_log = self.boot_log if boot_log is None else boot_log
+        ima = self.ima if ima is None else ima
         if isinstance(selection, str):
             selection = PcrSelection.parse(selection)
         self.ensure_ak()
@@ -260,5 +313,8 @@ class TpmAttestor:
             parsed = parse_quote_attest(evidence.attest)
             sig_hash = parse_signature(evidence.signature).hash_alg
             if pcr_composite_digest(sig_hash, evidence.pcr_values) == parsed.pcr_digest:
+                if boot_log or ima is not None:
+                    offset, entries = ima.pending() if ima is not None else (0, b"")
+                    evidence = replace(evidence, boot_log=boot_log, ima_offset=offset, ima_entries=entries)
                 return evidence
         raise TpmError(f"PCRs {selection} kept changing while quoting")

@@ -9,7 +9,9 @@ Order of checks (each on data already authenticated by the previous ones where p
 identity known and activated -> evidence kind allowed -> nonce issued, fresh, unused ->
 TPMS_ATTEST and TPMT_SIGNATURE parse -> signer is the enrolled AK -> signature ->
 hash algorithm -> qualifying data -> PCR selection -> PCR digest -> allow-list ->
-clock monotonic -> nonce consumed.
+[boot event log replays to the quoted PCRs 0-7 -> boot policy] ->
+[IMA entries replay to the quoted PCR 10 -> runtime policy, entry by entry] ->
+clock monotonic -> nonce consumed (and the agent's IMA replay state advanced).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ztfl.attestation import errors
 from ztfl.attestation.binding import qualifying_data, software_quote_message
+from ztfl.attestation.eventlog import EventLog, check_replay, parse_event_log, replay
+from ztfl.attestation.ima import IMA_PCR, ImaReplayBook, boot_aggregate, check_entry_pcrs, parse_ima_log, quoted_prefix
 from ztfl.attestation.keys import public_area_to_key
 from ztfl.attestation.messages import QuoteEvidence, SoftwareEvidence, decode_evidence
 from ztfl.attestation.nonces import NonceBook
@@ -50,6 +54,7 @@ class VerifiedIdentity:
     round_id: int
     pcr_values: dict[int, bytes] = field(default_factory=dict)
     clock: tuple[int, int, int] | None = None        # (reset_count, restart_count, clock)
+    ima_entries: int | None = None                   # IMA entries of this boot judged so far
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,16 @@ class Verifier:
         self.rejections: deque[Rejection] = deque(maxlen=history)
         self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
         self._lock = threading.Lock()
+        self.ima_book = ImaReplayBook(policy.hash_alg)
+        self.model_digests: set[bytes] = set()      # SHA-256 of every model file this gateway distributed
+
+    def allow_model(self, digest: bytes) -> None:
+        """A model file (as the agents store it) this gateway distributed: IMA may show it loaded."""
+        self.model_digests.add(bytes(digest))
+
+    def ima_position(self, agent_id: str) -> int:
+        """IMA entries of the agent's current list accepted so far (what its receipt says)."""
+        return self.ima_book.position(agent_id)
 
     # --- nonces ---------------------------------------------------------------------------
     def issue_nonce(self, round_id: int, agent_id: str | None = None) -> bytes:
@@ -189,28 +204,72 @@ class Verifier:
         expected_qd = qualifying_data(evidence.nonce, round_id, public_keys)
         if attest.extra_data != expected_qd:
             raise errors.QualifyingDataMismatch("quote extraData is not H(nonce || round || public keys)")
-        if banks[0].pcrs != policy.pcrs:
-            raise errors.PcrSelectionMismatch(f"quote covers PCRs {list(banks[0].pcrs)}, "
+        quoted = banks[0].pcrs
+        if not set(policy.pcrs) <= set(quoted):
+            # More PCRs than the policy's are harmless (an agent with IMA also quotes 0-7 and 10
+            # for gateways that judge them); fewer would leave a PCR unproven.
+            raise errors.PcrSelectionMismatch(f"quote covers PCRs {list(quoted)}, "
                                               f"the policy asks for {list(policy.pcrs)}")
-        if len(evidence.pcr_values) != len(policy.pcrs):
+        if len(evidence.pcr_values) != len(quoted):
             raise errors.PcrSelectionMismatch(f"{len(evidence.pcr_values)} PCR values reported for "
-                                              f"{len(policy.pcrs)} selected PCRs")
+                                              f"{len(quoted)} selected PCRs")
         if pcr_composite_digest(signature.hash_alg, evidence.pcr_values) != attest.pcr_digest:
             raise errors.PcrDigestMismatch("reported PCR values do not match the digest the TPM signed")
-        values = dict(zip(policy.pcrs, evidence.pcr_values))
+        values = dict(zip(quoted, evidence.pcr_values))
         allowed = policy.allowlist.get(identity.profile)
         if allowed is None:
             raise errors.UnknownProfile(f"no PCR allow-list for profile {identity.profile}")
-        for pcr, value in values.items():
-            if value not in allowed[pcr]:
-                raise errors.PcrValueNotAllowed(f"PCR {pcr} = {value.hex()[:16]}... is not allowed for "
+        for pcr in policy.value_checked_pcrs:
+            if values[pcr] not in allowed[pcr]:
+                raise errors.PcrValueNotAllowed(f"PCR {pcr} = {values[pcr].hex()[:16]}... is not allowed for "
                                                 f"{identity.profile}")
+        boot_log = self._check_boot_log(evidence, values)
+        ima = self._check_ima(agent_id, attest.clock_info.reset_count, evidence, values, boot_log)
         clock = (attest.clock_info.reset_count, attest.clock_info.restart_count, attest.clock_info.clock)
         if identity.last_clock is not None and _went_back(identity.last_clock, clock):
             raise errors.ClockRollback(f"TPM (reset, restart, clock) went from {identity.last_clock} to {clock}")
         self.nonces.consume(evidence.nonce, agent_id, round_id)
         self.registry.update(agent_id, last_clock=clock)
-        return VerifiedIdentity(agent_id, identity.profile, False, round_id, values, clock)
+        if ima is not None:
+            self.ima_book.commit(agent_id, clock[0], *ima)
+        return VerifiedIdentity(agent_id, identity.profile, False, round_id, values, clock,
+                                ima[0] if ima is not None else None)
+
+    def _check_boot_log(self, evidence: QuoteEvidence, values: dict[int, bytes]) -> EventLog | None:
+        """Measured boot: the event log must replay to the quoted PCRs and pass the boot policy."""
+        boot = self.policy.boot
+        if boot is None:
+            return None
+        if not evidence.boot_log:
+            raise errors.EvidenceLogMissing("the policy judges measured boot; the evidence has no boot event log")
+        log = parse_event_log(evidence.boot_log)
+        check_replay(log, self.policy.hash_alg, values, boot.pcrs)
+        boot.evaluate(log, self.policy.hash_alg)
+        return log
+
+    def _check_ima(self, agent_id: str, boot_id: int, evidence: QuoteEvidence, values: dict[int, bytes],
+                   boot_log: EventLog | None) -> tuple[int, bytes] | None:
+        """Runtime: the IMA entries since the last accepted quote must replay, from the gateway's own
+        state, to the quoted PCR 10, and every entry the quote covers must pass the runtime policy.
+        Returns (entries covered in all, PCR 10 there) for the state to advance to."""
+        runtime = self.policy.runtime
+        if runtime is None:
+            return None
+        offset = evidence.ima_offset
+        if offset == 0 and not evidence.ima_entries:
+            raise errors.EvidenceLogMissing("the policy judges IMA; the evidence has no IMA entries")
+        start = self.ima_book.start(agent_id, boot_id, offset)
+        entries = parse_ima_log(evidence.ima_entries, offset)
+        check_entry_pcrs(entries, offset)
+        count, value = quoted_prefix(entries, self.policy.hash_alg, start, values[IMA_PCR])
+
+        def expected_boot_aggregate(bank: str) -> bytes | None:
+            if boot_log is None or bank not in boot_log.banks():
+                return None
+            return boot_aggregate(replay(boot_log, bank), bank)
+
+        runtime.check(entries[:count], offset, self.model_digests, expected_boot_aggregate)
+        return offset + count, value
 
 
 def _went_back(last: tuple[int, int, int], now: tuple[int, int, int]) -> bool:

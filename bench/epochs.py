@@ -24,7 +24,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from ztfl.protocol import kdf, session
-from ztfl.protocol.config import SEMI_HONEST, RoundConfig, group_size, minimum_threshold
+from ztfl.protocol.config import RoundConfig, group_size, minimum_threshold
 from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule
 from ztfl.protocol.prg import apply_masks, word_dtype
 from ztfl.protocol.simulate import Cohort, expected_sums, run_round
@@ -92,6 +92,7 @@ def run_policy(policy: EpochPolicy, config: RoundConfig, ids: list[int], rounds:
     cohort = Cohort.create(ids)
     keyrings = {c: ClientKeyring(policy) for c in ids}
     schedule = EpochSchedule(policy)
+    graphs: dict = {}          # the gateway's neighbour graph per key epoch (a sparse graph's reveal)
     rng = np.random.default_rng(seed)
     per_round = []
     exact = True
@@ -103,8 +104,10 @@ def run_policy(policy: EpochPolicy, config: RoundConfig, ids: list[int], rounds:
         setup_wall, setup_cpu = time.perf_counter() - t0, time.process_time() - c0
         before = {c: keys[c].agreements for c in ids}
         inputs = {c: rng.normal(0, 0.05, config.dim) for c in ids}
-        run = run_round(config, cohort, inputs, round_id=round_id, epoch_keys=keys,
-                        revealed_keys=schedule.revealed_keys, clock=process_clock)
+        # A sparse graph is revealed in the first key-reuse round of an epoch and kept after it.
+        fixes_graph = config.key_reuse and bool(config.neighbors) and epoch not in graphs
+        run = run_round(replace(config, new_graph=fixes_graph), cohort, inputs, round_id=round_id, epoch_keys=keys,
+                        revealed_keys=schedule.revealed_keys, clock=process_clock, epoch_graphs=graphs)
         for c in ids:
             keyrings[c].finish(run.clients[c])
         schedule.finish(run.server)
@@ -132,8 +135,7 @@ def run(args) -> int:
     ids = list(range(1, args.clients + 1))
     group = group_size(args.clients, args.neighbors)
     config = RoundConfig.for_range(dim=args.dim, max_clients=args.clients,
-                                   threshold=minimum_threshold(group, SEMI_HONEST), clip=4.0,
-                                   neighbors=args.neighbors, security=SEMI_HONEST)
+                                   threshold=minimum_threshold(group), clip=4.0, neighbors=args.neighbors)
     # Key reuse (flag set: session-tagged frames, pairwise consistency tags, dropped clients
     # unmasked with round keys) against the classic per-round protocol (flag clear: fresh keys
     # every round, every frame signed, epoch secrets Shamir-shared).

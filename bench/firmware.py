@@ -13,6 +13,10 @@ is what it masks. For each cohort size two runs of `--rounds` rounds:
   round makes the keys, the agreements and the session key; later rounds run no X25519 and
   authenticate with session tags.
 
+`certificates`: the extra work of certified identities per peer (ztfw/certs.py): the first
+announcement with a set of peers verifies each certificate's root signature, later ones only
+recheck validity and revocation.
+
 Reported per run: each part (key setup, each protocol stage, training) in wall and CPU
 milliseconds of the MicroPython process, the Ed25519 / X25519 / tag counts, and the reduction
 of the later key-reuse rounds against the classic rounds, with and without training (which key
@@ -245,6 +249,46 @@ def _fixtures(args, work: Path):
     return work / "model.bin", work / "records.bin", flat.size, lib
 
 
+_CERT_CHECK = r"""
+import sys, json, time
+from binascii import unhexlify
+from ztfw import certs
+d = json.loads(sys.stdin.read())
+store = certs.TrustStore(unhexlify(d["anchor"]), d["federation"])
+seats = [(a, s, unhexlify(c)) for a, s, c in d["seats"]]
+server = unhexlify(d["server"])
+out = []
+for _ in range(2):
+    t0 = time.ticks_us()
+    store.check_announcement(seats, server, d["gateway"], d["now"])
+    out.append(time.ticks_diff(time.ticks_us(), t0))
+print(json.dumps({"first_us": out[0], "cached_us": out[1], "signature_checks": store.signature_checks}))
+"""
+
+
+def _certificate_work(lib: Path, peers: int, factor: float) -> dict:
+    """The firmware's extra work per peer of a round (ztfw/certs.py): the first announcement of a
+    set of peers (decode, claims, the root's signature each) and a later one (signatures cached)."""
+    from nacl.signing import SigningKey
+
+    from ztfl.firmware_tools.micropython_host import run_json
+    from ztfl.protocol import certs
+    root, now = SigningKey.generate(), int(time.time())
+
+    def issue(device_id: str, role: str, serial: int) -> str:
+        return certs.issue(root, federation="plant", device_id=device_id, role=role,
+                           public_key=bytes(SigningKey.generate().verify_key), not_before=now - 60,
+                           not_after=now + 3600, serial=serial).encode().hex()
+
+    got = run_json(_CERT_CHECK, {"anchor": bytes(root.verify_key).hex(), "federation": "plant", "gateway": "fog1",
+                                 "now": now, "server": issue("fog1", "gateway", 0),
+                                 "seats": [[f"esp-{i}", i, issue(f"esp-{i}", "agent", i)] for i in range(1, peers + 1)]},
+                   path=lib)
+    first, cached = got["first_us"] / 1e3 / (peers + 1), got["cached_us"] / 1e3 / (peers + 1)
+    return {"peers": peers, "signature_checks": got["signature_checks"], "first_ms_per_peer": round(first, 2),
+            "cached_ms_per_peer": round(cached, 3), "esp32_estimate_first_s_per_peer": round(first * factor / 1000, 2)}
+
+
 def _heap_search(files, args, n: int) -> dict:
     """Smallest heap (KiB) in which a classic round and two key-reuse rounds succeed."""
     from ztfl.firmware_tools.micropython_host import MicroPythonError
@@ -293,6 +337,7 @@ def run(args) -> int:
             result["code_heap"] = cohort.code_heap
             cohorts.append(result)
         wall_s = round(time.perf_counter() - t0, 2)
+        certificates = _certificate_work(files[3], max(args.clients), args.esp32_factor)
         heap = _heap_search(files, args, args.clients[0]) if args.heap_search else {}
     # The first cohort's first classic round in the fields this benchmark always printed.
     first = cohorts[0].pop("_classic_rounds")[0]
@@ -308,6 +353,8 @@ def run(args) -> int:
         "peak_live_heap": first["peak_live_heap"], "aggregated": first["aggregated"],
         "esp32_factor": args.esp32_factor, "esp32_estimate_s": round(total * args.esp32_factor / 1000, 1),
         "cohorts": cohorts, "wall_s": wall_s, "load_average_1min": round(os.getloadavg()[0], 2),
+        # Checking the gateway's and the peers' certificates (per certificate, the gateway's counted).
+        "certificates": certificates,
         "params": {"features": args.features, "classes": args.classes, "clients": args.clients,
                    "rounds": args.rounds, "samples": args.samples},
         **heap,

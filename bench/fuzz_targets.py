@@ -165,10 +165,55 @@ def tpm2b_public_rsa() -> bytes:
 
 
 def _evidence_seeds() -> list[bytes]:
-    from ztfl.attestation.messages import QuoteEvidence, SoftwareEvidence
+    from ztfl.attestation.messages import AttestationReceipt, QuoteEvidence, SoftwareEvidence
     return [QuoteEvidence(9, bytes(32), tpms_attest_quote(), tpmt_signature_ecdsa(),
                           (bytes(32), bytes(32), bytes(32))).to_bytes(),
-            SoftwareEvidence(9, bytes(32), bytes(64)).to_bytes()]
+            QuoteEvidence(9, bytes(32), tpms_attest_quote(), tpmt_signature_ecdsa(), (bytes(32),),
+                          boot_event_log(), 1, b"".join(ima_list()[1:])).to_bytes(),
+            SoftwareEvidence(9, bytes(32), bytes(64)).to_bytes(),
+            AttestationReceipt(9, 120).to_bytes()]
+
+
+def boot_event_log() -> bytes:
+    """A small crypto-agile TCG2 log (SHA-1 and SHA-256 banks): separators, a boot application,
+    the SecureBoot variable."""
+    import hashlib
+
+    from ztfl.attestation.boot_policy import EFI_GLOBAL_VARIABLE
+    from ztfl.attestation.eventlog import encode_event, encode_spec_id
+    from ztfl.attestation.tpm_wire import ALG_SHA1, ALG_SHA256
+
+    def event(pcr: int, kind: int, data: bytes) -> bytes:
+        return encode_event(pcr, kind, {ALG_SHA1: hashlib.sha1(data).digest(),
+                                        ALG_SHA256: hashlib.sha256(data).digest()}, data)
+    secure_boot = EFI_GLOBAL_VARIABLE + struct.pack("<QQ", 10, 1) + "SecureBoot".encode("utf-16-le") + b"\x01"
+    return (encode_spec_id({ALG_SHA1: 20, ALG_SHA256: 32}) + event(7, 0x80000001, secure_boot)
+            + b"".join(event(pcr, 4, bytes(4)) for pcr in range(8)) + event(4, 0x80000003, b"shim"))
+
+
+def ima_list() -> list[bytes]:
+    """IMA entries (ima-ng, ima-sig) as binary_runtime_measurements holds them."""
+    import hashlib
+
+    from ztfl.attestation.ima import encode_ima_entry
+    return [encode_ima_entry("boot_aggregate", bytes(32)),
+            encode_ima_entry("/usr/bin/python3.11", hashlib.sha256(b"python").digest()),
+            encode_ima_entry("/opt/ztfl/agent/update.py", hashlib.sha256(b"update").digest(), template="ima-sig"),
+            encode_ima_entry("/tmp/x", bytes(20), hash_alg="sha1", violation=True)]
+
+
+def _event_log(data: bytes):
+    """Parse, replay every bank, read the Secure Boot state: what the verifier does with a log."""
+    from ztfl.attestation.boot_policy import secure_boot_state
+    from ztfl.attestation.eventlog import parse_event_log, replay
+    log = parse_event_log(data)
+    return [replay(log, bank) for bank in log.banks()], secure_boot_state(log)
+
+
+def _ima_entries(data: bytes):
+    from ztfl.attestation.ima import parse_ima_log, replay_ima
+    entries = parse_ima_log(data, 3)
+    return replay_ima(entries, "sha1"), replay_ima(entries, "sha256")
 
 
 def _enrolment_seeds() -> list[bytes]:
@@ -387,6 +432,11 @@ def catalogue() -> list[Target]:
                _enrolment_seeds, "attestation"),
         Target("attestation.activation_response", _attestation_message("ActivationResponse"), attest,
                _enrolment_seeds, "attestation"),
+        Target("attestation.receipt", _attestation_message("AttestationReceipt"), attest, _evidence_seeds,
+               "attestation"),
+        Target("attestation.event_log", _event_log, attest, lambda: [boot_event_log()], "attestation"),
+        Target("attestation.ima_log", _ima_entries, attest, lambda: [b"".join(ima_list()), ima_list()[2]],
+               "attestation"),
         Target("tpm.attest_quote", _tpm("parse_quote_attest"), attest, lambda: [tpms_attest_quote()], "attestation"),
         Target("tpm.signature", _tpm("parse_signature"), attest, lambda: [tpmt_signature_ecdsa()], "attestation"),
         Target("tpm.public", _tpm("parse_public"), attest, lambda: [tpm2b_public_ecc(), tpm2b_public_rsa()],

@@ -1,5 +1,9 @@
 """`ztfl bench gateway`: one secure-aggregation round of N simulated agents through mosquitto.
 
+Identities are certified by the simulation root CA of the seed (agent.sim.sim_root): the agents'
+certificates come with their hellos and are relayed in the announcement with the gateway's own,
+and every agent checks them before it uses a key.
+
 The gateway side is this process: the gateway's own cohort state machine (gateway.cohort.CohortRun
 with per-stage deadlines, gateway.secagg over protocol.server.ServerSession), MQTT transport,
 topics and envelopes. What it leaves out of a production round is model evaluation, versioning
@@ -29,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
-from ztfl.agent.sim import sim_update
+from ztfl.agent.sim import sim_gateway, sim_update
 from ztfl.fednet.topics import Topics
 from ztfl.fednet.transport import BrokerConfig, MqttTransport
-from ztfl.fednet.messages import Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd
+from ztfl.fednet.messages import CERTIFIED_ANNOUNCE, Envelope, Heartbeat, Hello, RoundAnnounce, RoundEnd, certificate_text
 from ztfl.gateway.cohort import CohortRun, CohortState, Participant
 from ztfl.gateway.secagg import CLIP, FRAC_BITS, CohortAggregation
 from ztfl.protocol.config import ACTIVE, RoundConfig, minimum_threshold
@@ -84,7 +88,7 @@ class BenchCohortRun(CohortRun):
             identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity,
             neighbors=self.neighbors)
         self._move(CohortState.AGGREGATING)
-        self.stage_deadline = now + self.deadlines_s[self.aggregation.stage_key]
+        self.stage_deadline = now + self.deadlines_s[self.aggregation.deadline_key]
         return self.aggregation.start()
 
 
@@ -137,6 +141,7 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
     fleets = _spawn_fleets(broker_url, local_agents, procs, dim, seed, dropped)
     deadline = time.monotonic() + timeout
     hellos: dict[str, bytes] = {}
+    certificates: dict[str, str] = {}
     offline: set[str] = set()
     rejected = 0
     try:
@@ -147,18 +152,20 @@ def run_round_through_broker(broker_url: str, local_agents: int, dim: int, dropo
             if msg is not None and msg.topic.endswith("/hello"):
                 h = Hello.decode(msg.payload)
                 hellos[h.agent_id] = bytes.fromhex(h.identity_pk)
+                certificates[h.agent_id] = h.certificate
         names = sorted(hellos)
         participants = {a: Participant(a, sid, hellos[a], 100) for sid, a in enumerate(names, start=1)}
-        run = BenchCohortRun(1, 0, "cnn-lstm", 32, participants, threshold, DEADLINES, False, dim,
-                             SigningKey.generate())
+        server_key, server_cert = sim_gateway(seed, FEDERATION, "fog1")
+        run = BenchCohortRun(1, 0, "cnn-lstm", 32, participants, threshold, DEADLINES, False, dim, server_key)
         run.neighbors = neighbors
         c_start, t_start = time.process_time(), time.monotonic()
         broker_cpu_start = _process_cpu_seconds(broker_pid)
         run.start(t_start)
         ann = RoundAnnounce(1, 0, run.name, "cnn-lstm", 32, 0, "00" * 32,
-                            [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
+                            [[p.agent_id, p.sid, certificates[p.agent_id]] for p in participants.values()],
                             threshold, os.urandom(32).hex(), DEADLINES, 1,
-                            bytes(run.server_identity.verify_key).hex())
+                            bytes(run.server_identity.verify_key).hex(), version=CERTIFIED_ANNOUNCE,
+                            server_cert=certificate_text(server_cert.encode()))
         transport.publish(topics.broadcast("round"), ann.encode())
         stages: dict[str, dict] = {}
         stage, stage_t, stage_c = "announce", time.monotonic(), time.process_time()

@@ -5,6 +5,9 @@ parameters; fp32 and int8 file sizes; per-sample latency at batch 1 and 256 for 
 ONNX fp32, ONNX int8 and LiteRT int8; agreement of each int8 model with the fp32 predictions;
 accuracy of each on the held-out split `ztfl train` kept (or on --data). Missing exports are
 made on the way (the .tflite ones need `make export-venv`). Prints one JSON object with --json.
+A model directory with an open-set detector (models.openset) exports with it; the report then
+adds how often each int8 runtime's "unknown attack" decisions, and its final decisions (class or
+unknown), agree with the fp32 model's.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 
 from ztfl.models import bundle
 from ztfl.models.datasets import FORMATS, datasets_dir
+from ztfl.models.openset import load_detector
 from ztfl.models.params import num_trainable
 from ztfl.models.prepare import encode_file, validation_split
 
@@ -90,6 +94,20 @@ def _ensure(model_dir: Path, name: str, argv: list[str]) -> Path:
     return path
 
 
+def _open_set_agreement(out: dict, name: str, rt, detector, model, x: np.ndarray, classes: list[str]) -> None:
+    """Agreement of a runtime's unknown-attack flags and final decisions with the fp32 model's."""
+    from ztfl.models.training import logits_of
+    logits = logits_of(model, x).numpy()
+    fp32_unknown = detector.unknown(logits, x, classes)
+    fp32_final = np.where(fp32_unknown, -1, logits.argmax(1))
+    pred, unknown = rt.decide(x)
+    agreement = out.setdefault("open_set", {"prototypes": len(detector.prototypes), "far_target": detector.far,
+                                            "unknown_rows_fp32": int(fp32_unknown.sum()),
+                                            "unknown_agreement_with_fp32": {}, "decision_agreement_with_fp32": {}})
+    agreement["unknown_agreement_with_fp32"][name] = float(np.mean(unknown == fp32_unknown))
+    agreement["decision_agreement_with_fp32"][name] = float(np.mean(np.where(unknown, -1, pred) == fp32_final))
+
+
 def bench(model_dir: Path, args) -> dict:
     from ztfl.models.export.runtime import IDSRuntime
     from ztfl.models.training import metrics_from_predictions, predict
@@ -122,6 +140,7 @@ def bench(model_dir: Path, args) -> dict:
 
     runtimes = {name: IDSRuntime.open(path, threads=args.threads) for name, path in files.items()}
     fp32_pred = predict(model, held.x)
+    detector = load_detector(model_dir)
     out = {"model_dir": str(model_dir), "kind": model.kind, "parameters": num_trainable(model),
            "held_out_rows": len(held), "threads": args.threads,
            "size_bytes": {"weights_npz_fp32": (model_dir / "weights.npz").stat().st_size,
@@ -140,6 +159,8 @@ def bench(model_dir: Path, args) -> dict:
         out["accuracy"][name], out["macro_f1"][name] = m["accuracy"], m["macro_f1"]
         if "int8" in name:
             out["agreement_with_fp32"][name] = float(np.mean(pred == fp32_pred))
+        if detector is not None and rt.has_novelty:
+            _open_set_agreement(out, name, rt, detector, model, held.x, pipeline.classes)
     lat = out["latency_us_per_sample"]
     for batch in BATCHES:
         lat[f"torch_fp32_b{batch}"] = _latency(torch_fn, held.x, batch, args.repeats)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig, group_size, minimum_threshold
+from ztfl.protocol.config import ACTIVE, RoundConfig, group_size, minimum_threshold
 from ztfl.protocol.prg import default_workers
 from ztfl.protocol.simulate import Cohort, expected_sums, run_round
 from ztfl.protocol.stages import Stage
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neighbors", type=int, default=0,
                         help="SecAgg+ degree (even); 0 = complete graph")
     parser.add_argument("--threshold", type=int, default=0, help="0 = the smallest safe threshold")
-    parser.add_argument("--security", choices=("active", "semi-honest"), default="semi-honest")
+    parser.add_argument("--security", choices=("active",), default="active",
+                        help="agents take part with active security only (docs/protocol.md 2.4)")
     parser.add_argument("--frac-bits", type=int, default=None, help="default 16 (32-bit) / 24 (64-bit)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="threads per session for mask expansion (default: CPU count, at most 4)")
@@ -39,13 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     n = args.clients
-    security = ACTIVE if args.security == "active" else SEMI_HONEST
     group = group_size(n, args.neighbors)
-    threshold = args.threshold or minimum_threshold(group, security)
+    threshold = args.threshold or minimum_threshold(group, ACTIVE)
     frac_bits = args.frac_bits if args.frac_bits is not None else (16 if args.mask_bits == 32 else 24)
     config = RoundConfig.for_range(dim=args.dim, max_clients=n, threshold=threshold, clip=4.0,
                                    frac_bits=frac_bits, mask_bits=args.mask_bits,
-                                   neighbors=args.neighbors, security=security)
+                                   neighbors=args.neighbors, security=ACTIVE)
     ids = list(range(1, n + 1))
     rng = np.random.default_rng(args.seed)
     inputs = {c: rng.normal(0.0, 0.05, size=args.dim).astype(np.float32) for c in ids}

@@ -8,6 +8,8 @@ the whole buffer, and raises WireError with a reason.
 from __future__ import annotations
 from ztfl.protocol.rounds import attempt_id
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -87,8 +89,31 @@ class Hello(JsonMessage):
     samples: int
     attestation: str
     identity_pk: str            # hex Ed25519 key that signs this agent's protocol messages
+    # base64 of the agent's identity certificate (protocol.certs), which certifies identity_pk;
+    # left out of the JSON when empty (an agent without one is seated by no certified round).
+    certificate: str = ""
     _TYPES = {"agent_id": str, "profile": str, "model_variant": str, "mask_bits": int, "runtime": str,
-              "samples": int, "attestation": str, "identity_pk": str}
+              "samples": int, "attestation": str, "identity_pk": str, "certificate": str}
+
+    def encode(self) -> bytes:
+        doc = {k: v for k, v in asdict(self).items() if not (k == "certificate" and not v)}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def certificate_bytes(self) -> bytes:
+        """The certificate's bytes (empty if none); WireError if it is not base64."""
+        return certificate_bytes(self.certificate, f"hello of {self.agent_id}")
+
+
+def certificate_text(raw: bytes) -> str:
+    """How a certificate travels in JSON: standard base64."""
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+def certificate_bytes(text: str, what: str) -> bytes:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (ValueError, binascii.Error):             # ValueError: not ASCII
+        raise WireError(f"{what}: certificate is not base64") from None
 
 
 @dataclass
@@ -137,16 +162,24 @@ class RoundAnnounce(JsonMessage):
     epoch: int | None = None
     protocol_round: int | None = None
     key_reuse: bool | None = None
-    # Distributed DP (docs/privacy.md): what a client needs to clip and noise (DP_FIELDS); absent: no DP.
+    # Distributed DP (docs/privacy.md): the parameters the gateway signed into ROUND_CONFIG (DP_FIELDS),
+    # said again for agents that decline early; agents refuse any difference. Absent: no DP.
     dp: dict | None = None
-    # It lists every participant (under 128 bytes each, at most 65535 client ids): the generic
-    # 64 KiB limit would refuse the announcement of a cohort above about 750 agents.
-    _LIMIT = MAX_JSON_BYTES + 128 * 0xFFFF
+    # Certified identities (docs/wire.md): version 2 lists every participant with its certificate
+    # (base64) in place of a bare key and carries the gateway's own certificate; absent: version 1,
+    # bare keys, which agents that check certificates refuse (and older agents refuse version 2
+    # for its unknown fields): a mixed fleet fails on the first announcement, with a reason.
+    version: int | None = None
+    server_cert: str | None = None
+    # It lists every participant (under 384 bytes each, at most 65535 client ids): the generic
+    # 64 KiB limit would refuse the announcement of a cohort above about 200 agents.
+    _LIMIT = MAX_JSON_BYTES + 384 * 0xFFFF
     _TYPES = {"round": int, "attempt": int, "cohort": str, "model_variant": str, "mask_bits": int,
               "model_version": int, "model_sha256": str, "participants": list, "threshold": int,
               "nonce": str, "deadlines_s": dict, "weight_unit": int, "server_pk": str,
-              "epoch": int, "protocol_round": int, "key_reuse": bool, "dp": dict}
-    _OPTIONAL = ("epoch", "protocol_round", "key_reuse", "dp")
+              "epoch": int, "protocol_round": int, "key_reuse": bool, "dp": dict, "version": int,
+              "server_cert": str}
+    _OPTIONAL = ("epoch", "protocol_round", "key_reuse", "dp", "version", "server_cert")
 
     def __post_init__(self):
         for name in ("epoch", "protocol_round"):
@@ -155,6 +188,31 @@ class RoundAnnounce(JsonMessage):
                 raise WireError(f"RoundAnnounce: field '{name}' must be a u32, got {value}")
         if self.dp is not None:
             dp_params(self.dp)
+        if self.version not in (None, CERTIFIED_ANNOUNCE):
+            raise WireError(f"RoundAnnounce: version {self.version} is not one this agent speaks "
+                            f"(1: absent, or {CERTIFIED_ANNOUNCE})")
+        if (self.version is None) != (self.server_cert is None):
+            raise WireError("RoundAnnounce: version 2 and server_cert go together")
+
+    @property
+    def certified(self) -> bool:
+        return self.version == CERTIFIED_ANNOUNCE
+
+    def seats(self) -> list[tuple[str, int, bytes]]:
+        """(agent id, protocol id, certificate bytes) of every participant of a version 2
+        announcement; WireError on a malformed entry."""
+        out = []
+        for entry in self.participants:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                    and type(entry[1]) is int and isinstance(entry[2], str)):
+                raise WireError(f"RoundAnnounce: participant entry {entry!r:.80} is not [id, number, certificate]")
+            if not 1 <= entry[1] <= 0xFFFF:
+                raise WireError(f"RoundAnnounce: participant number {entry[1]} out of range")
+            out.append((entry[0], entry[1], certificate_bytes(entry[2], f"participant {entry[0]}")))
+        return out
+
+    def server_certificate(self) -> bytes:
+        return certificate_bytes(self.server_cert or "", "gateway")
 
     def encode(self) -> bytes:
         doc = {k: v for k, v in asdict(self).items() if not (k in self._OPTIONAL and v is None)}
@@ -174,6 +232,7 @@ class RoundAnnounce(JsonMessage):
 
 
 MAX_U32 = 0xFFFFFFFF
+CERTIFIED_ANNOUNCE = 2      # the RoundAnnounce version whose participants carry certificates
 
 
 @dataclass(frozen=True)

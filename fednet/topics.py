@@ -17,7 +17,7 @@ from ztfl.protocol.refusal import Refusal
 AGENT_KINDS = ("hello", "heartbeat", "alerts", "enrol", "attest", "protocol", "masked")
 # What the gateway publishes to all agents or to one.
 BROADCAST_KINDS = ("round", "model-cnn-lstm", "model-micro", "detector-cnn-lstm", "pipeline", "protocol",
-                   "attest", "status")
+                   "attest", "status", "revocations")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

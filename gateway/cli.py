@@ -39,9 +39,13 @@ def run(args) -> int:
     except ConfigError as exc:
         print(f"ztfl gateway: {exc}", file=sys.stderr)
         return 2
+    from ztfl.fednet.trust import TrustFileError
     from ztfl.gateway.server import STATE_WRITE_FAILED, Gateway
     try:
         gateway = Gateway(config)
+    except TrustFileError as exc:            # its certified identity does not fit: one line, no traceback
+        print(f"ztfl gateway: {exc}", file=sys.stderr)
+        return 2
     except (OSError, sqlite3.Error) as exc:
         # The same stop as a state write failing mid-round (Gateway.run_forever), one line and
         # exit code 3, rather than a traceback: nothing was committed, so nothing is lost.

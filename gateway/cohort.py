@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ztfl.gateway.secagg import CohortAggregation, Outgoing
+from ztfl.privacy.params import DpParams
 from ztfl.protocol.errors import InvalidTransition, UnknownSender
 from ztfl.protocol.stages import Stage
 from ztfl.protocol.rounds import attempt_id
@@ -97,9 +98,10 @@ class CohortRun:
     protocol_round: int | None = None
     key_reuse: bool = False
     revealed_keys: set | None = None
-    # Distributed DP: every agent weighs 1, and the release is accounted before unmasking:
-    # release_check(survivors) returns why the release is refused ('' to go ahead).
-    dp: bool = False
+    # Distributed DP (None: none): signed into the round configuration, every agent weighs 1, and
+    # the release is accounted before unmasking: release_check(survivors) returns why the release
+    # is refused ('' to go ahead).
+    dp: DpParams | None = None
     release_check: Callable[[int], str] | None = None
     privacy_spent: dict | None = None      # the accounted release: survivors, epsilon after
     # Whether a frame arrived or the offline set changed since completion was last checked: the
@@ -130,7 +132,7 @@ class CohortRun:
     def samples_aggregated(self) -> int:
         """Samples behind the aggregate, to combine cohorts of one variant: with DP every agent
         weighs 1, so the survivors' announced sample counts stand in for the weights."""
-        if self.dp:
+        if self.dp is not None:
             survivors = self.aggregation.survivors() if self.aggregation else set()
             return sum(p.samples for p in self.participants.values() if p.sid in survivors)
         return self.result_weight * self.weight_unit
@@ -165,9 +167,9 @@ class CohortRun:
             round_id=self.protocol_round_id, epoch=self.epoch_id, mask_bits=self.mask_bits,
             dim=self.dim, threshold=self.threshold, max_clients=len(self.participants),
             identities={sid: p.identity_pk for sid, p in seated.items()}, server_identity=self.server_identity,
-            key_reuse=self.key_reuse, revealed_keys=self.revealed_keys)
+            key_reuse=self.key_reuse, revealed_keys=self.revealed_keys, dp=self.dp)
         self._move(CohortState.AGGREGATING)
-        self.stage_deadline = now + self.deadlines_s[self.aggregation.stage_key]
+        self.stage_deadline = now + self.deadlines_s[self.aggregation.deadline_key]
         return self.aggregation.start()
 
     def tick(self, now: float, offline: set[str] = frozenset()) -> list[Outgoing]:
@@ -204,7 +206,7 @@ class CohortRun:
             self._finish_outcomes()
             self._move(CohortState.DONE)
         else:
-            self.stage_deadline = now + self.deadlines_s[agg.stage_key]
+            self.stage_deadline = now + self.deadlines_s[agg.deadline_key]
         return out
 
     def receive(self, agent_id: str, frame: bytes) -> None:

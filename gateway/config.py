@@ -12,7 +12,8 @@ from types import MappingProxyType
 
 from ztfl.config import ConfigError, ConfigFile, setting
 from ztfl.fednet.topics import check_id
-from ztfl.fednet.transport import BrokerConfig
+from ztfl.fednet.transport import LARGEST_MESSAGE_BYTES, BrokerConfig
+from ztfl.fednet.trust import TrustFiles
 from ztfl.models.partition import PartitionSpec
 from ztfl.protocol.epochs import EpochPolicy
 
@@ -72,6 +73,27 @@ class ParentSpec:
     wait_s: float = setting(120.0, at_least=0)  # for the cloud's model of a round
 
 
+@dataclass(frozen=True)
+class AttestationSettings:
+    """`attestation:` the device registry the gateway enforces (docs/attestation.md). `devices`:
+    the devices.yaml of `ztfl provision`, every id the gateway admits with its EK pin or device
+    key; `ek_cas`: PEM files of the EK manufacturer CAs an EK certificate must chain to; `policy`:
+    the attestation-policy.yaml (empty: PCR 23 must hold this release's measurement);
+    `trust_on_first_use`: a TPM device without a pinned EK is pinned to the first EK it enrols with
+    (without `devices`, any id may enrol so)."""
+    devices: str = ""
+    ek_cas: tuple[str, ...] = ()
+    policy: str = ""
+    trust_on_first_use: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayTrustFiles(TrustFiles):
+    """`trust:` the gateway's certified identity (fednet.trust.TrustFiles) and `intermediate_key`:
+    the online key that signs revocation lists, to renew them before they expire."""
+    intermediate_key: str | None = None
+
+
 class NeedsData:
     """`data:` may be left out of a file (provisioned ones leave it to the operator); the role
     needs it when it starts."""
@@ -106,9 +128,15 @@ class GatewayConfig(ConfigFile, NeedsData):
     require_attestation: bool = False
     software_devices: str = ""                          # devices.yaml from `ztfl provision` (device keys)
     allow_software_rooted: bool = False                 # seat device-key boards (ESP32) that attest
+    # Certified identity (`ztfl provision` writes it): without it the gateway announces bare keys,
+    # which agents that check certificates refuse.
+    trust: GatewayTrustFiles | None = None
+    attestation: AttestationSettings = setting(default_factory=AttestationSettings)
     http_host: str = "127.0.0.1"
     http_port: int = setting(0, at_least=0, at_most=65535)   # 0: any free port (written to state_dir/http.port)
-    max_payload: int = setting(16 * 1024 * 1024, at_least=1)
+    # Larger payloads from agents are dropped undecoded; the default is the largest legitimate
+    # message of the largest model (fednet.transport.LARGEST_MESSAGE_BYTES).
+    max_payload: int = setting(LARGEST_MESSAGE_BYTES, at_least=1)
     parent: ParentSpec | None = None                    # report upward to the cloud tier
     seed: int = setting(0, at_least=0)
     # Key epochs {max_rounds, max_seconds}: key-reuse rounds (max_rounds 1: a key agreement per
@@ -120,6 +148,8 @@ class GatewayConfig(ConfigFile, NeedsData):
     cohorts: Mapping[str, CohortSettings] = setting(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self):
+        if self.software_devices and self.attestation.devices:
+            raise ConfigError("give the device list once: attestation.devices replaces it", "software_devices")
         for name in [None, *self.cohorts]:
             if self.epoch_policy(name) is not None and self.max_attempts > MAX_ATTEMPTS_WITH_EPOCHS:
                 where = "key_epoch" if name is None else f"cohorts.{name}.key_epoch"

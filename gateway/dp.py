@@ -2,7 +2,8 @@
 agents are told to add, the privacy ledger, and its record on disk.
 
 The noise is sized once per cohort with privacy.accountant.calibrate for the model's dimension
-and the cohort's fixed-point bits. A round's release is accounted with the actual number of
+and the cohort's fixed-point bits, then rounded as the round configuration signs it (the agents
+add and account exactly that). A round's release is accounted with the actual number of
 survivors when the gateway is about to ask for the unmasking shares (the last moment at which a
 refusal costs no privacy); with mode `stop` a round that would pass the budget (or has fewer
 survivors than the noise assumes) is aborted there, and a cohort whose next round could not fit
@@ -48,7 +49,10 @@ class CohortPrivacy:
                 target, rounds = PrivacyBudget(float(spec.round_epsilon), self.budget.delta), 1
             else:
                 target, rounds = self.budget, self.planned_rounds
-            self.params = calibrate(target, rounds, float(spec.clip_norm), frac_bits, dim, spec.min_survivors)
+            # As signed in the round configuration (whole fixed-point clip, even integer variance),
+            # so that the agents, their ledgers and this one all count the same parameters.
+            self.params = calibrate(target, rounds, float(spec.clip_norm), frac_bits, dim,
+                                    spec.min_survivors).signed()
             self._status = None
             log.info("cohort %s: Skellam noise of variance %.6g per agent and coordinate (noise multiplier %.4g "
                      "over %d honest survivors); epsilon %.4g per round at delta %g", self.name,

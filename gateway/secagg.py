@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 
+from ztfl.privacy.params import DpParams
 from ztfl.protocol import wire
 from ztfl.protocol.config import ACTIVE, RoundConfig
 from ztfl.protocol.errors import UnknownSender
@@ -18,7 +19,7 @@ CLIP = 8.0                                  # model deltas are clipped to [-8, 8
 FRAC_BITS = {32: 16, 64: 24}                # 32-bit masks leave room for 16 fractional bits
 MAX_WEIGHT_CAP = 1 << 20
 
-STAGE_KEYS = {Stage.ADVERTISE_KEYS: "advertise", Stage.SHARE_KEYS: "share",
+STAGE_KEYS = {Stage.ADVERTISE_KEYS: "advertise", Stage.GRAPH_REVEAL: "reveal", Stage.SHARE_KEYS: "share",
               Stage.MASKED_INPUT_COLLECTION: "masked", Stage.CONSISTENCY_CHECK: "consistency",
               Stage.UNMASKING: "unmask", Stage.DONE: "done", Stage.ABORTED: "aborted"}
 
@@ -31,13 +32,14 @@ class Outgoing:
 
 
 def cohort_round_config(mask_bits: int, dim: int, threshold: int, max_clients: int,
-                        key_reuse: bool = False) -> RoundConfig:
-    """The round configuration the gateway announces to a cohort."""
+                        key_reuse: bool = False, dp: DpParams | None = None) -> RoundConfig:
+    """The round configuration the gateway announces to a cohort; with distributed DP it carries
+    the signed DP record (`dp` as privacy.params.DpParams.signed gives it)."""
     frac = FRAC_BITS[mask_bits]
     return RoundConfig(dim=dim, threshold=threshold, max_clients=max(2, max_clients),
                        mask_bits=mask_bits, frac_bits=frac, clip_q=clip_q(mask_bits),
                        max_weight=CohortAggregation.max_weight(mask_bits, max(2, max_clients)), security=ACTIVE,
-                       key_reuse=key_reuse)
+                       key_reuse=key_reuse, dp=None if dp is None else dp.to_config())
 
 
 def clip_q(mask_bits: int) -> int:
@@ -53,8 +55,8 @@ class CohortAggregation:
 
     def __init__(self, round_id: int, epoch: int, mask_bits: int, dim: int, threshold: int,
                  max_clients: int, identities: dict[int, bytes], server_identity: SigningKey,
-                 key_reuse: bool = False, revealed_keys: set[bytes] | None = None):
-        config = cohort_round_config(mask_bits, dim, threshold, max_clients, key_reuse)
+                 key_reuse: bool = False, revealed_keys: set[bytes] | None = None, dp: DpParams | None = None):
+        config = cohort_round_config(mask_bits, dim, threshold, max_clients, key_reuse, dp)
         # revealed_keys: the cohort's mask keys whose secret a round reconstructed (refused for good).
         self.server = ServerSession(config, server_identity,
                                     {sid: VerifyKey(pk) for sid, pk in identities.items()}, epoch, round_id,
@@ -65,6 +67,12 @@ class CohortAggregation:
     @property
     def stage_key(self) -> str:
         return STAGE_KEYS[self.server.stage]
+
+    @property
+    def deadline_key(self) -> str:
+        """The deadline the current stage runs under: the graph reveal (a sparse graph's commit
+        and reveal, one small frame per member) shares the advertisement's."""
+        return "advertise" if self.server.stage is Stage.GRAPH_REVEAL else self.stage_key
 
     def start(self) -> list[Outgoing]:
         return [Outgoing(None, "config", self.server.round_config())]
@@ -79,6 +87,7 @@ class CohortAggregation:
         s = self.server
         return {
             Stage.ADVERTISE_KEYS: (set(s.adverts), set(self.members)),
+            Stage.GRAPH_REVEAL: (set(s.reveals), set(s.u1)),
             Stage.SHARE_KEYS: (set(s.shares), set(s.u1)),
             Stage.MASKED_INPUT_COLLECTION: (set(s.masked_from), set(s.u2)),
             Stage.CONSISTENCY_CHECK: (set(s.consistency), set(s.survivors)),

@@ -32,8 +32,8 @@ from ztfl.models.partition import train_validation
 from ztfl.models.spec import ModelSpec, flat_to_tensors, layout
 from ztfl.fednet.topics import CloudTopics, Topics, require_sender
 from ztfl.fednet.transport import MqttTransport
-from ztfl.fednet.messages import (CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob, RoundAnnounce,
-                        RoundEnd, VectorMessage, WireError, DetectorBlob, dp_document)
+from ztfl.fednet.messages import (CERTIFIED_ANNOUNCE, CLOUD_MODEL_FIELDS, Alert, Envelope, Heartbeat, Hello, ModelBlob,
+                        RoundAnnounce, RoundEnd, VectorMessage, WireError, DetectorBlob, dp_document)
 from ztfl.attestation.errors import EnrolmentError
 from ztfl.gateway.cohort import CohortRun, CohortState, Participant, cohort_name, threshold_for
 from ztfl.gateway.config import GatewayConfig
@@ -60,12 +60,16 @@ class Gateway:
         self.registry = Registry(self.state_dir)
         self.metrics = GatewayMetrics()
         self.agents = AgentTable(offline_after_s=3 * config.heartbeat_s + 2)
-        self.identity = self._load_identity()
+        self.certificates = None                     # gateway.trust.GatewayCertificates, with `trust:`
+        if config.trust is not None:
+            from ztfl.gateway.trust import GatewayCertificates
+            self.certificates = GatewayCertificates(config.trust, config.federation, config.gateway, int(time.time()))
+        self.identity = self.certificates.identity.key if self.certificates else self._load_identity()
         self.attestation = None
         if config.require_attestation:
             from ztfl.gateway.attest import GatewayAttestation
             self.attestation = GatewayAttestation(self.state_dir, config.software_devices,
-                                                  config.allow_software_rooted)
+                                                  config.allow_software_rooted, config.attestation)
         self._prepare_data()
         self.models: dict[str, np.ndarray] = {}
         self.versions: dict[str, ModelVersion] = {}
@@ -177,6 +181,9 @@ class Gateway:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_int8(model, self.pipeline, Path(tmp) / "detector.int8.onnx")
             payload = DetectorBlob(version, path.read_bytes()).encode()
+            if self.attestation is not None:
+                # Agents must run a model file this gateway distributed (runtime policy).
+                self.attestation.record_model(path.read_bytes())
         self.bytes_down += len(payload)
         self.transport.publish(self.topics.broadcast(f"detector-{variant}"), payload, retain=True)
 
@@ -216,6 +223,9 @@ class Gateway:
     def _on_hello(self, agent_id: str, msg: Hello) -> None:
         require_sender(agent_id, msg.agent_id, "hello")
         pk = self.agents.identity_of(msg)
+        refusal = self.certificates.refusal(msg, pk, int(time.time())) if self.certificates else None
+        if refusal is not None:
+            self._refuse(refusal.reason, f"{agent_id}: {refusal}")    # counted; no seat (_eligible)
         if self.attestation is not None:
             refusal = self.attestation.refusal_before_round(agent_id, msg.attestation)
             if refusal is not None:
@@ -255,6 +265,9 @@ class Gateway:
             raise WrongRound("attestation outside a round")
         verdict = self.attestation.verify(agent_id, run.round, run.attempt,
                                           run.participants[agent_id].identity_pk, payload)
+        if verdict.receipt:
+            # How much of its IMA list this gateway holds: the agent sends only what follows.
+            self._send(self.topics.to_agent(agent_id, "attest"), verdict.receipt)
         self.metrics.attestation.labels(verdict.root, "seated" if verdict.ok else "refused", verdict.reason).inc()
         if verdict.ok:
             self.roots[agent_id] = verdict.root
@@ -311,14 +324,15 @@ class Gateway:
                             nonce=(self.attestation.issue_nonce(self.round, self.attempt) if quoted
                                    else os.urandom(32)),
                             epoch=plan.epoch, protocol_round=plan.protocol_round, key_reuse=plan.key_reuse,
-                            revealed_keys=self.key_epochs.cohort(name).revealed, dp=dp is not None)
+                            revealed_keys=self.key_epochs.cohort(name).revealed,
+                            dp=params if dp is not None else None)
             if dp is not None:
                 run.release_check = partial(self._release, run)
             run.start(now)
             self.cohorts[run.name] = run
             announce = RoundAnnounce(self.round, self.attempt, run.name, variant, bits,
                                      self.versions[variant].version, self.versions[variant].sha256,
-                                     [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()],
+                                     self._seats(participants),
                                      run.threshold, run.nonce.hex(), self.config.deadlines_s.by_stage(),
                                      weight_unit=run.weight_unit,
                                      server_pk=bytes(self.identity.verify_key).hex(),
@@ -327,7 +341,10 @@ class Gateway:
                                      epoch=plan.epoch if plan.announced else None,
                                      protocol_round=plan.protocol_round if plan.announced else None,
                                      key_reuse=plan.key_reuse if plan.announced else None,
-                                     dp=dp_document(params) if dp is not None else None)
+                                     dp=dp_document(params) if dp is not None else None,
+                                     # Certified: each seat's certificate as its hello carried it.
+                                     version=CERTIFIED_ANNOUNCE if self.certificates else None,
+                                     server_cert=self.certificates.certificate_text if self.certificates else None)
             self._send(self.topics.broadcast("round"), announce.encode())
             log.info("round %d.%d: cohort %s with %d agents, threshold %d, epoch %d, protocol round %d%s%s",
                      self.round, self.attempt, run.name, len(participants), run.threshold, plan.epoch,
@@ -337,6 +354,12 @@ class Gateway:
             return self._stop_for_privacy(privacy_refusals)
         if not self.cohorts:
             self._close_round(now)
+
+    def _seats(self, participants: dict) -> list:
+        """The announcement's participant entries: certificates when certified, else bare keys."""
+        if self.certificates is None:
+            return [[p.agent_id, p.sid, p.identity_pk.hex()] for p in participants.values()]
+        return [[p.agent_id, p.sid, self.agents.agents[p.agent_id].hello.certificate] for p in participants.values()]
 
     def _release(self, run: CohortRun, survivors: int) -> str:
         """The privacy ledger's word on releasing this cohort's sum (before any unmasking share)."""
@@ -362,9 +385,12 @@ class Gateway:
     def _eligible(self) -> list:
         """Online agents that can take a seat: when they must present evidence, enrolled (an agent
         that is not enrolled yet cannot produce a quote we would accept) and not refused up front
-        (a device-key board without a provisioned key, or one the policy does not admit)."""
+        (a device-key board without a provisioned key, or one the policy does not admit); with
+        certificates, only agents whose certificate is still valid and not revoked."""
+        now = int(time.time())
         return [i for i in self.agents.online()
-                if not (self._needs_quote(i) and
+                if not (self.certificates is not None and self.certificates.refusal(i.hello, i.identity_pk, now))
+                and not (self._needs_quote(i) and
                         (not self.attestation.enrolled(i.hello.agent_id) or
                          self.attestation.refusal_before_round(i.hello.agent_id, i.hello.attestation)))]
 
@@ -441,7 +467,7 @@ class Gateway:
             self._report_up(updates, detail, now)
             return
         new_models = {v: (self.models[v].astype(np.float64) + d).astype(np.float32) for v, (d, _) in updates.items()}
-        for variant in {r.variant for r in done if r.dp}:
+        for variant in {r.variant for r in done if r.dp is not None}:
             from ztfl.gateway.dp import clamp_variances
             if clamp_variances(new_models[variant], self.layouts[variant]):
                 log.info("round %d: negative BatchNorm variances of %s after the noise clamped to 0", self.round,
@@ -523,6 +549,9 @@ class Gateway:
 
     def _publish_retained(self) -> None:
         self.transport.publish(self.topics.broadcast("pipeline"), self.pipeline_json, retain=True)
+        revocations = self.certificates.republish() if self.certificates else None
+        if revocations is not None:
+            self.transport.publish(self.topics.broadcast("revocations"), revocations, retain=True)
         for variant in self.models:
             self._publish_model(variant)
 
@@ -532,11 +561,20 @@ class Gateway:
             self._connects_seen = self.transport.connects
             self._publish_retained()
         msg = self.transport.get(timeout)
+        handled = 0
         while msg is not None:
             self.handle(msg.topic, msg.payload)
-            msg = self.transport.get(0)
+            handled += 1
+            # At most one inbox's worth a step: a flood cannot keep the rounds from ticking.
+            msg = self.transport.get(0) if handled < self.transport.inbox.max_messages else None
+        for reason, count in self.transport.take_refusals().items():
+            for _ in range(count):      # dropped on the network thread: oversized, inbox full
+                self.metrics.count_refusal(reason)
         now = time.monotonic()
         self.agents.refresh(now)
+        revocations = self.certificates.revocations_update(int(time.time()), now) if self.certificates else None
+        if revocations is not None:
+            self.transport.publish(self.topics.broadcast("revocations"), revocations, retain=True)
         if self.done:
             self._refresh_status()
             return
@@ -579,7 +617,7 @@ class Gateway:
                             "mask_bits": r.mask_bits,
                             "stage": r.aggregation.stage_key if r.aggregation else "attest",
                             "epoch": r.epoch_id, "protocol_round": r.protocol_round_id,
-                            "key_reuse": r.key_reuse, "dp": r.dp}
+                            "key_reuse": r.key_reuse, "dp": r.dp is not None}
                         for n, r in self.cohorts.items()},
             "key_epochs": key_epochs,
             "privacy": privacy,

@@ -10,6 +10,9 @@ Layout of an encoded row (float32, every value in [0, 1]):
 A numeric column with more than two distinct training values is *continuous*: adversarial
 perturbations touch only those; 0/1 flags and one-hots stay valid.
 `scaling="minmax"` fits plain min-max scaling (no log1p) for every numeric column.
+`scaling="quantile"` maps each continuous column through its training quantiles (piecewise
+linear between `QUANTILES` knots, so the training rows spread evenly over [0, 1] whatever the
+tail; values beyond the training range clip to 0 or 1); other columns are min-max scaled.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from ztfl.models.datasets import NORMAL, LabeledTable, MissingColumnError
 PIPELINE_VERSION = 1
 LOG_THRESHOLD = 100.0
 TARGETS = ("binary", "multiclass")
-SCALINGS = ("log-minmax", "minmax")
+SCALINGS = ("log-minmax", "minmax", "quantile")
+QUANTILES = 65
 
 
 class PipelineError(ValueError):
@@ -41,6 +45,20 @@ class NumericColumn:
     low: float
     high: float
     continuous: bool
+    knots: list[float] | None = None    # scaling "quantile": value -> level by linear interpolation
+    levels: list[float] | None = None
+
+
+def quantile_map(v: np.ndarray) -> tuple[list[float], list[float]]:
+    """Distinct quantile knots of `v` and the level each maps to (the middle of the quantile
+    levels a repeated knot covers, so a value taken by many rows lands mid-way through them)."""
+    q = np.linspace(0.0, 1.0, QUANTILES)
+    knots = np.quantile(v, q)
+    distinct, first, counts = np.unique(knots, return_index=True, return_counts=True)
+    levels = (q[first] + q[first + counts - 1]) / 2
+    if len(distinct) > 1:   # the extremes still map to 0 and 1
+        levels[0], levels[-1] = 0.0, 1.0
+    return [float(k) for k in distinct], [float(lv) for lv in levels]
 
 
 @dataclass
@@ -85,6 +103,10 @@ class Pipeline:
             if log:
                 lo, hi = math.log1p(lo), math.log1p(hi)
             n_distinct = len(np.unique(v)) if v.size else 0
+            if scaling == "quantile" and n_distinct > 2:
+                knots, levels = quantile_map(v)
+                numeric.append(NumericColumn(col, median, False, 0.0, 1.0, True, knots, levels))
+                continue
             numeric.append(NumericColumn(col, median, log, lo, hi, continuous=n_distinct > 2))
         if target == "binary":
             classes = [NORMAL, "attack"]
@@ -111,6 +133,15 @@ class Pipeline:
         return mask
 
     @property
+    def categorical_slots(self) -> tuple[tuple[int, int], ...]:
+        """(start, stop) of each categorical column's one-hot block; its last slot is "unseen"."""
+        slots, k = [], len(self.numeric)
+        for col in self.categorical:
+            slots.append((k, k + len(col.values) + 1))
+            k += len(col.values) + 1
+        return tuple(slots)
+
+    @property
     def feature_names(self) -> list[str]:
         names = [c.name for c in self.numeric]
         for c in self.categorical:
@@ -127,6 +158,8 @@ class Pipeline:
                 raise MissingColumnError(col.name, "the data (the model's pipeline needs it)")
             v = pd.to_numeric(features[col.name], errors="coerce").to_numpy(dtype=np.float64)
             v = np.where(np.isfinite(v), v, col.median)
+            if col.knots is not None:
+                v = np.interp(v, col.knots, col.levels)
             if col.log:
                 v = np.log1p(np.maximum(v, 0.0))
             span = col.high - col.low
@@ -157,7 +190,11 @@ class Pipeline:
 
     # --- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for c in d["numeric"]:   # only quantile pipelines carry knots: others stay byte-identical
+            if c["knots"] is None:
+                del c["knots"], c["levels"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Pipeline":

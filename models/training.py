@@ -38,6 +38,11 @@ class TrainConfig:
     seed: int = 0
     max_batches: int | None = None   # compute budget: stop after this many batches
     time_budget_s: float | None = None
+    # Generalisation to traffic unlike the training rows (off by default; docs/models.md measures them):
+    noise: float = 0.0               # std of Gaussian noise on the continuous columns of each batch
+    unseen_rate: float = 0.0         # share of rows whose category moves to the "unseen" slot, per column
+    categorical_slots: tuple[tuple[int, int], ...] = ()   # one-hot blocks (start, stop); stop - 1 = unseen
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -60,11 +65,27 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return (w / w[present].mean()).astype(np.float32)
 
 
+def augment(x: torch.Tensor, continuous: np.ndarray, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """A training batch as traffic slightly unlike it: noise on the continuous columns (clipped to
+    the encoded range) and, per categorical column, some rows moved to the "unseen" slot, so the
+    model has learnt what a category it never saw means instead of answering from an untrained weight."""
+    x = x.clone()
+    if config.noise:
+        mask = torch.from_numpy(np.asarray(continuous, dtype=np.float32))
+        x = (x + torch.randn(x.shape, generator=gen) * config.noise * mask).clamp_(0.0, 1.0)
+    for lo, hi in config.categorical_slots if config.unseen_rate else ():
+        moved = torch.rand(len(x), generator=gen) < config.unseen_rate
+        x[moved, lo:hi] = 0.0
+        x[moved, hi - 1] = 1.0
+    return x
+
+
 def train_local(model: nn.Module, data: Encoded, config: TrainConfig | None = None) -> TrainResult:
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    aug = torch.Generator().manual_seed(config.seed + 1)   # its own stream: off, it draws nothing
     labelled = np.flatnonzero(data.y >= 0)
     x_all = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
     y_all = torch.from_numpy(data.y.astype(np.int64))
@@ -83,13 +104,15 @@ def train_local(model: nn.Module, data: Encoded, config: TrainConfig | None = No
             if len(idx) < 2:  # BatchNorm needs two rows
                 continue
             x, y = x_all[idx], y_all[idx]
+            if config.noise or config.unseen_rate:
+                x = augment(x, data.continuous, config, aug)
             if config.adversarial:
                 n_adv = int(round(len(idx) * config.adv_fraction))
                 if n_adv:
                     x = x.clone()
                     x[:n_adv] = attack(model, x[:n_adv], y[:n_adv], config.adversarial, config.eps,
                                        data.continuous, steps=config.pgd_steps, generator=gen)
-            loss = F.cross_entropy(model(x), y, weight=weight)
+            loss = F.cross_entropy(model(x), y, weight=weight, label_smoothing=config.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -108,13 +131,22 @@ def train_local(model: nn.Module, data: Encoded, config: TrainConfig | None = No
     return TrainResult(get_flat(model), seen, batches, losses, time.monotonic() - start)
 
 
-def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def logits_of(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
     model.eval()
     out = []
     with torch.no_grad():
         for lo in range(0, len(x), batch_size):
             out.append(model(torch.from_numpy(np.ascontiguousarray(x[lo:lo + batch_size], dtype=np.float32))))
-    return torch.cat(out).argmax(1).numpy() if out else np.zeros(0, dtype=np.int64)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    return logits_of(model, x, batch_size).argmax(1).numpy() if len(x) else np.zeros(0, dtype=np.int64)
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (softmax of the logits), float64."""
+    return torch.softmax(logits_of(model, x, batch_size).double(), dim=1).numpy()
 
 
 def loss_of(model: nn.Module, data: Encoded) -> float:

@@ -1,14 +1,17 @@
 """Client side of distributed DP: L2 clipping and integer Skellam noise in the fixed-point domain.
 
-numpy only (no accountant), so it runs in the agent. The noise is Skellam: Poisson(v/2) minus
-Poisson(v/2) per coordinate, variance v, integer-valued and closed under addition, so the sum
-of the clients' noise inside the secure aggregate is again Skellam.
+No accountant here, so it runs in the agent. The noise is Skellam: Poisson(m) minus Poisson(m)
+per coordinate, variance 2m, integer-valued and closed under addition, so the sum of the clients'
+noise inside the secure aggregate is again Skellam. Every sample is exact and comes from a
+cryptographic source (privacy.sampling): the operating system's CSPRNG unless a keyed stream is
+given (tests, benchmarks).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ztfl.privacy.params import DpParams
+from ztfl.privacy.sampling import skellam
 
 
 def clip_l2(update, clip_norm: float) -> np.ndarray:
@@ -22,17 +25,19 @@ def clip_l2(update, clip_norm: float) -> np.ndarray:
     return x
 
 
-def skellam_noise(size: int, variance: float, rng: np.random.Generator) -> np.ndarray:
-    """Symmetric Skellam samples (int64) of the given variance per coordinate."""
-    lam = variance / 2.0
-    return rng.poisson(lam, size).astype(np.int64) - rng.poisson(lam, size).astype(np.int64)
+def skellam_noise(size: int, poisson_mean: int, source=None) -> np.ndarray:
+    """Exact symmetric Skellam samples (int64), Poisson(poisson_mean) - Poisson(poisson_mean):
+    variance 2 poisson_mean. `source`: privacy.sampling.KeyedWords for reproducible noise; the
+    operating system's CSPRNG if None."""
+    return skellam(size, poisson_mean, source)
 
 
-def add_noise(encoded_vector, params: DpParams, rng: np.random.Generator) -> np.ndarray:
+def add_noise(encoded_vector, params: DpParams, source=None) -> np.ndarray:
     """Add this client's share of the noise to an encoded input (the dim + 1 words of
     `protocol.fixedpoint.encode`, weight last, weight 1). Returns int64 words: the protocol's
     `ClientSession.set_encoded_input` reduces them modulo 2^B (negative values wrap as they
-    must). The weight word is left alone."""
+    must). The weight word is left alone. The noise has variance 2 * params.poisson_mean, which
+    is params.noise_variance for parameters taken from a round configuration."""
     words = np.asarray(encoded_vector)
     if words.ndim != 1 or words.size != params.dim + 1:
         raise ValueError(f"expected {params.dim + 1} encoded words (dim + weight), got shape {words.shape}")
@@ -40,9 +45,11 @@ def add_noise(encoded_vector, params: DpParams, rng: np.random.Generator) -> np.
         raise ValueError(f"encoded words must be integers, got {words.dtype}")
     if int(words[-1]) != 1:
         raise ValueError("distributed DP sums unweighted updates: the weight word must be 1")
+    if isinstance(source, np.random.Generator):
+        raise TypeError("the noise needs a cryptographic source (privacy.sampling), not a numpy Generator")
     signed = words.astype(np.int64)
     if words.dtype == np.uint32:     # two's-complement reading of the 32-bit words
         signed = words.view(np.int32).astype(np.int64)
     out = signed.copy()
-    out[:-1] += skellam_noise(params.dim, params.noise_variance, rng)
+    out[:-1] += skellam_noise(params.dim, params.poisson_mean, source)
     return out

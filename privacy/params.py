@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ztfl.protocol.config import DpConfig, RoundConfig
+
 
 def _positive(name: str, value, integer: bool = False) -> None:
     ok_type = (isinstance(value, int) and not isinstance(value, bool)) if integer else \
@@ -70,6 +72,33 @@ class DpParams:
         """Standard deviation of the summed noise over the L2 sensitivity (the Gaussian analogue)."""
         n = self.min_survivors if honest is None else honest
         return math.sqrt(self.aggregate_variance(n)) / self.l2_sensitivity
+
+    @property
+    def poisson_mean(self) -> int:
+        """Each coordinate's noise is Poisson(m) - Poisson(m) with this integer m (never less
+        variance than `noise_variance`)."""
+        return max(1, math.ceil(self.noise_variance / 2))
+
+    def signed(self) -> "DpParams":
+        """These parameters as the round configuration carries them (`to_config`): the clip rounded
+        down to whole fixed-point units, the variance up to an even integer, both conservative.
+        The gateway announces, signs and accounts these, so that every party counts the same."""
+        return DpParams.from_config(self.to_config(), self.dim, self.frac_bits)
+
+    def to_config(self) -> DpConfig:
+        """The DP record of the round configuration (docs/protocol.md 1.6)."""
+        return DpConfig(min_survivors=self.min_survivors, l2_clip_q=max(1, math.floor(self.clip_norm * self.scale)),
+                        poisson_mean=self.poisson_mean)
+
+    @classmethod
+    def from_config(cls, record: DpConfig, dim: int, frac_bits: int) -> "DpParams":
+        return cls(record.l2_clip_q / 2 ** frac_bits, frac_bits, dim, 2.0 * record.poisson_mean,
+                   record.min_survivors)
+
+    @classmethod
+    def of_round(cls, config: RoundConfig) -> "DpParams | None":
+        """The DP a signed round configuration asks for, or None for a round without DP."""
+        return None if config.dp is None else cls.from_config(config.dp, config.dim, config.frac_bits)
 
     def headroom_ok(self, max_clients: int, clip_q: int, mask_bits: int, tail_sigmas: float = 40.0) -> bool:
         """Whether the noisy sum of max_clients inputs stays inside the signed range of 2^mask_bits

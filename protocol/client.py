@@ -7,6 +7,13 @@
 Every check happens before any state changes: a refused frame raises a ProtocolError subclass
 and the session stays where it was (RoundAborted is the exception: it is final).
 
+The client takes part only above its own `SecurityFloor` (docs/protocol.md 2.2, 2.4), fixed when
+the agent was provisioned: whatever the server announces, a round below it is refused with a
+typed reason before any key or share leaves the client. In a round that fixes a sparse graph
+(1.7) the client commits to a random contribution in its signed advert, reveals it once the
+roster is fixed, and derives the graph from every member's reveal: the server can neither choose
+nor predict the graph when it chooses the roster.
+
 In a key-reuse round (docs/protocol.md 1.8, 2.7) the frames after ADVERTISE_KEYS are
 authenticated with the session key shared with the server instead of Ed25519, and the
 consistency check uses pairwise tags with the neighbours instead of survivor signatures.
@@ -24,10 +31,10 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from ztfl.protocol import fixedpoint, graph, kdf, session, shamir, wire
-from ztfl.protocol.config import RoundConfig
-from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
-                             InvalidTransition, MalformedMessage, RoundAborted, UnknownSender,
-                             WrongRound)
+from ztfl.protocol.config import RoundConfig, SecurityFloor, group_size
+from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed,
+                                  DuplicateMessage, InvalidTransition, MalformedMessage, NoEpochGraph,
+                                  RevealMismatch, RevealMissing, RoundAborted, UnknownSender, WrongRound)
 from ztfl.protocol.keys import EpochKeys
 from ztfl.protocol.prg import apply_masks, word_dtype
 from ztfl.protocol.stages import Stage, client_transitions, next_stage
@@ -59,7 +66,9 @@ class _RoundState:
     """What the client has learnt so far in this round (replaced wholesale on each step)."""
     config: RoundConfig | None = None
     config_digest: bytes = b""
+    reveal: bytes = b""                                 # r_u, committed in the advert (1.7)
     roster: dict[int, wire.RosterEntry] = field(default_factory=dict)
+    roster_digest: bytes = b""
     neighbours: frozenset[int] = frozenset()
     seed: bytes = b""                                   # b_u
     own_share: tuple[int, int] = (0, 0)                 # (y_b, y_s) at x = self
@@ -68,11 +77,14 @@ class _RoundState:
     survivors: tuple[int, ...] = ()
 
 
+DEFAULT_FLOOR = SecurityFloor()
+
+
 class ClientSession:
     def __init__(self, client_id: int, identity: SigningKey, directory: Mapping[int, VerifyKey],
                  epoch_keys: EpochKeys, round_id: int,
                  randbytes: Callable[[int], bytes] = os.urandom, workers: int = 1,
-                 accept_threshold_override: bool = False):
+                 floor: SecurityFloor = DEFAULT_FLOOR):
         if not 1 <= client_id <= 0xFFFF:
             raise ValueError("client ids are 1..65535")
         if wire.SERVER_ID not in directory:
@@ -84,8 +96,8 @@ class ClientSession:
         self.round_id = round_id
         self.randbytes = randbytes
         self.workers = workers          # threads for mask expansion (1 on a microcontroller-class host)
-        # A server may not lower the threshold below the safe rule unless this client agrees.
-        self.accept_threshold_override = accept_threshold_override
+        # The agent's own limits (provisioning), never the round's: nothing the server sends lowers them.
+        self.floor = floor
         self.stage = Stage.ADVERTISE_KEYS
         self._state = _RoundState()
         self._update: np.ndarray | None = None
@@ -156,18 +168,26 @@ class ClientSession:
         if msg.epoch != self.epoch or msg.round_id != self.round_id:
             raise WrongRound(f"frame for epoch {msg.epoch} round {msg.round_id}, session is "
                              f"epoch {self.epoch} round {self.round_id}")
-        target = next_stage(client_transitions(key_reuse), self.stage, msg.TYPE)
+        next_stage(self._transitions(self._state), self.stage, msg.TYPE)
         handler = self._HANDLERS[msg.TYPE]
         try:
             reply, state = handler(self, msg)
         except RoundAborted:
             self.stage = Stage.ABORTED
             raise
+        # The round kind (and so its table) is known once the configuration is: ROUND_CONFIG
+        # leads to GraphReveal in a round that fixes its graph, to ShareKeys otherwise.
+        self.stage = next_stage(self._transitions(state), self.stage, msg.TYPE)
         self._state = state
-        self.stage = target
         return self._encode(reply) if reply is not None else None
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _transitions(state: _RoundState) -> dict:
+        config = state.config
+        return client_transitions(config is not None and config.key_reuse,
+                                  config is not None and config.reveals_graph)
+
     def _session_key(self) -> bytes:
         return self.keys.session_key(self.client_id, self.directory[wire.SERVER_ID])
 
@@ -196,20 +216,34 @@ class ClientSession:
     # ------------------------------------------------------------------ stage handlers
     def _on_config(self, msg: wire.RoundConfigMessage):
         config = msg.config
-        if config.threshold_override and not self.accept_threshold_override:
-            raise ConfigurationError("the server set the threshold override flag; this client refuses "
-                                     "thresholds below the safe rule")
+        self.floor.check_config(config)
         if not config.key_reuse and self.keys.uses > 1:
             raise ConfigurationError("these epoch keys served earlier rounds: a round without key reuse "
                                      "would share their secret (docs/protocol.md 2.7); use new keys")
+        if self._uses_epoch_graph(config):
+            fixed = self.keys.graph
+            if fixed is None or fixed.neighbors != config.neighbors:
+                raise NoEpochGraph("this key-reuse round keeps the key epoch's neighbour graph, and these keys "
+                                   f"hold none with {config.neighbors} neighbours: a graph round must fix it first")
         state = _RoundState(config=config, config_digest=config.digest())
         if config.key_reuse:
             # The session key authenticates every later frame of the round: one X25519 with the
             # server's identity key the first time these keys serve, none afterwards.
             self._session_key()
+        commitment = wire.NO_COMMITMENT
+        if config.reveals_graph:
+            state.reveal = self.randbytes(wire.REVEAL_BYTES)
+            commitment = graph.commitment(self.client_id, self.epoch, self.round_id, state.reveal)
+            if config.key_reuse:
+                self.keys.graph = None      # this round's graph replaces the epoch's
         reply = self._reply(wire.AdvertiseKeys, config_digest=state.config_digest,
-                            c_pk=self.keys.c_pk, s_pk=self.keys.s_pk)
+                            c_pk=self.keys.c_pk, s_pk=self.keys.s_pk, commitment=commitment)
         return reply, state
+
+    @staticmethod
+    def _uses_epoch_graph(config: RoundConfig) -> bool:
+        """A later key-reuse round of a sparse graph: the neighbours are the epoch's."""
+        return config.key_reuse and bool(config.neighbors) and not config.new_graph
 
     def _on_roster(self, msg: wire.Roster):
         old = self._state
@@ -218,7 +252,8 @@ class ClientSession:
         if len(roster) > config.max_clients:
             raise ConsistencyViolation(f"roster of {len(roster)} exceeds max_clients {config.max_clients}")
         mine = roster.get(self.client_id)
-        if mine is None or mine.c_pk != self.keys.c_pk or mine.s_pk != self.keys.s_pk:
+        if mine is None or (mine.c_pk, mine.s_pk, mine.commitment) != (self.keys.c_pk, self.keys.s_pk,
+                                                                      self._commitment(old)):
             raise ConsistencyViolation("the roster does not hold this client's advertised keys")
         directory = self.directory
         if not all(cid in directory for cid in roster):
@@ -227,8 +262,54 @@ class ClientSession:
         keys = [e.c_pk for e in msg.entries] + [e.s_pk for e in msg.entries]
         if len(set(keys)) != len(keys):
             self._refuse_roster(msg.entries)
-        neighbours = graph.neighbours_of(self.client_id, list(roster), config.neighbors,
-                                         graph.graph_digest(msg, config.key_reuse))
+        # The floor holds for the group actually announced: this roster's, or the key epoch's.
+        fixed = self.keys.graph if self._uses_epoch_graph(config) else None
+        self.floor.check_group(config.threshold, fixed.group if fixed else group_size(len(roster), config.neighbors))
+        t = config.threshold
+        if len(roster) < t:
+            raise RoundAborted(f"roster of {len(roster)} is below the threshold {t}")
+        state = _RoundState(config=config, config_digest=old.config_digest, reveal=old.reveal, roster=roster,
+                            roster_digest=msg.digest())
+        if config.reveals_graph:
+            # Nothing is dealt before every member's reveal is in: reveal ours, wait for theirs.
+            return self._reply(wire.GraphReveal, reveal=old.reveal), state
+        if fixed is not None:
+            neighbours = fixed.neighbours_of(self.client_id, roster)   # absent members are dropouts
+        else:
+            neighbours = frozenset(roster) - {self.client_id}         # the complete graph
+        return self._deal(state, neighbours)
+
+    def _commitment(self, state: _RoundState) -> bytes:
+        if not state.reveal:
+            return wire.NO_COMMITMENT
+        return graph.commitment(self.client_id, self.epoch, self.round_id, state.reveal)
+
+    def _on_seeds(self, msg: wire.GraphSeeds):
+        """Every roster member's reveal: each must match the commitment its member signed, and all
+        must be there (leaving one out would let the server pick among graphs); then the graph."""
+        old = self._state
+        config = old.config
+        reveals = dict(msg.reveals)
+        missing = set(old.roster) - set(reveals)
+        if missing:
+            raise RevealMissing(f"no graph reveal of roster members {sorted(missing)}: the graph cannot be "
+                                "fixed without them")
+        if len(reveals) != len(old.roster):
+            raise ConsistencyViolation("graph reveals of clients outside the roster")
+        for cid, reveal in msg.reveals:
+            if graph.commitment(cid, self.epoch, self.round_id, reveal) != old.roster[cid].commitment:
+                raise RevealMismatch(f"the graph reveal of client {cid} does not match its commitment")
+        seed = graph.graph_seed(old.roster_digest, reveals)
+        members = tuple(sorted(old.roster))
+        reply, state = self._deal(old, graph.neighbours_of(self.client_id, members, config.neighbors, seed))
+        if config.key_reuse:
+            self.keys.graph = graph.FixedGraph(self.epoch, members, config.neighbors, seed)
+        return reply, state
+
+    def _deal(self, old: _RoundState, neighbours: frozenset[int]):
+        """ShareKeys once the neighbours are known: their roster entries verified, this round's
+        secrets generated and shared with them."""
+        config, roster = old.config, old.roster
         # Only neighbours' keys are ever used by this client, so only their signatures matter to
         # it (all of them with the complete graph); this keeps SecAgg+ at O(log n) verifications.
         # In a key-reuse round an entry already verified with the same keys under the same
@@ -249,10 +330,8 @@ class ClientSession:
                                    "(or it saw another configuration)") from None
             newly_verified.append(known)
         t = config.threshold
-        if len(roster) < t:
-            raise RoundAborted(f"roster of {len(roster)} is below the threshold {t}")
-        state = _RoundState(config=config, config_digest=old.config_digest, roster=roster,
-                            neighbours=neighbours)
+        state = _RoundState(config=config, config_digest=old.config_digest, reveal=old.reveal, roster=roster,
+                            roster_digest=old.roster_digest, neighbours=neighbours)
         group = self._group(state)
         if len(group) < t:
             raise RoundAborted(f"sharing group of {len(group)} is below the threshold {t}")
@@ -444,6 +523,7 @@ class ClientSession:
     _HANDLERS = {
         wire.ROUND_CONFIG: _on_config,
         wire.ROSTER: _on_roster,
+        wire.GRAPH_SEEDS: _on_seeds,
         wire.SHARES_RELAY: _on_relay,
         wire.CONSISTENCY_REQUEST: _on_consistency,
         wire.UNMASK_REQUEST: _on_unmask,

@@ -88,6 +88,13 @@ class KeyAgreementError(ProtocolError):
     reason = "low_order_key"
 
 
+class RoundKindMismatch(ConfigurationError):
+    """The signed ROUND_CONFIG's round kind (key reuse or classic) is not the announced one: keys
+    kept for the epoch must never serve a classic round, which Shamir-shares their secret."""
+
+    reason = "round_kind_mismatch"
+
+
 class RoundAborted(ProtocolError):
     """The round cannot complete (too few clients or shares); final for the session."""
 
@@ -96,3 +103,57 @@ class RoundAborted(ProtocolError):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+class BelowSecurityFloor(ConfigurationError):
+    """The round offers less protection than this agent's provisioned security floor accepts."""
+
+    reason = "below_security_floor"
+
+
+class SemiHonestRefused(BelowSecurityFloor):
+    """The round asks for semi-honest thresholds: an agent accepts active security only."""
+
+    reason = "semi_honest_refused"
+
+
+class ThresholdOverrideRefused(BelowSecurityFloor):
+    """The round sets the threshold-override flag: an agent never lowers the threshold rule."""
+
+    reason = "threshold_override_refused"
+
+
+class ThresholdBelowFloor(BelowSecurityFloor):
+    """The threshold is at most 2g/3 of the sharing group the agent actually sees."""
+
+    reason = "threshold_below_floor"
+
+
+class GroupBelowFloor(BelowSecurityFloor):
+    """The sharing group is smaller than the agent's provisioned minimum."""
+
+    reason = "group_below_floor"
+
+
+class NeighborsBelowFloor(BelowSecurityFloor):
+    """The SecAgg+ neighbour count is below the agent's provisioned minimum."""
+
+    reason = "neighbors_below_floor"
+
+
+class NoEpochGraph(ConfigurationError):
+    """A key-reuse round uses the key epoch's neighbour graph, and none was fixed for these keys."""
+
+    reason = "no_epoch_graph"
+
+
+class RevealMissing(RoundAborted):
+    """A roster member's graph reveal is missing: the graph cannot be fixed; final for the attempt."""
+
+    reason = "reveal_missing"
+
+
+class RevealMismatch(RoundAborted):
+    """A graph reveal does not match its member's commitment; final for the attempt."""
+
+    reason = "reveal_mismatch"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from nacl.signing import SigningKey, VerifyKey
 
 from ztfl.protocol import kdf, session
+from ztfl.protocol.graph import FixedGraph
 
 
 @dataclass
@@ -47,6 +48,9 @@ class EpochKeys:
     # (own id, server identity key) -> akey
     _session: dict[tuple[int, bytes], bytes] = field(default_factory=dict, repr=False)
     verified_entries: set[tuple[int, bytes, bytes, bytes]] = field(default_factory=set, repr=False)
+    # The neighbour graph of these keys' key-reuse rounds, fixed by the round that revealed it
+    # (docs/protocol.md 1.7); gone with the keys.
+    graph: FixedGraph | None = field(default=None, repr=False)
 
     @property
     def c_pk(self) -> bytes:

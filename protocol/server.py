@@ -14,6 +14,11 @@ round: `close_stage` then returns the ABORT frame and `server.stage` is ABORTED.
 In a key-reuse round (docs/protocol.md 1.8, 2.7) the server derives each client's session key
 from the c_pk of its signed ADVERTISE_KEYS and tags the later frames with it instead of signing
 them; the consistency check runs on pairwise tags it relays but cannot check or forge.
+
+A round that fixes a sparse graph (1.7) collects every roster member's graph reveal and relays all
+of them; one missing reveal aborts the attempt (choosing whose reveal counts would choose the
+graph). The key-reuse round that fixed an epoch's graph leaves it in `epoch_graphs`, which the
+caller passes to every round of the epoch (like `revealed_keys`).
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from ztfl.protocol import fixedpoint, graph, kdf, session, shamir, wire
-from ztfl.protocol.config import RoundConfig
-from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, RoundAborted,
-                             ShamirError, UnknownSender, WrongRound)
+from ztfl.protocol.config import RoundConfig, check_rules
+from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, NoEpochGraph, RoundAborted,
+                                  ShamirError, UnknownSender, WrongRound)
 from ztfl.protocol.prg import apply_masks, default_workers, word_dtype
 from ztfl.protocol.stages import CLOSE, Stage, next_stage, server_transitions
 
@@ -70,7 +75,10 @@ class ServerSession:
     def __init__(self, config: RoundConfig, identity: SigningKey, directory: Mapping[int, VerifyKey],
                  epoch: int, round_id: int, workers: int | None = None,
                  revealed_keys: set[bytes] | None = None,
-                 session_keys: dict[tuple[int, int, bytes], bytes] | None = None):
+                 session_keys: dict[tuple[int, int, bytes], bytes] | None = None,
+                 epoch_graphs: dict[int, graph.FixedGraph] | None = None):
+        # What every agent refuses, an honest server does not announce.
+        check_rules(config)
         self.config = config
         # Mask public keys whose secret was reconstructed earlier in this epoch (shared across
         # rounds by the caller): their owners must re-key before they take part again.
@@ -82,7 +90,15 @@ class ServerSession:
         self.session_cache = session_keys if session_keys is not None else {}
         self.akeys: dict[int, bytes] = {}        # this round's session key of each client in U1
         self._g_sk: bytes | None = None
-        self.transitions = server_transitions(config.key_reuse)
+        self.transitions = server_transitions(config.key_reuse, config.reveals_graph)
+        # Key epoch -> the neighbour graph its revealing round fixed (shared across the epoch's rounds).
+        self.epoch_graphs = epoch_graphs if epoch_graphs is not None else {}
+        self.fixed_graph: graph.FixedGraph | None = None
+        if config.key_reuse and config.neighbors and not config.new_graph:
+            self.fixed_graph = self.epoch_graphs.get(epoch)
+            if self.fixed_graph is None or self.fixed_graph.neighbors != config.neighbors:
+                raise NoEpochGraph(f"no neighbour graph of {config.neighbors} neighbours fixed for epoch {epoch}: "
+                                   "announce a graph round (new_graph) first")
         self.directory = {cid: key for cid, key in directory.items() if cid != wire.SERVER_ID}
         self.epoch = epoch
         self.round_id = round_id
@@ -98,6 +114,8 @@ class ServerSession:
         # Per-stage collections; U1..U5 are their key sets.
         self.adverts: dict[int, wire.RosterEntry] = {}
         self.keys_in_use: set[bytes] = set()      # c_pk and s_pk of every advert in U1
+        self.roster: wire.Roster | None = None
+        self.reveals: dict[int, bytes] = {}        # member -> its graph reveal (rounds that fix a graph)
         self.neighbours: dict[int, frozenset[int]] = {}
         self.shares: dict[int, dict[int, bytes]] = {}          # sender -> recipient -> ciphertext
         self.accumulator: np.ndarray | None = None
@@ -185,6 +203,14 @@ class ServerSession:
             raise RoundAborted(f"{count} {what}, threshold {self.config.threshold}",
                                wire.ABORT_TOO_FEW_CLIENTS)
 
+    @staticmethod
+    def _first_from(sender: int, expected, collected, why_not: str, what: str) -> None:
+        """A stage takes one message of its kind from each client it expects."""
+        if sender not in expected:
+            raise UnknownSender(f"client {sender} {why_not}")
+        if sender in collected:
+            raise DuplicateMessage(f"second {what} from {sender}")
+
     # ------------------------------------------------------------------ AdvertiseKeys
     def _collect_advert(self, msg: wire.AdvertiseKeys, frame: wire.SignedFrame) -> None:
         if msg.sender in self.adverts:
@@ -196,33 +222,61 @@ class ServerSession:
                                        "it must generate new epoch keys")
         if msg.c_pk == msg.s_pk or msg.c_pk in self.keys_in_use or msg.s_pk in self.keys_in_use:
             raise DuplicateMessage(f"client {msg.sender} advertises a public key already in use")
+        if not self.config.reveals_graph and msg.commitment != wire.NO_COMMITMENT:
+            raise ConsistencyViolation(f"client {msg.sender} commits to a graph reveal in a round without one")
+        if self.fixed_graph is not None and msg.sender not in self.fixed_graph.members:
+            raise ConsistencyViolation(f"client {msg.sender} is not in epoch {self.epoch}'s neighbour graph: it "
+                                       "takes part from the next round that fixes a graph")
         if len(self.adverts) >= self.config.max_clients:
             raise ConsistencyViolation(f"roster is full ({self.config.max_clients} clients)")
         if self.config.key_reuse:
             # The signed advert binds c_pk to the identity: the session key derived from it is
             # this client's for the rest of the round (a low-order c_pk is refused here).
             self.akeys[msg.sender] = self._session_key(msg.sender, msg.c_pk)
-        self.adverts[msg.sender] = wire.RosterEntry(msg.sender, msg.c_pk, msg.s_pk, frame.signature)
+        self.adverts[msg.sender] = wire.RosterEntry(msg.sender, msg.c_pk, msg.s_pk, frame.signature, msg.commitment)
         self.keys_in_use.update((msg.c_pk, msg.s_pk))
 
     def _close_advertise(self) -> StageOutput:
         self._require(len(self.adverts), "clients advertised keys")
-        roster = wire.Roster(wire.SERVER_ID, self.epoch, self.round_id,
-                             tuple(self.adverts[c] for c in sorted(self.adverts)))
-        self.neighbours = graph.neighbours(sorted(self.adverts), self.config.neighbors,
-                                           graph.graph_digest(roster, self.config.key_reuse))
-        group = min(len(n) + 1 for n in self.neighbours.values())
-        self._require(group, "members in the smallest sharing group")
         members = tuple(sorted(self.adverts))
-        return StageOutput(broadcast=self._frame(wire.Roster, recipients=members, entries=roster.entries),
+        self.roster = wire.Roster(wire.SERVER_ID, self.epoch, self.round_id, tuple(self.adverts[c] for c in members))
+        if not self.config.reveals_graph:
+            # The complete graph, or the key epoch's graph (members absent from this roster are dropouts).
+            self._set_neighbours(self.fixed_graph.neighbours(members) if self.fixed_graph
+                                 else graph.neighbours(members, 0, b""))
+        return StageOutput(broadcast=self._frame(wire.Roster, recipients=members, entries=self.roster.entries),
                            recipients=members)
+
+    def _set_neighbours(self, neighbours: dict[int, frozenset[int]]) -> None:
+        self.neighbours = neighbours
+        self._require(min(len(n) + 1 for n in neighbours.values()), "members in the smallest sharing group")
+
+    # ------------------------------------------------------------------ GraphReveal
+    def _collect_reveal(self, msg: wire.GraphReveal, frame) -> None:
+        u = msg.sender
+        self._first_from(u, self.adverts, self.reveals, "is not in the roster", "GRAPH_REVEAL")
+        if graph.commitment(u, self.epoch, self.round_id, msg.reveal) != self.adverts[u].commitment:
+            raise ConsistencyViolation(f"the graph reveal of client {u} does not match its commitment")
+        self.reveals[u] = msg.reveal
+
+    def _close_reveal(self) -> StageOutput:
+        # Every member's reveal or none: a graph over the reveals that arrived would let whoever
+        # decides which arrive choose among graphs after seeing the honest ones.
+        missing = sorted(set(self.adverts) - set(self.reveals))
+        if missing:
+            raise RoundAborted(f"roster members {missing} did not reveal: the graph cannot be fixed without them",
+                               wire.ABORT_TOO_FEW_CLIENTS)
+        members = tuple(sorted(self.adverts))
+        seed = graph.graph_seed(self.roster.digest(), self.reveals)
+        self._set_neighbours(graph.neighbours(members, self.config.neighbors, seed))
+        if self.config.key_reuse:
+            self.epoch_graphs[self.epoch] = graph.FixedGraph(self.epoch, members, self.config.neighbors, seed)
+        seeds = self._frame(wire.GraphSeeds, recipients=members, reveals=tuple(sorted(self.reveals.items())))
+        return StageOutput(broadcast=seeds, recipients=members)
 
     # ------------------------------------------------------------------ ShareKeys
     def _collect_shares(self, msg: wire.ShareKeys, frame) -> None:
-        if msg.sender not in self.adverts:
-            raise UnknownSender(f"client {msg.sender} is not in the roster")
-        if msg.sender in self.shares:
-            raise DuplicateMessage(f"second SHARE_KEYS from {msg.sender}")
+        self._first_from(msg.sender, self.adverts, self.shares, "is not in the roster", "SHARE_KEYS")
         recipients = {s.peer for s in msg.shares}
         if recipients != self.neighbours[msg.sender]:
             raise ConsistencyViolation(f"client {msg.sender} must share with exactly its neighbours")
@@ -239,10 +293,8 @@ class ServerSession:
 
     # ------------------------------------------------------------------ MaskedInputCollection
     def _collect_masked(self, msg: wire.MaskedInput, frame) -> None:
-        if msg.sender not in self.shares:
-            raise UnknownSender(f"client {msg.sender} did not share keys in this round")
-        if msg.sender in self.masked_from:
-            raise DuplicateMessage(f"second MASKED_INPUT from {msg.sender}")
+        self._first_from(msg.sender, self.shares, self.masked_from, "did not share keys in this round",
+                         "MASKED_INPUT")
         if msg.mask_bits != self.config.mask_bits or msg.words.size != self.config.words:
             raise ConsistencyViolation(f"masked input of {msg.words.size} x {msg.mask_bits} bits, round "
                                        f"expects {self.config.words} x {self.config.mask_bits}")
@@ -262,10 +314,7 @@ class ServerSession:
 
     # ------------------------------------------------------------------ ConsistencyCheck
     def _collect_consistency(self, msg: wire.ConsistencySignature, frame) -> None:
-        if msg.sender not in self.masked_from:
-            raise UnknownSender(f"client {msg.sender} is not a survivor")
-        if msg.sender in self.consistency:
-            raise DuplicateMessage(f"second CONSISTENCY_SIGNATURE from {msg.sender}")
+        self._first_from(msg.sender, self.masked_from, self.consistency, "is not a survivor", "CONSISTENCY_SIGNATURE")
         statement = wire.survivors_statement(self.config_digest, self.epoch, self.round_id, self.survivors)
         try:
             self.directory[msg.sender].verify(statement, msg.signature)
@@ -275,10 +324,7 @@ class ServerSession:
 
     def _collect_consistency_tags(self, msg: wire.ConsistencyTags, frame) -> None:
         u = msg.sender
-        if u not in self.masked_from:
-            raise UnknownSender(f"client {u} is not a survivor")
-        if u in self.consistency:
-            raise DuplicateMessage(f"second CONSISTENCY_TAGS from {u}")
+        self._first_from(u, self.masked_from, self.consistency, "is not a survivor", "CONSISTENCY_TAGS")
         # The tags are MACs under keys only u and each neighbour hold: the server checks the list
         # is exactly u's neighbours in U3 and relays them; it cannot check or forge them.
         expected = sorted(self.neighbours[u] & set(self.survivors))
@@ -306,10 +352,7 @@ class ServerSession:
     # ------------------------------------------------------------------ Unmasking
     def _collect_unmask(self, msg, frame) -> None:
         u = msg.sender
-        if u not in self.consistency:
-            raise UnknownSender(f"client {u} did not sign the survivor set")
-        if u in self.unmask:
-            raise DuplicateMessage(f"second unmasking message from {u}")
+        self._first_from(u, self.consistency, self.unmask, "did not sign the survivor set", "unmasking message")
         # The round kind's transition table admits UNMASK_ROUND_KEYS (key reuse) or UNMASK_SHARES.
         b_owners = {o for o, _ in msg.self_mask_shares}
         s_owners = {o for o, _ in (msg.round_keys if self.config.key_reuse else msg.secret_key_shares)}
@@ -375,6 +418,7 @@ class ServerSession:
 
     _COLLECT = {
         wire.ADVERTISE_KEYS: _collect_advert,
+        wire.GRAPH_REVEAL: _collect_reveal,
         wire.SHARE_KEYS: _collect_shares,
         wire.MASKED_INPUT: _collect_masked,
         wire.CONSISTENCY_SIGNATURE: _collect_consistency,
@@ -384,6 +428,7 @@ class ServerSession:
     }
     _CLOSE = {
         Stage.ADVERTISE_KEYS: _close_advertise,
+        Stage.GRAPH_REVEAL: _close_reveal,
         Stage.SHARE_KEYS: _close_share_keys,
         Stage.MASKED_INPUT_COLLECTION: _close_masked,
         Stage.CONSISTENCY_CHECK: _close_consistency,

@@ -1,7 +1,8 @@
 """Run one round with every client in this process (benchmark, demo, tests).
 
 Frames travel as bytes through the real encoders and decoders; only the transport is absent.
-A client listed in `drop_before` stops answering from that stage on (a dropout).
+A client listed in `drop_before` stops answering from that stage on (a dropout); so does a client
+that aborts (RoundAborted: final for it, e.g. when its group fell below the threshold).
 
 protocol/ reads no clock: a benchmark that wants the time spent per party passes `clock`, a
 function returning (wall seconds, CPU seconds), e.g. ztfl.bench.report.process_clock.
@@ -16,6 +17,7 @@ from nacl.signing import SigningKey
 
 from ztfl.protocol.client import ClientSession
 from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.errors import RoundAborted
 from ztfl.protocol.keys import EpochKeys
 from ztfl.protocol.server import AggregateResult, ServerSession, StageOutput
 from ztfl.protocol.stages import Stage
@@ -65,10 +67,11 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
               weights: Mapping[int, int] | None = None, drop_before: Mapping[int, Stage] | None = None,
               round_id: int = 1, workers: int = 1, epoch_keys: Mapping[int, EpochKeys] | None = None,
               revealed_keys: set[bytes] | None = None, encoded: Mapping[int, np.ndarray] | None = None,
-              clock: Clock = no_clock) -> RoundRun:
+              clock: Clock = no_clock, epoch_graphs: dict | None = None) -> RoundRun:
     """One full round. `drop_before[c] = stage`: client c sends nothing from that stage on.
     `workers`: threads each session may use to expand masks. `epoch_keys` (default: the cohort's)
-    and `revealed_keys` let several rounds share one key epoch (protocol.epochs). `encoded[c]`,
+    and `revealed_keys` (and `epoch_graphs`, for a sparse graph: the server's store of each epoch's
+    neighbour graph) let several rounds share one key epoch (protocol.epochs). `encoded[c]`,
     when given, is client c's input already in the fixed-point domain (set_encoded_input).
     `clock` (default: none) times each party's work into the run's *_seconds fields."""
     drop_before = dict(drop_before or {})
@@ -78,13 +81,12 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
     epoch = next(iter(epoch_keys.values())).epoch
     directory = cohort.directory
     server = ServerSession(config, cohort.server_identity, directory, epoch, round_id, workers=workers,
-                           revealed_keys=revealed_keys)
-    clients = {c: ClientSession(c, cohort.identities[c], directory, epoch_keys[c], round_id,
-                                workers=workers, accept_threshold_override=config.threshold_override)
+                           revealed_keys=revealed_keys, epoch_graphs=epoch_graphs)
+    clients = {c: ClientSession(c, cohort.identities[c], directory, epoch_keys[c], round_id, workers=workers)
                for c in inputs}
     run = RoundRun(None, server, clients, {c: 0.0 for c in clients},
                    client_cpu_seconds={c: 0.0 for c in clients})
-    order = Stage.order()
+    order = Stage.order(config.reveals_graph)
 
     def active(c: int, stage: Stage) -> bool:
         stop = drop_before.get(c)
@@ -101,7 +103,10 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
                     session.set_encoded_input(encoded[c])
                 else:
                     session.set_input(inputs[c], weights.get(c, 1))
-            reply = session.receive(frame)
+            try:
+                reply = session.receive(frame)
+            except RoundAborted:
+                reply = None      # final for this client (e.g. its group fell below t): to the server, a dropout
             t1, c1 = clock()
             run.client_seconds[c] += t1 - t0
             run.client_cpu_seconds[c] += c1 - c0
@@ -116,7 +121,8 @@ def run_round(config: RoundConfig, cohort: Cohort, inputs: Mapping[int, np.ndarr
             run.server_cpu_seconds += c1 - c0
 
     out: StageOutput | bytes = server.round_config()
-    for stage in order[:-1]:
+    while not server.stage.terminal:
+        stage = server.stage
         deliver(out, stage)
         t0, c0 = clock()
         out = server.close_stage()

@@ -18,7 +18,7 @@ from nacl.signing import SigningKey
 
 from ztfl.protocol import fixedpoint, graph, kdf, prg, session, shamir, wire
 from ztfl.protocol.client import ClientSession, encrypt_share
-from ztfl.protocol.config import ACTIVE, RoundConfig
+from ztfl.protocol.config import ACTIVE, SEMI_HONEST, DpConfig, RoundConfig
 from ztfl.protocol.errors import ProtocolError
 from ztfl.protocol.keys import EpochKeys
 from ztfl.protocol.server import ServerSession
@@ -128,9 +128,9 @@ def fixedpoint_vectors() -> dict:
 
 
 def _round_fixture():
-    config = RoundConfig(dim=4, threshold=3, max_clients=4, mask_bits=32, frac_bits=16,
+    config = RoundConfig(dim=4, threshold=4, max_clients=5, mask_bits=32, frac_bits=16,
                          clip_q=8 << 16, max_weight=10, neighbors=0, security=ACTIVE)
-    ids = [1, 2, 3, 4]
+    ids = [1, 2, 3, 4, 5]
     identities = {c: SigningKey(fixed(f"identity-{c}")) for c in ids}
     server_identity = SigningKey(fixed("identity-server"))
     c_sk = {c: fixed(f"c-sk-{c}") for c in ids}
@@ -187,15 +187,16 @@ def epochs_vectors() -> dict:
     config_frame = wire.RoundConfigMessage(0, epoch, 7, config).encode(server_identity)
     out = {"config": hx(config.encode()), "epoch": epoch, "rounds": [],
            "round_config_frame": hx(config_frame), "server_identity_seed": hx(fixed("identity-server"))}
-    # The neighbour graph of a key-reuse round is seeded by the epoch graph digest (1.7).
-    g_ids = list(range(2, 22, 2))
-    g_entries = [wire.RosterEntry(c, kdf.x25519_public(fixed(f"g-c-{c}")), kdf.x25519_public(fixed(f"g-s-{c}")),
-                                  bytes(64)) for c in g_ids]
-    g_digest = graph.epoch_graph_digest(epoch, g_entries)
-    out["epoch_graph"] = {"epoch": epoch, "neighbors": 4,
-                          "entries": [{"id": e.client_id, "c_pk": hx(e.c_pk), "s_pk": hx(e.s_pk)} for e in g_entries],
-                          "digest": hx(g_digest),
-                          "neighbours": {str(c): sorted(n) for c, n in graph.neighbours(g_ids, 4, g_digest).items()}}
+    # The neighbour graph of a key epoch is fixed by its revealing round (1.7) and kept: a later
+    # round's neighbours are the fixed ones still present (client 8 is missing here).
+    members = list(range(2, 22, 2))
+    seed = graph.graph_seed(fixed("epoch-graph-roster"), {c: fixed(f"epoch-graph-reveal-{c}") for c in members})
+    fixed_graph = graph.FixedGraph(epoch, tuple(members), 4, seed)
+    present = [c for c in members if c != 8]
+    out["epoch_graph"] = {"epoch": epoch, "neighbors": 4, "members": members, "seed": hx(seed),
+                          "neighbours": {str(c): sorted(n) for c, n in fixed_graph.neighbours(members).items()},
+                          "present": present,
+                          "present_neighbours": {str(c): sorted(n) for c, n in fixed_graph.neighbours(present).items()}}
     for round_id, (n2, survivors) in plan.items():
         sk = keys[round_id]
         seeds = {u: fixed(f"b-{u}-round-{round_id}") for u in n2}
@@ -258,14 +259,28 @@ def graph_vectors() -> dict:
         cases.append({"ids": ids, "neighbors": k, "roster_digest": hx(digest),
                       "permutation": graph.permutation(ids, digest) if not graph.is_complete(n, k) else None,
                       "neighbours": {str(u): sorted(nb[u]) for u in ids}})
-    return {"harary": cases, "secagg_plus_degree": {str(n): graph.secagg_plus_degree(n)
-                                                    for n in (5, 10, 17, 100, 1000)}}
+    # Commit and reveal (1.7): the commitments signed in the adverts, the reveals, and the seed.
+    epoch, round_id, ids, k = 6, 11, [2, 5, 7, 9, 12, 14, 20], 4
+    reveals = {c: fixed(f"reveal-{c}") for c in ids}
+    roster_digest = fixed("commit-reveal-roster")
+    seed = graph.graph_seed(roster_digest, reveals)
+    commit_reveal = {"epoch": epoch, "round": round_id, "ids": ids, "neighbors": k,
+                     "reveals": {str(c): hx(r) for c, r in reveals.items()},
+                     "commitments": {str(c): hx(graph.commitment(c, epoch, round_id, r)) for c, r in reveals.items()},
+                     "roster_digest": hx(roster_digest), "seed": hx(seed),
+                     "permutation": graph.permutation(ids, seed),
+                     "neighbours": {str(u): sorted(n) for u, n in graph.neighbours(ids, k, seed).items()}}
+    return {"harary": cases, "commit_reveal": commit_reveal,
+            "secagg_plus_degree": {str(n): graph.secagg_plus_degree(n) for n in (5, 10, 17, 100, 1000)}}
 
 
 def wire_vectors() -> dict:
     config, ids, identities, server_identity, c_sk, s_sk, seeds = _round_fixture()
+    config = replace(config, neighbors=4)          # a sparse configuration: the round reveals its graph
     epoch, round_id = 1, 9
     digest = config.digest()
+    reveals = {c: fixed(f"graph-reveal-{c}") for c in ids}
+    commitments = {c: graph.commitment(c, epoch, round_id, reveals[c]) for c in ids}
     frames = []
 
     def add(name, msg, key):
@@ -277,17 +292,22 @@ def wire_vectors() -> dict:
     add("round_config", wire.RoundConfigMessage(0, epoch, round_id, config), server_identity)
     adverts = {}
     for c in ids:
-        msg = wire.AdvertiseKeys(c, epoch, round_id, digest, kdf.x25519_public(c_sk[c]), kdf.x25519_public(s_sk[c]))
+        msg = wire.AdvertiseKeys(c, epoch, round_id, digest, kdf.x25519_public(c_sk[c]), kdf.x25519_public(s_sk[c]),
+                                 commitments[c])
         adverts[c] = msg.encode(identities[c])
         if c == 1:
             add("advertise_keys", msg, identities[c])
     entries = tuple(wire.RosterEntry(c, kdf.x25519_public(c_sk[c]), kdf.x25519_public(s_sk[c]),
-                                     adverts[c][-64:]) for c in ids)
-    add("roster", wire.Roster(0, epoch, round_id, entries), server_identity)
-    # Client 1 shares with 2, 3, 4 (complete graph) with fixed coefficients and nonces.
+                                     adverts[c][-64:], commitments[c]) for c in ids)
+    roster = wire.Roster(0, epoch, round_id, entries)
+    add("roster", roster, server_identity)
+    add("graph_reveal", wire.GraphReveal(1, epoch, round_id, reveals[1]), identities[1])
+    add("graph_seeds", wire.GraphSeeds(0, epoch, round_id, tuple(sorted(reveals.items()))), server_identity)
+    # Client 1 shares with its whole group (4 neighbours of 5: the complete graph) with fixed
+    # coefficients and nonces.
     group = ids
-    b_coeffs = [int.from_bytes(fixed(f"b1-c{i}", 40), "little") % shamir.PRIME for i in range(2)]
-    s_coeffs = [int.from_bytes(fixed(f"s1-c{i}", 40), "little") % shamir.PRIME for i in range(2)]
+    b_coeffs = [int.from_bytes(fixed(f"b1-c{i}", 40), "little") % shamir.PRIME for i in range(config.threshold - 1)]
+    s_coeffs = [int.from_bytes(fixed(f"s1-c{i}", 40), "little") % shamir.PRIME for i in range(config.threshold - 1)]
     b_sh = shamir.split_with_coefficients(seeds[1], b_coeffs, group)
     s_sh = shamir.split_with_coefficients(s_sk[1], s_coeffs, group)
     enc_cases, shares = [], []
@@ -325,6 +345,8 @@ def wire_vectors() -> dict:
         "identity_public": {str(c): hx(identities[c].verify_key.encode()) for c in ids}
         | {"0": hx(server_identity.verify_key.encode())},
         "survivor_statement": hx(statement),
+        "graph_reveals": {str(c): hx(r) for c, r in reveals.items()},
+        "graph_seed": hx(graph.graph_seed(roster.digest(), reveals)),
         "share_encryption": enc_cases,
         "frames": frames,
     }
@@ -334,11 +356,13 @@ SESSION_EPOCH, SESSION_ROUND = 3, 8
 
 
 def _session_round():
-    """A key-reuse round of 4 clients run by the real sessions with fixed randomness: client 4
-    drops after ShareKeys. Returns (config, server identity, identities, keys, server, clients,
-    received, replies) with every frame each client received and answered, in order."""
+    """The first key-reuse round of an epoch, 5 clients with 4 neighbours each (a graph round: the
+    clients reveal their graph seed contributions), run by the real sessions with fixed
+    randomness: client 4 drops after ShareKeys. Returns (config, server identity, identities,
+    keys, server, clients, received, replies) with every frame each client received and answered,
+    in order."""
     config, ids, identities, server_identity, c_sk, s_sk, _ = _round_fixture()
-    config = replace(config, key_reuse=True)
+    config = replace(config, key_reuse=True, neighbors=4, new_graph=True)
     directory = {c: identities[c].verify_key for c in ids} | {0: server_identity.verify_key}
     keys = {c: EpochKeys(SESSION_EPOCH, c_sk[c], s_sk[c]) for c in ids}
     server = ServerSession(config, server_identity, directory, SESSION_EPOCH, SESSION_ROUND, workers=1)
@@ -346,15 +370,15 @@ def _session_round():
                                 randbytes=FixedStream(f"session-round-random-{c}"))
                for c in ids}
     inputs = {1: [0.5, -0.25, 1.0, 2.0], 2: [-1.5, 0.75, 0.0, 0.125], 3: [4.0, -4.0, 0.5, -0.5],
-              4: [1.0, 1.0, 1.0, 1.0]}
-    weights = {1: 2, 2: 1, 3: 3, 4: 1}
+              4: [1.0, 1.0, 1.0, 1.0], 5: [-0.5, 2.25, -3.0, 0.0]}
+    weights = {1: 2, 2: 1, 3: 3, 4: 1, 5: 2}
     for c in ids:
         clients[c].set_input(inputs[c], weights[c])
     gone_from = {4: Stage.MASKED_INPUT_COLLECTION}
     received = {c: [] for c in ids}
     replies = {c: [] for c in ids}
     pending = {c: server.round_config() for c in ids}
-    order = Stage.order()
+    order = Stage.order(config.reveals_graph)
     while not server.stage.terminal:
         for c in ids:
             stop = gone_from.get(c)
@@ -461,12 +485,14 @@ def session_vectors() -> dict:
                     for c in ids],
     }
 
-    # Frames client 1 must refuse, each after `after` honest frames of the round.
+    # Frames client 1 must refuse, each after `after` honest frames of the round: ROUND_CONFIG,
+    # ROSTER, GRAPH_SEEDS, SHARES_RELAY, CONSISTENCY_REQUEST, UNMASK_REQUEST_TAGS.
     c1 = received[1]
     honest_roster = wire.decode_frame(c1[1]).message
-    honest_request = wire.decode_frame(c1[4]).message
+    honest_seeds = wire.decode_frame(c1[2]).message
+    honest_request = wire.decode_frame(c1[5]).message
     flipped = bytearray(c1[1])
-    tag_pos = len(flipped) - 4 * wire.RECIPIENT_TAG_ENTRY + 2 + 2     # client 1's tag (first of 4)
+    tag_pos = len(flipped) - 5 * wire.RECIPIENT_TAG_ENTRY + 2 + 2     # client 1's tag (first of 5)
     flipped[tag_pos] ^= 0x01
     bad_auth = bytearray(c1[1])
     bad_auth[6] = 2
@@ -480,30 +506,54 @@ def session_vectors() -> dict:
         st = wire.survivors_statement(config.digest(), epoch, rnd, server.survivors)
         return session.consistency_tag(session.consistency_key(ek, rnd), signer, st)
 
+    def signed_config(**changes) -> bytes:
+        return wire.RoundConfigMessage(0, epoch, round_id, replace(config, **changes)).encode(server_identity)
+
+    def seeds_with(reveals) -> bytes:
+        return wire.GraphSeeds(0, epoch, round_id, tuple(reveals)).encode_for(akeys)
+
     old_round = SESSION_ROUND - 1
+    wrong_reveal = [(c, fixed("not-the-reveal") if c == 3 else r) for c, r in honest_seeds.reveals]
     negatives = [
+        # The security floor (2.2, 2.4): what no server can make an agent accept.
+        ("round_config_semi_honest", 0, signed_config(security=SEMI_HONEST), "SemiHonestRefused"),
+        ("round_config_threshold_override", 0, signed_config(threshold_override=True, threshold=1),
+         "ThresholdOverrideRefused"),
+        ("round_config_threshold_below_the_floor", 0, signed_config(threshold=3), "ThresholdBelowFloor"),
+        ("round_config_neighbours_below_the_floor", 0, signed_config(neighbors=2, threshold=3),
+         "NeighborsBelowFloor"),
+        ("round_config_group_below_the_floor", 0, signed_config(max_clients=4, threshold=3), "GroupBelowFloor"),
+        ("round_config_keeping_an_epoch_graph_these_keys_lack", 0, signed_config(new_graph=False), "NoEpochGraph"),
+        ("roster_of_four_below_the_floor", 1,
+         wire.Roster(0, epoch, round_id, honest_roster.entries[:4]).encode_for({c: akeys[c] for c in (1, 2, 3, 4)}),
+         "GroupBelowFloor"),
+        # Commit and reveal (1.7): every member's reveal, each the one it committed to.
+        ("graph_seeds_missing_a_reveal", 2, seeds_with(honest_seeds.reveals[:4]), "RevealMissing"),
+        ("graph_seeds_with_a_wrong_reveal", 2, seeds_with(wrong_reveal), "RevealMismatch"),
+        ("graph_seeds_with_a_reveal_from_outside_the_roster", 2,
+         seeds_with(honest_seeds.reveals + ((9, fixed("stranger")),)), "ConsistencyViolation"),
         ("round_config_with_session_tags", 0,
          wire.RoundConfigMessage(0, epoch, round_id, config).encode_for({1: akeys[1]}), "BadSignature"),
         ("roster_signed_instead_of_tagged", 1, honest_roster.encode(server_identity), "BadSignature"),
         ("roster_without_a_tag_for_this_client", 1,
-         honest_roster.encode_for({c: akeys[c] for c in (2, 3, 4)}), "BadSignature"),
+         honest_roster.encode_for({c: akeys[c] for c in (2, 3, 4, 5)}), "BadSignature"),
         ("roster_with_a_flipped_tag_bit", 1, bytes(flipped), "BadSignature"),
         ("roster_with_auth_field_2", 1, bytes(bad_auth), "MalformedMessage"),
-        ("consistency_request_of_an_earlier_round", 3,
+        ("consistency_request_of_an_earlier_round", 4,
          wire.ConsistencyRequest(0, epoch, old_round, server.survivors).encode_for(akeys), "WrongRound"),
-        ("unmask_request_tags_forged_by_the_server", 4,
+        ("unmask_request_tags_forged_by_the_server", 5,
          request_with([(2, session.frame_tag(akeys[1], b"forged")), honest_request.tags[1]]), "BadSignature"),
-        ("unmask_request_tags_reflecting_the_clients_own_tag", 4,
+        ("unmask_request_tags_reflecting_the_clients_own_tag", 5,
          request_with([(2, tag_of(1, 2, round_id)), honest_request.tags[1]]), "BadSignature"),
-        ("unmask_request_tags_replaying_an_earlier_rounds_tags", 4,
+        ("unmask_request_tags_replaying_an_earlier_rounds_tags", 5,
          request_with([(2, tag_of(2, 1, old_round)), (3, tag_of(3, 1, old_round))]), "BadSignature"),
-        ("unmask_request_tags_from_a_dropped_client", 4,
-         request_with(list(honest_request.tags) + [(4, tag_of(4, 1, round_id))]), "ConsistencyViolation"),
-        ("unmask_request_tags_below_the_threshold", 4, request_with(honest_request.tags[:1]), "RoundAborted"),
-        ("unmask_request_0x09_tagged_in_a_key_reuse_round", 4,
+        ("unmask_request_tags_from_a_dropped_client", 5,
+         request_with(sorted(honest_request.tags + ((4, tag_of(4, 1, round_id)),))), "ConsistencyViolation"),
+        ("unmask_request_tags_below_the_threshold", 5, request_with(honest_request.tags[:1]), "RoundAborted"),
+        ("unmask_request_0x09_tagged_in_a_key_reuse_round", 5,
          wire.UnmaskRequest(0, epoch, round_id, (), honest_request.dropped).encode_for({1: akeys[1]}),
          "InvalidTransition"),
-        ("unmask_request_0x09_signed_in_a_key_reuse_round", 4,
+        ("unmask_request_0x09_signed_in_a_key_reuse_round", 5,
          wire.UnmaskRequest(0, epoch, round_id, (), honest_request.dropped).encode(server_identity),
          "BadSignature"),
     ]
@@ -520,14 +570,12 @@ def session_vectors() -> dict:
 def replay_client(round_vector: dict, client_id: int, frames: int) -> ClientSession:
     """A fresh session of `client_id` fed the first `frames` frames it received in the round."""
     entry = next(c for c in round_vector["clients"] if c["id"] == client_id)
-    config = RoundConfig.decode(bytes.fromhex(round_vector["config"]))
     server = SigningKey(bytes.fromhex(round_vector["server_identity_seed"]))
     directory = {c["id"]: SigningKey(bytes.fromhex(c["identity_seed"])).verify_key
                  for c in round_vector["clients"]} | {0: server.verify_key}
     keys = EpochKeys(round_vector["epoch"], bytes.fromhex(entry["c_sk"]), bytes.fromhex(entry["s_sk"]))
     client = ClientSession(client_id, SigningKey(bytes.fromhex(entry["identity_seed"])), directory, keys,
-                           round_vector["round"], randbytes=FixedStream(entry["random_label"]),
-                           accept_threshold_override=config.threshold_override)
+                           round_vector["round"], randbytes=FixedStream(entry["random_label"]))
     client.set_input(entry["input"], entry["weight"])
     for frame in entry["received"][:frames]:
         client.receive(bytes.fromhex(frame))
@@ -547,9 +595,92 @@ def _check_refusals(round_vector: dict, refusals: list[dict]) -> None:
             raise AssertionError(f"{case['name']}: accepted")
 
 
+def certs_vectors() -> dict:
+    """Identity certificates and revocation lists (protocol.certs): encodings, and the reason
+    each bad one is refused with, at a fixed `now`."""
+    from ztfl.protocol import certs
+    root, intermediate, other = (SigningKey(fixed(f"cert-{n}")) for n in ("root", "intermediate", "other-root"))
+    now, fed = 1_800_000_000, "plant"
+
+    def issue(key, device_id, role, serial, not_before=now - 300, not_after=now + 86400, federation=fed):
+        return certs.issue(key, federation=federation, device_id=device_id, role=role,
+                           public_key=bytes(SigningKey(fixed(f"cert-key-{device_id}")).verify_key),
+                           not_before=not_before, not_after=not_after, serial=serial)
+
+    agent, gateway = issue(root, "pi-01", "agent", 7), issue(root, "fog1", "gateway", 8)
+    inter = certs.issue(root, federation=fed, device_id="fog1", role="intermediate",
+                        public_key=bytes(intermediate.verify_key), not_before=now - 300, not_after=now + 86400,
+                        serial=9)
+    listed = certs.SignedRevocations(inter, certs.sign_revocations(intermediate, number=3, issued_at=now - 60,
+                                                                   next_update=now + 3600, revoked=[5, 11]))
+    good = agent.encode()
+    malformed = {"truncated": good[:-1], "trailing_byte": good + b"\0", "bad_magic": b"ZTC2" + good[4:],
+                 "role_code_5": good[:5] + b"\x05" + good[6:], "name_not_ascii_id": good[:63] + b"/" + good[64:],
+                 "format_version_2": good[:4] + b"\x02" + good[5:]}
+    checks = [("valid", agent, "agent", "pi-01", now, ""),
+              ("other_federation", issue(root, "pi-01", "agent", 7, federation="other"), "agent", "pi-01", now,
+               "certificate_federation"),
+              ("gateway_key_as_agent", gateway, "agent", "fog1", now, "certificate_role"),
+              ("agent_key_as_gateway", agent, "gateway", "pi-01", now, "certificate_role"),
+              ("other_device_id", agent, "agent", "pi-02", now, "certificate_identity"),
+              ("expired", agent, "agent", "pi-01", now + 86401, "certificate_expired"),
+              ("not_yet_valid", agent, "agent", "pi-01", now - 301, "certificate_not_yet_valid"),
+              ("revoked", issue(root, "pi-05", "agent", 11), "agent", "pi-05", now, "certificate_revoked"),
+              ("other_root", issue(other, "pi-01", "agent", 7), "agent", "pi-01", now, "certificate_issuer"),
+              ("forged_signature", replace(agent, signature=other.sign(agent.signed_bytes()).signature), "agent",
+               "pi-01", now, "certificate_signature")]
+    return {
+        "now": now, "federation": fed, "root_public": hx(root.verify_key.encode()),
+        "root_key_id": hx(certs.key_id(bytes(root.verify_key))),
+        "certificates": [{"role": c.role, "device_id": c.device_id, "serial": c.serial, "not_before": c.not_before,
+                          "not_after": c.not_after, "public_key": hx(c.public_key), "encoded": hx(c.encode())}
+                         for c in (agent, gateway, inter)],
+        "revocations": {"number": 3, "issued_at": now - 60, "next_update": now + 3600, "revoked": [5, 11],
+                        "encoded": hx(listed.revocations.encode()), "signed": hx(listed.encode())},
+        "malformed": [{"name": n, "bytes": hx(b), "error": "certificate_malformed"} for n, b in malformed.items()],
+        "checks": [{"name": n, "certificate": hx(c.encode()), "role": role, "device_id": dev, "now": t, "error": err}
+                   for n, c, role, dev, t, err in checks],
+    }
+
+
+def dp_vectors() -> dict:
+    """ROUND_CONFIG with the signed DP record (docs/protocol.md 1.6): the same round without and with
+    DP, its signed frame, and bodies every decoder refuses, with the error class."""
+    plain = RoundConfig(dim=1000, threshold=4, max_clients=5, mask_bits=32, frac_bits=16, clip_q=8 << 16,
+                        max_weight=100, security=ACTIVE, key_reuse=True)
+    record = DpConfig(min_survivors=4, l2_clip_q=1 << 16, poisson_mean=2_250_000_000)
+    signed = replace(plain, dp=record)
+    body = signed.encode()
+    frame = wire.RoundConfigMessage(0, 3, 8, signed).encode(SigningKey(fixed("identity-server")))
+
+    def patched(offset: int, value: bytes) -> str:
+        return hx(body[:offset] + value + body[offset + len(value):])
+
+    refused = [
+        {"case": "flag without record", "body": hx(body[:28]), "error": "MalformedMessage"},
+        {"case": "record without flag", "body": hx(plain.encode() + body[28:]), "error": "MalformedMessage"},
+        {"case": "reserved byte", "body": patched(29, b"\x01"), "error": "MalformedMessage"},
+        {"case": "unknown mechanism", "body": patched(28, b"\x02"), "error": "ConfigurationError"},
+        {"case": "poisson mean 0", "body": patched(40, bytes(8)), "error": "ConfigurationError"},
+        {"case": "poisson mean above 2^52", "body": patched(40, struct.pack("<Q", (1 << 52) + 1)),
+         "error": "ConfigurationError"},
+        {"case": "clip 0", "body": patched(32, bytes(8)), "error": "ConfigurationError"},
+        {"case": "threshold below min_survivors", "body": patched(30, struct.pack("<H", 5)),
+         "error": "ConfigurationError"},
+        {"case": "truncated record", "body": hx(body[:-1]), "error": "MalformedMessage"},
+    ]
+    return {"plain_body": hx(plain.encode()), "plain_digest": hx(plain.digest()),
+            "dp_body": hx(body), "dp_digest": hx(signed.digest()),
+            "dp_record": {"mechanism": record.mechanism, "min_survivors": record.min_survivors,
+                          "l2_clip_q": record.l2_clip_q, "poisson_mean": record.poisson_mean},
+            "frame": hx(frame), "server_public": hx(SigningKey(fixed("identity-server")).verify_key.encode()),
+            "refused": refused}
+
+
 GENERATORS = {"kdf": kdf_vectors, "prg": prg_vectors, "shamir": shamir_vectors,
               "fixedpoint": fixedpoint_vectors, "masking": masking_vectors, "graph": graph_vectors,
-              "wire": wire_vectors, "epochs": epochs_vectors, "session": session_vectors}
+              "wire": wire_vectors, "epochs": epochs_vectors, "session": session_vectors, "certs": certs_vectors,
+              "dp": dp_vectors}
 
 
 def build() -> dict[str, str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -41,6 +41,7 @@ TAG_BYTES = session.TAG_BYTES          # 16
 RECIPIENT_TAG_ENTRY = 2 + TAG_BYTES    # 18: recipient id, tag
 MIN_FRAME = HEADER_BYTES + TAG_BYTES   # the shortest trailer is one client tag
 KEY_BYTES = 32
+REVEAL_BYTES = 32                      # a client's graph seed contribution r (1.7)
 CIPHERTEXT_BYTES = 24 + 2 * SHARE_BYTES + 16   # nonce || 66-byte plaintext || tag = 106
 SERVER_ID = 0
 # Largest body any message may have: a 64-bit masked vector of MAX_DIM + 1 words.
@@ -60,6 +61,8 @@ ABORT = 0x0B
 UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
 CONSISTENCY_TAGS = 0x0D    # key-reuse rounds: replaces CONSISTENCY_SIGNATURE
 UNMASK_REQUEST_TAGS = 0x0E  # key-reuse rounds: replaces UNMASK_REQUEST, one frame per client
+GRAPH_REVEAL = 0x0F        # rounds that fix a sparse graph (docs/protocol.md 1.7): a client's reveal
+GRAPH_SEEDS = 0x10         # ... and every roster member's reveal, relayed to all of them
 
 # Every frame of a classic round is Ed25519-signed. In a key-reuse round every frame carries session
 # tags (docs/protocol.md 1.8) except these: ROUND_CONFIG (it announces the round kind), ABORT, and
@@ -125,6 +128,19 @@ def _ascending(ids, what: str) -> tuple[int, ...]:
     if ids and ids[0] == SERVER_ID:
         raise MalformedMessage(f"{what}: id 0 is the server, not a client")
     return ids
+
+
+def _counted(body: bytes, what: str, record: struct.Struct) -> tuple[tuple, ...]:
+    """A body of `count u16, reserved u16 = 0, count records`, each led by an ascending id."""
+    r = _Reader(body, what)
+    count, reserved = r.unpack("<HH")
+    if reserved:
+        raise MalformedMessage(f"{what}: reserved field set")
+    r.expect_entries(count, record.size)
+    records = tuple(r.records(record, count))
+    r.done()
+    _ascending([rec[0] for rec in records], what)
+    return records
 
 
 def _client_ids(reader: _Reader, count: int, what: str) -> tuple[int, ...]:
@@ -218,21 +234,25 @@ class RoundConfigMessage(Message):
         return cls(sender, epoch, round_id, config)
 
 
+NO_COMMITMENT = bytes(32)   # the commitment of a round that reveals nothing
+
+
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
     config_digest: bytes = b""
     c_pk: bytes = b""
     s_pk: bytes = b""
+    commitment: bytes = NO_COMMITMENT   # SHA-256 commitment to the graph reveal r (1.7)
     TYPE: ClassVar[int] = ADVERTISE_KEYS
 
     def body(self) -> bytes:
         return (_sized(self.config_digest, 32, "config_digest") + _sized(self.c_pk, KEY_BYTES, "c_pk")
-                + _sized(self.s_pk, KEY_BYTES, "s_pk"))
+                + _sized(self.s_pk, KEY_BYTES, "s_pk") + _sized(self.commitment, 32, "commitment"))
 
     @classmethod
     def parse(cls, sender, epoch, round_id, body):
         r = _Reader(body, "ADVERTISE_KEYS")
-        msg = cls(sender, epoch, round_id, r.take(32), r.take(KEY_BYTES), r.take(KEY_BYTES))
+        msg = cls(sender, epoch, round_id, r.take(32), r.take(KEY_BYTES), r.take(KEY_BYTES), r.take(32))
         r.done()
         return msg
 
@@ -243,10 +263,11 @@ class RosterEntry:
     c_pk: bytes
     s_pk: bytes
     signature: bytes
+    commitment: bytes = NO_COMMITMENT   # on the wire before the signature (1.6)
 
 
-ROSTER_ENTRY = 2 + 2 * KEY_BYTES + SIGNATURE_BYTES   # 130
-_ROSTER_RECORD = struct.Struct(f"<H{KEY_BYTES}s{KEY_BYTES}s{SIGNATURE_BYTES}s")
+ROSTER_ENTRY = 2 + 3 * KEY_BYTES + SIGNATURE_BYTES   # 162: id, c_pk, s_pk, commitment, signature
+_ROSTER_RECORD = struct.Struct(f"<H{KEY_BYTES}s{KEY_BYTES}s32s{SIGNATURE_BYTES}s")
 
 
 @dataclass(frozen=True)
@@ -262,7 +283,8 @@ class Roster(Message):
         parts = [struct.pack("<HH", len(self.entries), 0)]
         for e in self.entries:
             parts.append(struct.pack("<H", e.client_id) + _sized(e.c_pk, KEY_BYTES, "c_pk")
-                         + _sized(e.s_pk, KEY_BYTES, "s_pk") + _sized(e.signature, SIGNATURE_BYTES, "signature"))
+                         + _sized(e.s_pk, KEY_BYTES, "s_pk") + _sized(e.commitment, 32, "commitment")
+                         + _sized(e.signature, SIGNATURE_BYTES, "signature"))
         return b"".join(parts)
 
     @classmethod
@@ -272,7 +294,8 @@ class Roster(Message):
         if reserved:
             raise MalformedMessage("ROSTER: reserved field set")
         r.expect_entries(count, ROSTER_ENTRY)
-        entries = tuple(RosterEntry(*record) for record in r.records(_ROSTER_RECORD, count))
+        entries = tuple(RosterEntry(cid, c_pk, s_pk, signature, commitment)
+                        for cid, c_pk, s_pk, commitment, signature in r.records(_ROSTER_RECORD, count))
         r.done()
         _ascending([e.client_id for e in entries], "ROSTER")
         return cls(sender, epoch, round_id, entries, hashlib.sha256(body).digest())
@@ -298,15 +321,7 @@ def _encode_shares(shares, what: str) -> bytes:
 
 
 def _parse_shares(body: bytes, what: str) -> tuple[EncryptedShare, ...]:
-    r = _Reader(body, what)
-    count, reserved = r.unpack("<HH")
-    if reserved:
-        raise MalformedMessage(f"{what}: reserved field set")
-    r.expect_entries(count, SHARE_ENTRY)
-    shares = [EncryptedShare(*record) for record in r.records(_SHARE_RECORD, count)]
-    r.done()
-    _ascending([s.peer for s in shares], what)
-    return tuple(shares)
+    return tuple(EncryptedShare(*record) for record in _counted(body, what, _SHARE_RECORD))
 
 
 @dataclass(frozen=True)
@@ -387,19 +402,31 @@ class ConsistencyRequest(Message):
 
 
 @dataclass(frozen=True)
-class ConsistencySignature(Message):
-    signature: bytes = b""
-    TYPE: ClassVar[int] = CONSISTENCY_SIGNATURE
+class _OneValue(Message):
+    """A body that is one fixed-size byte string: the message's own (last) field."""
+    SIZE: ClassVar[int] = 0
+    LABEL: ClassVar[str] = ""
+
+    def __init_subclass__(cls, label: str = "", size: int = 0, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.LABEL, cls.SIZE = label, size
 
     def body(self) -> bytes:
-        return _sized(self.signature, SIGNATURE_BYTES, "signature")
+        name = fields(self)[-1].name
+        return _sized(getattr(self, name), self.SIZE, name)
 
     @classmethod
     def parse(cls, sender, epoch, round_id, body):
-        r = _Reader(body, "CONSISTENCY_SIGNATURE")
-        msg = cls(sender, epoch, round_id, r.take(SIGNATURE_BYTES))
+        r = _Reader(body, cls.LABEL)
+        msg = cls(sender, epoch, round_id, r.take(cls.SIZE))
         r.done()
         return msg
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(_OneValue, label="CONSISTENCY_SIGNATURE", size=SIGNATURE_BYTES):
+    signature: bytes = b""
+    TYPE: ClassVar[int] = CONSISTENCY_SIGNATURE
 
 
 _SIGNATURE_RECORD = struct.Struct(f"<H{SIGNATURE_BYTES}s")
@@ -539,14 +566,7 @@ class ConsistencyTags(Message):
 
     @classmethod
     def parse(cls, sender, epoch, round_id, body):
-        r = _Reader(body, "CONSISTENCY_TAGS")
-        count, reserved = r.unpack("<HH")
-        if reserved:
-            raise MalformedMessage("CONSISTENCY_TAGS: reserved field set")
-        r.expect_entries(count, CONSISTENCY_TAG_ENTRY)
-        tags = _parse_tag_list(r, count, "CONSISTENCY_TAGS")
-        r.done()
-        return cls(sender, epoch, round_id, tags)
+        return cls(sender, epoch, round_id, _counted(body, "CONSISTENCY_TAGS", _TAG_RECORD))
 
 
 @dataclass(frozen=True)
@@ -575,6 +595,33 @@ class UnmaskRequestTags(Message):
 
 
 @dataclass(frozen=True)
+class GraphReveal(_OneValue, label="GRAPH_REVEAL", size=REVEAL_BYTES):
+    """A client's graph seed contribution r, sent once the roster (and its commitment) is fixed."""
+    reveal: bytes = b""
+    TYPE: ClassVar[int] = GRAPH_REVEAL
+
+
+GRAPH_SEED_ENTRY = 2 + REVEAL_BYTES   # 34: member id, reveal
+_REVEAL_RECORD = struct.Struct(f"<H{REVEAL_BYTES}s")
+
+
+@dataclass(frozen=True)
+class GraphSeeds(Message):
+    """Every roster member's reveal, relayed by the server to all of them (ascending ids)."""
+    reveals: tuple[tuple[int, bytes], ...] = ()
+    TYPE: ClassVar[int] = GRAPH_SEEDS
+
+    def body(self) -> bytes:
+        _ascending([cid for cid, _ in self.reveals], "GRAPH_SEEDS")
+        return struct.pack("<HH", len(self.reveals), 0) + b"".join(
+            struct.pack("<H", cid) + _sized(r, REVEAL_BYTES, "reveal") for cid, r in self.reveals)
+
+    @classmethod
+    def parse(cls, sender, epoch, round_id, body):
+        return cls(sender, epoch, round_id, _counted(body, "GRAPH_SEEDS", _REVEAL_RECORD))
+
+
+@dataclass(frozen=True)
 class Abort(Message):
     reason: int = ABORT_PROTOCOL_VIOLATION
     TYPE: ClassVar[int] = ABORT
@@ -595,7 +642,7 @@ class Abort(Message):
 MESSAGE_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
     RoundConfigMessage, AdvertiseKeys, Roster, ShareKeys, SharesRelay, MaskedInput,
     ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares, Abort, UnmaskRoundKeys,
-    ConsistencyTags, UnmaskRequestTags)}
+    ConsistencyTags, UnmaskRequestTags, GraphReveal, GraphSeeds)}
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -718,6 +765,6 @@ def decode_frame(data: bytes, max_body: int = MAX_BODY, max_recipients: int = 0x
 
 def advertise_signed_bytes(entry: RosterEntry, config_digest: bytes, epoch: int, round_id: int) -> bytes:
     """What the entry's signature covers: the rebuilt ADVERTISE_KEYS frame of that client."""
-    msg = AdvertiseKeys(entry.client_id, epoch, round_id, config_digest, entry.c_pk, entry.s_pk)
+    msg = AdvertiseKeys(entry.client_id, epoch, round_id, config_digest, entry.c_pk, entry.s_pk, entry.commitment)
     body = msg.body()
     return msg.header(len(body)) + hashlib.sha256(body).digest()

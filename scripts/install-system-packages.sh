@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo need, only when missing.
 # As root it runs apt-get; otherwise it prints the exact command and stops.
 set -euo pipefail
-PKGS="mosquitto mosquitto-clients swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config"
+PKGS="mosquitto mosquitto-clients swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config python3-gpg python3-venv"
 missing=""
 for p in $PKGS; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

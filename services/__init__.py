@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ztfl.fednet.transport import LARGEST_MESSAGE_BYTES, publish_packet_bytes
+
 
 class ServiceError(RuntimeError):
     """A local service could not be started."""
@@ -113,9 +115,13 @@ def _spawn_mosquitto(config_path: Path) -> subprocess.Popen:
 
 def start_mosquitto(port: int | None = None, workdir: str | Path | None = None,
                     extra_config: str = "", allow_anonymous: bool = True,
-                    timeout: float = 10.0) -> Mosquitto:
+                    timeout: float = 10.0, max_packet_bytes: int | None = None) -> Mosquitto:
     """A private mosquitto on a loopback port. `extra_config` is appended verbatim
-    (listener options for TLS, ACLs...); without it the broker is plain MQTT on loopback."""
+    (listener options for TLS, ACLs...); without it the broker is plain MQTT on loopback.
+
+    `max_packet_bytes`: the largest MQTT packet the broker takes or sends (a larger one costs
+    its sender the connection, and a subscriber that announced a smaller limit does not get it);
+    default: the packet of the largest legitimate message (fednet.transport)."""
     owns = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="ztfl-mosquitto-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +134,7 @@ def start_mosquitto(port: int | None = None, workdir: str | Path | None = None,
         f"listener {port} 127.0.0.1",
         f"allow_anonymous {'true' if allow_anonymous else 'false'}",
         "persistence false",
-        "max_packet_size 268435455",
+        f"max_packet_size {max_packet_bytes or publish_packet_bytes(LARGEST_MESSAGE_BYTES)}",
         "log_dest none",
         extra_config,
     ]

@@ -2,20 +2,25 @@
 accepts; `ztfl attest verify`, `ztfl attest measure` and `ztfl provision` as commands."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from nacl.signing import SigningKey
 
 from ztfl.attestation.measure import expected_pcr, measure_agent
 from ztfl.attestation.policy import AttestationPolicy
 from ztfl.attestation.provision import load_devices
 from ztfl.attestation.registry import IdentityRegistry
+from ztfl.protocol import certs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,13 +115,63 @@ def test_provision_writes_configs_the_gateway_can_load(tmp_path):
     assert firmware["device_public_key"] == devices["esp-01"]["device_public_key"]
     agent = yaml.safe_load((fleet / "devices" / "pi-01" / "agent.yaml").read_text())
     assert agent["agent_id"] == "pi-01" and agent["broker"]["url"].startswith("mqtts://")
-    for private in ("ca/ca.key", "broker/broker.key", "gateway/fog1.key", "devices/pi-01/key.pem",
-                    "devices/esp-01/device-key.bin", "devices/esp-01/firmware.json"):
+    for private in ("broker/broker.key", "gateway/fog1.key", "devices/pi-01/key.pem",
+                    "devices/esp-01/device-key.bin", "devices/esp-01/firmware.json", "gateway/identity.key",
+                    "gateway/intermediate.key", "devices/pi-01/identity.key", "cloud/identity.key"):
         assert (fleet / private).stat().st_mode & 0o077 == 0, private
+    # The CA keys are beside the tree, never in it, and the command says where they must live.
+    ca = tmp_path / "fleet-ca"
+    assert "fleet-ca" in done.stderr and "offline" in done.stderr
+    for private in ("root.key", "tls-ca.key", "issued.json"):
+        assert (ca / private).stat().st_mode & 0o077 == 0, private
+    assert not [p for p in fleet.rglob("*") if p.name in ("root.key", "tls-ca.key", "ca.key")]
+    # Every bundle holds the trust anchor and a certificate of its own key, for its id and role.
+    anchor = (ca / "root.pub").read_text().strip()
+    store = certs.TrustStore(bytes.fromhex(anchor), "plant")
+    now = int(time.time())
+    for where, role, device_id in (("gateway", "gateway", "fog1"), ("devices/pi-01", "agent", "pi-01"),
+                                   ("devices/esp-01", "agent", "esp-01"), ("cloud", "cloud", "cloud")):
+        assert (fleet / where / "root.pub").read_text().strip() == anchor
+        cert = store.check(certs.Certificate.decode((fleet / where / "identity.crt").read_bytes()), role, device_id,
+                           now)
+        key = (fleet / where / ("device-key.bin" if "esp" in where else "identity.key")).read_bytes()
+        assert cert.public_key == bytes(SigningKey(key).verify_key)
+        assert 364 * 86400 <= cert.not_after - now <= 366 * 86400
+    assert firmware["device_public_key"] == store.check(certs.Certificate.decode(
+        base64.b64decode(firmware["certificate"])), "agent", "esp-01", now).public_key.hex()
+    assert agent["trust"]["certificate"] == str(fleet / "devices" / "pi-01" / "identity.crt")
+    gateway = yaml.safe_load((fleet / "gateway" / "gateway.yaml").read_text())
+    assert gateway["trust"]["intermediate_key"] == str(fleet / "gateway" / "intermediate.key")
+    inside = ztfl("provision", "--out", str(tmp_path / "nested"), "--ca-dir", str(tmp_path / "nested" / "ca"),
+                  "--device", "pi-01:raspberry-pi-4")
+    assert inside.returncode == 2 and "outside --out" in inside.stdout
     bad = ztfl("provision", "--out", str(tmp_path / "bad"), "--device", "pi/01:raspberry-pi-4")
     assert bad.returncode == 2 and "device id" in bad.stdout
     unknown = ztfl("provision", "--out", str(tmp_path / "bad"), "--device", "pi-01:raspberry-pi-9")
     assert unknown.returncode == 2 and "no profile 'raspberry-pi-9'" in unknown.stdout
+
+
+def test_provision_revoke_lists_every_certificate_of_the_device(tmp_path):
+    fleet = tmp_path / "fleet"
+    assert ztfl("provision", "--out", str(fleet), "--device", "pi-01:raspberry-pi-4",
+                "--device", "pi-02:raspberry-pi-4").returncode == 0
+    before = certs.SignedRevocations.decode((fleet / "gateway" / "revocations.bin").read_bytes())
+    done = ztfl("provision", "revoke", "--out", str(fleet), "--device", "pi-02")
+    assert done.returncode == 0, done.stdout
+    signed = certs.SignedRevocations.decode((fleet / "gateway" / "revocations.bin").read_bytes())
+    pi02 = certs.Certificate.decode((fleet / "devices" / "pi-02" / "identity.crt").read_bytes())
+    assert signed.revocations.revoked == (pi02.serial,) and signed.revocations.number > before.revocations.number
+    # Genuine (the intermediate is the root's) and what an agent holding the older list adopts.
+    store = certs.TrustStore(bytes.fromhex((fleet / "ca" / "root.pub").read_text()), "plant")
+    now = int(time.time())
+    assert store.accept_revocations(before, now) and store.accept_revocations(signed, now)
+    with pytest.raises(certs.CertificateRevoked):
+        store.check(pi02, "agent", "pi-02", now)
+    crl = x509.load_pem_x509_crl((fleet / "broker" / "crl.pem").read_bytes())
+    tls = x509.load_pem_x509_certificate((fleet / "devices" / "pi-02" / "cert.pem").read_bytes())
+    assert [r.serial_number for r in crl] == [tls.serial_number]
+    unknown = ztfl("provision", "revoke", "--out", str(fleet), "--device", "pi-09")
+    assert unknown.returncode == 2 and "pi-09" in unknown.stdout
 
 
 def test_bench_attest_prints_one_json_object(capsys):
@@ -174,3 +229,16 @@ def test_provisioned_fleet_enrols_and_attests(swtpm, tmp_path):
                        ({**config, "colour": 1}, "'colour'")]:
         with pytest.raises(ValueError, match=words):
             TpmAttestor.from_config(bad)
+
+
+def test_bench_attest_times_first_and_incremental_ima_verification(capsys):
+    from ztfl.cli import main
+
+    assert main(["bench", "attest", "--json", "--quotes", "3", "--ima-rounds", "10"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"quote", "verify", "evidence_bytes", "enrolment_ms", "accepted", "rejected"} <= set(report)
+    ima = report["ima"]
+    assert (ima["entries"], ima["new_entries"]) == (5000, 50)
+    assert ima["first_evidence_bytes"] > 50 * ima["incremental_evidence_bytes"]    # only the new entries travel
+    assert ima["incremental"]["median_ms"] < ima["first"]["median_ms"]
+    assert ima["incremental"]["median_ms"] <= 10.0 and ima["incremental_within_target"]

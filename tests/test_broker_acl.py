@@ -1,6 +1,7 @@
 """The broker `ztfl provision` configures, run for real (mosquitto with TLS and the ACL):
 each device writes only under its own agent topics and reads only its gateway's broadcasts;
-without a certificate from the fleet CA nobody connects."""
+without a certificate from the fleet CA nobody connects, and a device `ztfl provision revoke`
+revoked no longer connects once the broker loads the new CRL."""
 from __future__ import annotations
 
 import queue
@@ -10,7 +11,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from ztfl.attestation.provision import Device, Fleet, listener_options, provision
+from ztfl.attestation.provision import Device, Fleet, listener_options, provision, revoke
 from ztfl.services import start_mosquitto
 
 FED, GW = "plant", "fog1"
@@ -181,3 +182,17 @@ def test_certificate_from_another_ca_cannot_connect(pki, broker, tmp_path):
     d = rogue / "devices" / "pi-01"
     # Same CN as a real device, but issued by a CA the broker does not trust.
     assert attempt(broker.port, str(d / "cert.pem"), str(d / "key.pem"), str(pki / "ca" / "ca.pem")) == "refused"
+
+
+def test_revoked_device_cannot_connect(tmp_path):
+    out = tmp_path / "pki"
+    provision(Fleet(FED, GW, [Device("pi-01", "raspberry-pi-4"), Device("pi-02", "raspberry-pi-4")]), out)
+    ca = str(out / "ca" / "ca.pem")
+    revoke(out, None, ["pi-02"])
+    svc = start_mosquitto(workdir=tmp_path / "broker", allow_anonymous=False, extra_config=listener_options(out))
+    try:
+        for name, outcome in (("pi-01", "connected"), ("pi-02", "refused")):
+            d = out / "devices" / name
+            assert attempt(svc.port, str(d / "cert.pem"), str(d / "key.pem"), ca) == outcome, name
+    finally:
+        svc.stop()

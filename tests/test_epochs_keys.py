@@ -6,19 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ztfl.protocol import kdf
-from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol import graph, kdf
+from ztfl.protocol.keys import EpochKeys
+from ztfl.protocol.config import RoundConfig
 from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from dataclasses import replace
 
-from ztfl.protocol.errors import BadSignature, ConfigurationError, ConsistencyViolation, InvalidTransition
+from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, InvalidTransition,
+                                  NoEpochGraph)
 from ztfl.protocol.simulate import Cohort, expected_sums, run_round
 from ztfl.protocol.stages import Stage
 
-IDS = [1, 2, 3, 4, 5]
+# Nine clients: t = 7 (> 2n/3) still leaves a survivor's missing round key to be the reason an
+# unmasking with one dropout and one silent survivor fails.
+IDS = list(range(1, 10))
 DIM = 40
-CLASSIC = RoundConfig.for_range(dim=DIM, max_clients=len(IDS), threshold=3, clip=4.0,
-                                security=SEMI_HONEST)
+CLASSIC = RoundConfig.for_range(dim=DIM, max_clients=len(IDS), threshold=7, clip=4.0)
 CONFIG = replace(CLASSIC, key_reuse=True)
 
 
@@ -271,26 +274,77 @@ def test_keyring_refuses_a_session_with_other_keys_and_bad_ids():
         fleet.keyrings[1].keys_for(1, 1 << 32, 0.0)
 
 
-def test_secagg_plus_neighbours_stay_the_same_within_an_epoch_so_no_agreement_is_redone():
+SPARSE = RoundConfig.for_range(dim=DIM, max_clients=12, threshold=4, clip=4.0, neighbors=4, key_reuse=True)
+
+
+def sparse_epoch(rounds, drop_before=None, present=None):
+    """Key-reuse rounds of 12 clients with 4 neighbours in one epoch: the first fixes the graph."""
     ids = list(range(1, 13))
-    config = RoundConfig.for_range(dim=DIM, max_clients=12, threshold=3, clip=4.0, neighbors=4,
-                                   security=SEMI_HONEST, key_reuse=True)
     cohort = Cohort.create(ids)
     rings = {c: ClientKeyring(EpochPolicy(max_rounds=10)) for c in ids}
     schedule = EpochSchedule(EpochPolicy(max_rounds=10))
+    graphs = {}
     rng = np.random.default_rng(3)
-    graphs, x25519 = [], []
-    for r in (1, 2, 3):
+    runs = []
+    for r in rounds:
         epoch = schedule.epoch_for(r, 0.0)
-        keys = {c: rings[c].keys_for(epoch, r, 0.0, True) for c in ids}
-        before = {c: keys[c].agreements for c in ids}
-        inputs = {c: rng.normal(0, 0.3, DIM) for c in ids}
-        run = run_round(config, cohort, inputs, round_id=r, epoch_keys=keys,
-                        drop_before={7: Stage.MASKED_INPUT_COLLECTION} if r == 2 else None)
+        here = (present or {}).get(r, ids)
+        keys = {c: rings[c].keys_for(epoch, r, 0.0, True) for c in here}
+        before = {c: keys[c].agreements for c in here}
+        inputs = {c: rng.normal(0, 0.3, DIM) for c in here}
+        config = replace(SPARSE, new_graph=epoch not in graphs)
+        run = run_round(config, cohort, inputs, round_id=r, epoch_keys=keys, epoch_graphs=graphs,
+                        drop_before=(drop_before or {}).get(r))
         expected, _ = expected_sums(config, inputs, {}, run.result.survivors)
         assert np.array_equal(run.result.sums, expected)
-        graphs.append(run.server.neighbours)
-        x25519.append(sum(keys[c].agreements - before[c] for c in ids))
-    assert graphs[0] == graphs[1] == graphs[2]
-    assert all(len(n) == 4 for n in graphs[0].values())
-    assert x25519[0] == 12 * (3 + 2 * 4) and x25519[1:] == [0, 0]
+        run.x25519 = sum(keys[c].agreements - before[c] for c in here)
+        run.keys = keys
+        runs.append(run)
+    return runs, graphs, cohort
+
+
+def test_secagg_plus_neighbours_stay_the_same_within_an_epoch_so_no_agreement_is_redone():
+    runs, graphs, _ = sparse_epoch((1, 2, 3), drop_before={2: {7: Stage.MASKED_INPUT_COLLECTION}})
+    assert [run.server.config.reveals_graph for run in runs] == [True, False, False]
+    assert runs[0].server.neighbours == runs[1].server.neighbours == runs[2].server.neighbours
+    assert all(len(n) == 4 for n in runs[0].server.neighbours.values())
+    assert [run.x25519 for run in runs] == [12 * (3 + 2 * 4), 0, 0]
+    # The graph came from the reveals of round 1, and both sides keep it with the epoch.
+    fixed = graphs[runs[0].server.epoch]
+    assert fixed.members == tuple(range(1, 13))
+    assert fixed.seed == graph.graph_seed(runs[0].server.roster.digest(), runs[0].server.reveals)
+    assert all(runs[2].keys[c].graph == fixed for c in range(1, 13))
+
+
+def test_a_member_missing_from_a_later_roster_is_a_dropout_not_a_new_graph():
+    runs, _, _ = sparse_epoch((1, 2), present={2: [c for c in range(1, 13) if c != 5]})
+    first, second = runs
+    for c, nb in second.server.neighbours.items():
+        assert nb == first.server.neighbours[c] - {5}
+    assert second.server.config.reveals_graph is False and second.x25519 == 0
+
+
+def test_a_later_key_reuse_round_needs_the_epochs_graph_on_both_sides():
+    runs, graphs, cohort = sparse_epoch((1,))
+    later = replace(SPARSE, new_graph=False)
+    epoch = runs[0].server.epoch
+    with pytest.raises(NoEpochGraph):                       # a server that never fixed this epoch's graph
+        run_round(later, cohort, {c: np.zeros(DIM) for c in range(1, 13)}, round_id=2,
+                  epoch_keys=runs[0].keys, epoch_graphs={})
+    # A client whose keys hold no graph (it missed the reveal, or re-keyed) refuses the round.
+    fresh = EpochKeys.generate(epoch)
+    from ztfl.protocol.client import ClientSession
+    from ztfl.protocol.server import ServerSession
+    server = ServerSession(later, cohort.server_identity, cohort.directory, epoch, 2, epoch_graphs=graphs)
+    client = ClientSession(1, cohort.identities[1], cohort.directory, fresh, 2)
+    with pytest.raises(NoEpochGraph):
+        client.receive(server.round_config())
+    assert client.stage == Stage.ADVERTISE_KEYS
+    # ... and the server refuses the advert of a client outside the epoch's graph.
+    outsider = Cohort.create([13])
+    directory = {**cohort.directory, 13: outsider.identities[13].verify_key}
+    server = ServerSession(later, cohort.server_identity, directory, epoch, 2, epoch_graphs=graphs)
+    stranger = ClientSession(13, outsider.identities[13], directory, EpochKeys.generate(epoch), 2)
+    stranger.keys.graph = graphs[epoch]                       # even one claiming to know the graph
+    with pytest.raises(ConsistencyViolation, match="not in epoch"):
+        server.receive(stranger.receive(server.round_config()))

@@ -110,16 +110,14 @@ def test_key_reuse_frames_decode_verify_and_reencode():
     assert [(d, k.hex()) for d, k in msg.round_keys] == [(d, pairs[(1, d)]) for d in rnd["dropped"]]
 
 
-def test_epoch_graph_digest_is_sha256_of_epoch_ids_and_keys():
-    import hashlib
-
+def test_the_epoch_graph_is_fixed_once_and_later_rosters_only_lose_members():
     from ztfl.protocol import graph
 
     g = VECTORS["epoch_graph"]
-    h = hashlib.sha256(b"ztfl/secagg/v1/epoch-graph" + struct.pack("<I", g["epoch"]))
-    for e in g["entries"]:
-        h.update(struct.pack("<H", e["id"]) + bytes.fromhex(e["c_pk"]) + bytes.fromhex(e["s_pk"]))
-    assert h.hexdigest() == g["digest"]
-    ids = [e["id"] for e in g["entries"]]
-    got = graph.neighbours(ids, g["neighbors"], bytes.fromhex(g["digest"]))
-    assert {str(c): sorted(n) for c, n in got.items()} == g["neighbours"]
+    seed = bytes.fromhex(g["seed"])
+    full = graph.neighbours(g["members"], g["neighbors"], seed)
+    assert {str(c): sorted(n) for c, n in full.items()} == g["neighbours"]
+    # A later round of the epoch: the same graph, the absent member a dropout of its neighbours.
+    assert {str(c): sorted(full[c] & set(g["present"])) for c in g["present"]} == g["present_neighbours"]
+    fixed = graph.FixedGraph(g["epoch"], tuple(g["members"]), g["neighbors"], seed)
+    assert {str(c): sorted(n) for c, n in fixed.neighbours(g["present"]).items()} == g["present_neighbours"]

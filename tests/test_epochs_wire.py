@@ -9,7 +9,7 @@ from nacl.signing import SigningKey
 
 from ztfl.protocol import wire
 from ztfl.protocol.config import RoundConfig
-from ztfl.protocol.errors import MalformedMessage
+from ztfl.protocol.errors import ConfigurationError, MalformedMessage
 
 KEY = SigningKey(bytes(range(32)))
 SHARE = (5).to_bytes(33, "little")
@@ -47,7 +47,17 @@ def test_key_reuse_flag_round_trips_and_changes_the_digest():
     reuse = replace(plain, key_reuse=True)
     assert RoundConfig.decode(reuse.encode()) == reuse
     assert reuse.digest() != plain.digest()
+    graph_round = replace(reuse, neighbors=4, new_graph=True)
+    assert RoundConfig.decode(graph_round.encode()) == graph_round and graph_round.encode()[7] == 0x06
     unknown = bytearray(reuse.encode())
-    unknown[7] |= 0x04
+    unknown[7] |= 0x10
     with pytest.raises(MalformedMessage):
         RoundConfig.decode(bytes(unknown))
+    # The new-graph flag means nothing without key reuse and a sparse graph: refused alone (a
+    # ROUND_CONFIG frame carrying it is malformed).
+    alone = bytearray(reuse.encode())
+    alone[7] = 0x04
+    with pytest.raises(ConfigurationError):
+        RoundConfig.decode(bytes(alone))
+    with pytest.raises(MalformedMessage):
+        wire.RoundConfigMessage.parse(0, 1, 1, bytes(alone))

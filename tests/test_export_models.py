@@ -177,3 +177,112 @@ def test_unrolled_twin_of_a_last_step_model():
     x = torch.rand(16, 40)
     with torch.no_grad():
         assert torch.allclose(model(x), UnrolledCNNLSTM(model)(x), atol=1e-5)
+
+
+# --- the open-set detector exports with the classifier ------------------------------------
+
+@pytest.fixture(scope="module")
+def with_detector(trained, tmp_path_factory):
+    """The small CNN-LSTM of `trained` with an open-set detector (32 prototypes of its training
+    part's normal rows, threshold at 5 % of its validation normal rows)."""
+    from ztfl.models.openset import NoveltyDetector
+    f, prep, dirs = trained
+    d = tmp_path_factory.mktemp("openset") / "cnn-lstm"
+    shutil.copytree(dirs["cnn-lstm"], d)
+    detector = NoveltyDetector.fit(prep.train.x[prep.train.y == 0], 32).calibrated(prep.val.x[prep.val.y == 0], 0.05)
+    detector.save(d)
+    return f, prep, d, detector
+
+
+def _fp32_decisions(model_dir, detector, x):
+    from ztfl.models.training import logits_of
+    model, pipeline = bundle.load(model_dir)
+    logits = logits_of(model, x).numpy()
+    unknown = detector.unknown(logits, x, pipeline.classes)
+    return logits.argmax(1), unknown
+
+
+def _check_open_set_runtime(path, prep, model_dir, detector):
+    rt = IDSRuntime.open(path)
+    assert rt.has_novelty and rt.open_set["threshold"] == detector.threshold
+    x = np.concatenate([prep.val.x, prep.train.x])
+    pred, unknown = rt.decide(x)
+    ref_pred, ref_unknown = _fp32_decisions(model_dir, detector, x)
+    assert np.mean(unknown == ref_unknown) >= 0.99
+    assert np.mean(np.where(unknown, -1, pred) == np.where(ref_unknown, -1, ref_pred)) >= 0.99
+    assert np.abs(rt.scores(x)[1] - detector.score(x)).max() < 0.01
+    assert 0 < ref_unknown.sum() < len(x)     # the decision is exercised both ways
+    assert np.array_equal(rt.logits(x), rt.scores(x)[0])   # the head alone, as before
+    return rt
+
+
+def test_open_set_detector_exports_to_int8_onnx_with_its_prototypes_as_int8(with_detector, trained, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    from ztfl.models.openset import UNKNOWN
+    f, prep, d, detector = with_detector
+    assert ztfl_main(["export", "--model", str(d), "--to", "onnx", "--int8", "--out", str(tmp_path / "m.onnx")]) == 0
+    rt = _check_open_set_runtime(tmp_path / "m.onnx", prep, d, detector)
+    assert json.loads((tmp_path / "m.onnx.openset.json").read_text())["threshold"] == detector.threshold
+    # raw records in, class names out, "unknown attack" where the detector says so
+    from ztfl.models.datasets import load
+    table = load(f, "unsw-nb15")
+    names = rt.classify_open_set(table)
+    _, unknown = rt.decide(prep.pipeline.transform(table))
+    assert set(names) <= {*prep.pipeline.classes, UNKNOWN}
+    assert [n == UNKNOWN for n in names] == unknown.tolist()
+    # the prototypes are stored as int8 (exact), no float copy of them is left
+    n_values = len(detector.prototypes) * len(detector.prototypes[0])
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer}
+    assert any(a.dtype == np.int8 and a.size == n_values for a in inits.values())
+    assert not any(a.dtype == np.float32 and a.size >= n_values for a in inits.values())
+    # compared with the same classifier exported without the detector: about one byte per value
+    assert ztfl_main(["export", "--model", str(trained[2]["cnn-lstm"]), "--to", "onnx", "--int8",
+                      "--out", str(tmp_path / "plain.onnx")]) == 0
+    extra = (tmp_path / "m.onnx").stat().st_size - (tmp_path / "plain.onnx").stat().st_size
+    assert n_values <= extra <= n_values + 4096
+
+
+def test_open_set_detector_exports_to_int8_tflite(with_detector, tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+    f, prep, d, detector = with_detector
+    out = tmp_path / "m.tflite"
+    assert ztfl_main(["export", "--model", str(d), "--to", "tflite", "--int8", "--calibration", str(f),
+                      "--calibration-rows", "64", "--out", str(out)]) == 0
+    _check_open_set_runtime(out, prep, d, detector)
+    m = schema.Model.GetRootAsModel(out.read_bytes(), 0)
+    g = m.Subgraphs(0)
+    consts = [(g.Tensors(i).Type(), int(np.prod(g.Tensors(i).ShapeAsNumpy()))) for i in range(g.TensorsLength())
+              if m.Buffers(g.Tensors(i).Buffer()).DataLength() > 0]
+    n_values = len(detector.prototypes) * len(detector.prototypes[0])
+    assert (schema.TensorType.INT8, n_values) in consts
+    # no float constant bigger than a bias or the prototypes' squared norms
+    assert max(n for t, n in consts if t == schema.TensorType.FLOAT32) <= max(64, len(detector.prototypes))
+
+
+def test_default_size_model_with_its_detector_is_under_30_percent_as_int8_onnx(trained, tmp_path):
+    from ztfl.models.export.onnx_export import export_fp32, export_int8
+    from ztfl.models.openset import NoveltyDetector
+    _, prep, _ = trained
+    torch.manual_seed(0)
+    model = bundle.new_model("cnn-lstm", prep.pipeline).eval()   # the 0.5 M-parameter default
+    rng = np.random.default_rng(0)
+    detector = NoveltyDetector(rng.integers(0, 256, (256, prep.pipeline.n_features)).tolist(), 1.0, 0.01)
+    fp32 = export_fp32(model, prep.pipeline, tmp_path / "f.onnx", detector)
+    int8 = export_int8(model, prep.pipeline, tmp_path / "q.onnx", detector)
+    assert int8.stat().st_size <= 0.30 * fp32.stat().st_size
+
+
+def test_micro_export_writes_the_integer_open_set_form(trained, tmp_path):
+    from ztfl.models.openset import NoveltyDetector, int8_distances
+    f, prep, dirs = trained
+    d = tmp_path / "micro"
+    shutil.copytree(dirs["micro"], d)
+    detector = NoveltyDetector.fit(prep.train.x[prep.train.y == 0], 16).calibrated(prep.val.x[prep.val.y == 0], 0.05)
+    detector.save(d)
+    assert ztfl_main(["export", "--model", str(d), "--to", "micro", "--int8", "--calibration", str(f),
+                      "--out", str(tmp_path / "micro.json")]) == 0
+    form = json.loads((tmp_path / "micro.json.openset.json").read_text())
+    assert form["levels"] == 127 and len(form["prototypes"]) == 16
+    unknown = int8_distances(np.array(form["prototypes"]), quantise_input(prep.val.x)) > form["threshold"]
+    assert np.mean(unknown == (detector.score(prep.val.x) > detector.threshold)) >= 0.99

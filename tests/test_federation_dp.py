@@ -2,8 +2,8 @@
 (agent.sim: the real client protocol; each agent clips its known update, encodes it and adds the
 announced Skellam noise before masking).
 
-The gateway sizes the noise with privacy.accountant, accounts each release with the actual
-survivors, reports epsilon in /status and /metrics exactly as dp-accounting computes it for the
+The gateway sizes the noise with privacy.accountant, signs it into the round configuration
+(rounded as the configuration carries it), accounts each release with the actual survivors, reports epsilon in /status and /metrics exactly as dp-accounting computes it for the
 same parameters, stops at the budget, and remembers what was spent across a restart. The
 committed models carry noise of the announced size around the mean of the clipped updates.
 """
@@ -50,9 +50,9 @@ def test_gateway_accounts_dp_rounds_and_stops_at_the_budget(federation):
 
     # The same parameters, computed here with privacy.accountant, give the reported figures.
     report = status["privacy"][COHORT]
-    params = calibrate(PrivacyBudget(ROUND_EPSILON, DELTA), 1, 1.0, 16, report["dim"], 4)
+    params = calibrate(PrivacyBudget(ROUND_EPSILON, DELTA), 1, 1.0, 16, report["dim"], 4).signed()
     assert report["frac_bits"] == 16
-    assert report["noise_variance"] == pytest.approx(params.noise_variance, rel=1e-12)
+    assert report["noise_variance"] == params.noise_variance == 2 * params.poisson_mean
     expected = epsilon_for(params, 2, DELTA)
     assert report["epsilon_spent"] == pytest.approx(expected, rel=1e-9)
     assert spent_metric == pytest.approx(expected, rel=1e-9)

@@ -14,7 +14,10 @@ from ztfl.agent.secagg import AgentAggregation
 from ztfl.fednet.messages import RoundAnnounce, RoundKeying, WireError, dp_document
 from ztfl.gateway.secagg import cohort_round_config
 from ztfl.privacy import clip_l2
+from ztfl.privacy.floor import PrivacyFloor
+from ztfl.privacy.guard import PrivacyGuard
 from ztfl.privacy.params import DpParams
+from ztfl.privacy.sampling import KeyedWords
 from ztfl.protocol.errors import ConfigurationError
 from ztfl.protocol.fixedpoint import quantize
 from ztfl.protocol.server import ServerSession
@@ -22,6 +25,8 @@ from ztfl.protocol.stages import Stage
 
 COHORT = "cnn-lstm-32"
 DIM = 3000
+# The DP input path with a small, checkable noise (variance 400): far below any real floor.
+TEST_FLOOR = PrivacyFloor(min_noise_multiplier=1e-6, epsilon=1e15)
 
 
 def _announce(**optional) -> RoundAnnounce:
@@ -62,7 +67,7 @@ class Round:
     def __init__(self, rings: dict[int, AgentKeyrings], ids: dict[int, SigningKey], server_id: SigningKey,
                  epoch: int, protocol_round: int, key_reuse: bool, announced_reuse: bool | None = None,
                  dp: DpParams | None = None, revealed: set | None = None):
-        config = cohort_round_config(32, DIM, 3, len(ids), key_reuse)
+        config = cohort_round_config(32, DIM, 3, len(ids), key_reuse, dp)     # the gateway signs its DP
         directory = {sid: k.verify_key for sid, k in ids.items()}
         self.server = ServerSession(config, server_id, directory, epoch, protocol_round, revealed_keys=revealed)
         peers = {sid: bytes(k.verify_key) for sid, k in ids.items()}
@@ -70,7 +75,8 @@ class Round:
         self.rings = rings
         self.clients = {sid: AgentAggregation(sid, ids[sid], bytes(server_id.verify_key), peers, protocol_round,
                                               rings[sid].keys_for(COHORT, keying, float(protocol_round)),
-                                              keying.key_reuse, dp, np.random.default_rng(sid))
+                                              keying.key_reuse, dp, KeyedWords.from_labels("epochs", sid),
+                                              privacy=PrivacyGuard.in_memory(TEST_FLOOR))
                         for sid in ids}
 
     def run(self, updates: dict[int, np.ndarray], lost: frozenset = frozenset()):
@@ -158,8 +164,8 @@ def test_dp_agents_clip_weigh_one_and_add_noise_of_the_announced_variance():
     noise = (result.sums - clipped).astype(np.float64)
     assert abs(noise.std() / np.sqrt(4 * 400.0) - 1) < 0.1
     assert abs(noise.mean()) < 5 * np.sqrt(4 * 400.0 / DIM)
-    # Parameters for another dimension do not fit the round: refused before advertising.
+    # Parameters announced for another dimension are not the signed ones: refused before advertising.
     wrong = DpParams(1.0, 16, DIM + 1, 400.0, 3)
     rnd = Round(rings, ids, server_id, epoch=6, protocol_round=6, key_reuse=True, dp=wrong)
-    with pytest.raises(ConfigurationError, match="DP parameters"):
+    with pytest.raises(ConfigurationError, match="announcement's DP"):
         rnd.clients[1].receive(rnd.server.round_config())

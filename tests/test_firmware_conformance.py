@@ -36,12 +36,12 @@ def test_conformance_run_reports_a_corrupted_vector():
     # A key-reuse round whose client 2 would have to send another CONSISTENCY_TAGS frame, and a
     # refusal expecting another error class.
     replies = bad["session.json"]["round"]["clients"][1]["replies"]
-    replies[3] = replies[3][:-2] + ("00" if replies[3][-2:] != "00" else "01")
+    replies[4] = replies[4][:-2] + ("00" if replies[4][-2:] != "00" else "01")
     refusal = next(r for r in bad["session.json"]["refusals"] if r["error"] == "WrongRound")
     refusal["error"] = "BadSignature"
     out = run_json(SCRIPT, {"kdf.json": bad["kdf.json"], "masking.json": bad["masking.json"],
                             "session.json": bad["session.json"]}, timeout=300)
     assert any(f.startswith("kdf.json: hkdf") for f in out["failures"])
     assert any(f.startswith("masking.json: masked client") for f in out["failures"])
-    assert "session.json: round: client 2 reply 3" in out["failures"]
+    assert "session.json: round: client 2 reply 4" in out["failures"]
     assert any(f.startswith(f"session.json: refusal {refusal['name']}: WrongRound") for f in out["failures"])

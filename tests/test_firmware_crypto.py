@@ -60,6 +60,8 @@ def call(name, a):
             return "ok"
         except ed25519.SignatureError as e:
             return "SignatureError"
+    if name == "ed25519_small_order":
+        return ed25519.has_small_order(ed25519.decode_point(u(a[0])))
     if name == "hmac":
         return h(hmac256.hmac_sha256(u(a[0]), u(a[1])))
     if name == "hkdf":
@@ -187,6 +189,95 @@ def test_ed25519_interoperates_with_pynacl_and_rejects_forgeries():
     ])
     assert out[0] == sig.hex()
     assert out[1:] == ["ok", "SignatureError", "SignatureError", "SignatureError", "SignatureError"]
+
+
+P25519 = 2 ** 255 - 19
+L25519 = 2 ** 252 + 27742317777372353535851937790883648493
+Y_ORDER8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+SMALL_ORDER_Y = [0, 1, P25519 - 1, Y_ORDER8, P25519 - Y_ORDER8]
+
+
+def _y_encoding(y, sign=0):
+    return (y | sign << 255).to_bytes(32, "little")
+
+
+def _base_mul(scalar):
+    return nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(scalar.to_bytes(32, "little"))
+
+
+def _challenge(r_enc, public, msg):
+    return int.from_bytes(hashlib.sha512(r_enc + public + msg).digest(), "little") % L25519
+
+
+def _pynacl_verifies(public, msg, signature):
+    try:
+        nacl.bindings.crypto_sign_open(signature + msg, public)
+        return True
+    except Exception:
+        return False
+
+
+def _edge_vectors():
+    """(name, public key, message, signature) that a cofactorless verifier without the strict
+    checks accepts, so the test shows what the checks stop, not only that they refuse."""
+    msg = os.urandom(40)
+    s = int.from_bytes(os.urandom(32), "little") % L25519
+    forged_any_message = _base_mul(s) + s.to_bytes(32, "little")      # R = [s]B, A = neutral
+    a = int.from_bytes(os.urandom(32), "little") % L25519
+    pk = _base_mul(a)
+    vectors = [
+        ("identity A", _y_encoding(1), msg, forged_any_message),
+        ("identity A, sign bit set", _y_encoding(1, 1), msg, forged_any_message),
+        ("identity A encoded as y = p + 1", _y_encoding(P25519 + 1), msg, forged_any_message),
+        ("order-2 A", _y_encoding(P25519 - 1), msg, forged_any_message),
+    ]
+    # An order-8 A: [k]A is the neutral element whenever 8 divides k; grind the message for it.
+    a8 = _y_encoding(Y_ORDER8)
+    m8 = next(m for m in (os.urandom(16) for _ in range(1000))
+              if _challenge(_base_mul(s), a8, m) % 8 == 0)
+    vectors.append(("order-8 A", a8, m8, forged_any_message))
+    # A small-order R from the key's owner: R = neutral, S = k a, one of many valid-looking forms.
+    for name, r_enc in [("identity R", _y_encoding(1)), ("identity R encoded as y = p + 1",
+                                                          _y_encoding(P25519 + 1))]:
+        k = _challenge(r_enc, pk, msg)
+        vectors.append((name, pk, msg, r_enc + (k * a % L25519).to_bytes(32, "little")))
+    # A non-canonical A of a point of large order (y = p + 2 .. p + 18 on the curve).
+    y = next(y for y in range(2, 19) if _on_curve_y(y))
+    vectors.append(("non-canonical A (y >= p)", _y_encoding(P25519 + y), msg, forged_any_message))
+    return pk, vectors
+
+
+def _on_curve_y(y):
+    d = -121665 * pow(121666, P25519 - 2, P25519) % P25519
+    x2 = (y * y - 1) * pow(d * y * y + 1, P25519 - 2, P25519) % P25519
+    return x2 != 0 and pow(x2, (P25519 - 1) // 2, P25519) == 1
+
+
+def test_ed25519_refuses_small_order_and_non_canonical_like_libsodium():
+    pk, vectors = _edge_vectors()
+    # S >= L on an honest signature, and an honest signature that must still pass.
+    key = nacl.signing.SigningKey(os.urandom(32))
+    msg = os.urandom(33)
+    sig = key.sign(msg).signature
+    honest_pk = key.verify_key.encode()
+    for extra in (0, 1):
+        big_s = int.from_bytes(sig[32:], "little") + L25519 + extra * (2 ** 255 - L25519 - 1)
+        vectors.append(("S >= L (%d)" % extra, honest_pk, msg, sig[:32] + big_s.to_bytes(32, "little")))
+    calls = [["ed25519_verify", [p.hex(), m.hex(), g.hex()]] for _, p, m, g in vectors]
+    calls.append(["ed25519_verify", [honest_pk.hex(), msg.hex(), sig.hex()]])
+    out = mp_eval(calls)
+    for (name, p, m, g), got in zip(vectors, out):
+        assert not _pynacl_verifies(p, m, g), name
+        assert got == "SignatureError", name
+    assert out[-1] == "ok" and _pynacl_verifies(honest_pk, msg, sig)
+
+
+def test_ed25519_small_order_table_is_exactly_the_small_order_points():
+    encodings = [_y_encoding(y, sign) for y in SMALL_ORDER_Y for sign in (0, 1)
+                 if not (sign and y in (1, P25519 - 1))]     # x = 0 has no negative encoding
+    out = mp_eval([["ed25519_small_order", [e.hex()]] for e in encodings]
+                  + [["ed25519_small_order", [_base_mul(7).hex()]]])
+    assert out == [True] * len(encodings) + [False]
 
 
 def test_hmac_sha256_rfc4231_and_hkdf_rfc5869():

@@ -25,8 +25,9 @@ from ztfl.gateway.server import Gateway
 from ztfl.protocol.fixedpoint import quantize
 from ztfl.attestation.software_identity import new_device_key
 from ztfl.firmware_tools.records import partition_records, write_device_dir
-from ztfl.firmware_tools.micropython_host import (firmware_device_config, provision_firmware_devices, run_json,
-                                   start_firmware_agent)
+from ztfl.firmware_tools.micropython_host import (firmware_device_config, firmware_trust_of, provision_firmware_devices,
+                                   run_json, start_firmware_agent)
+from ztfl.attestation.provision import Device, Fleet, bundle_trust, provision
 from ztfl.services import start_swtpm
 
 MAX_SAMPLES = 48
@@ -90,9 +91,13 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
             "count": 4, "alpha": 0.5, "seed": 7}
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
     keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", ["esp-2", "esp-3"])
+    # The Linux agents' bundles from the same CA, in a tree of their own (their TPMs enrol on first use).
+    provision(Fleet("plant", "fog1", [Device(f"pi-{i}", "raspberry-pi-4") for i in (0, 1)],
+                    ca_dir=tmp_path / "fleet-ca"), tmp_path / "agents")
     gateway = RecordingGateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": url}, "state_dir": str(tmp_path / "gw"),
         "data": data, "rounds": 1, "min_agents": 4, "min_cohort": 2, "heartbeat_s": 1.0,
+        "trust": bundle_trust(tmp_path / "fleet"),
         "require_attestation": True, "allow_software_rooted": True,
         "software_devices": str(tmp_path / "fleet" / "gateway" / "devices.yaml"),
         "deadlines_s": {"attest": 2, "advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
@@ -106,7 +111,7 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
             cfg = {"agent_id": f"pi-{i}", "federation": "plant", "gateway": "fog1", "broker": {"url": url},
                    "profile": "raspberry-pi-4", "state_dir": str(tmp_path / f"pi-{i}"), "data": {**data, "index": i},
                    "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i,
-                   "record_updates_dir": str(tmp_path / "updates")}
+                   "record_updates_dir": str(tmp_path / "updates"), "trust": bundle_trust(tmp_path / "agents", f"pi-{i}")}
             tpms.append(start_swtpm(tmp_path / "tpm" / f"pi-{i}"))
             cfg["tpm"] = {"tcti": tpms[-1].tcti}
             path = tmp_path / f"pi-{i}.yaml"
@@ -118,7 +123,8 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
             records, classes = partition_records({**data, "index": i})
             seed, public = keys[f"esp-{i}"]
             cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
-                                         seed, public, max_samples=MAX_SAMPLES, attest=True)
+                                         seed, public, max_samples=MAX_SAMPLES, attest=True,
+                                         trust=firmware_trust_of(tmp_path / "fleet", f"esp-{i}"))
             devices[f"esp-{i}"] = write_device_dir(tmp_path / f"esp-{i}", cfg, records)
             procs.append(start_firmware_agent(devices[f"esp-{i}"], tmp_path / f"esp-{i}.log"))
         gateway.start()
@@ -186,8 +192,10 @@ def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, data
     three aggregated."""
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
             "count": 3, "alpha": 0.5, "seed": 3}
+    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", [f"esp-{i}" for i in range(3)])
     gateway = RecordingGateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+        "trust": bundle_trust(tmp_path / "fleet"),
         "state_dir": str(tmp_path / "gw"), "data": data, "rounds": 3, "min_agents": 3, "min_cohort": 3,
         "heartbeat_s": 1.0, "round_interval_s": 0.2, "cohorts": {"micro-32": {"key_epoch": {"max_rounds": 2}}},
         "deadlines_s": {"advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
@@ -195,9 +203,10 @@ def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, data
     try:
         for i in range(3):
             records, classes = partition_records({**data, "index": i})
-            seed, public = new_device_key()
+            seed, public = keys[f"esp-{i}"]
             cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
-                                         seed, public, max_samples=16)
+                                         seed, public, max_samples=16,
+                                         trust=firmware_trust_of(tmp_path / "fleet", f"esp-{i}"))
             procs.append(start_firmware_agent(write_device_dir(tmp_path / f"esp-{i}", cfg, records),
                                               tmp_path / f"esp-{i}.log"))
         gateway.start()

@@ -26,7 +26,7 @@ from ztfl.protocol import config, errors, rounds, session, shamir, stages, wire
 # Every message type, by the name both sides give it.
 TYPE_NAMES = ("ROUND_CONFIG", "ADVERTISE_KEYS", "ROSTER", "SHARE_KEYS", "SHARES_RELAY", "MASKED_INPUT",
               "CONSISTENCY_REQUEST", "CONSISTENCY_SIGNATURE", "UNMASK_REQUEST", "UNMASK_SHARES", "ABORT",
-              "UNMASK_ROUND_KEYS", "CONSISTENCY_TAGS", "UNMASK_REQUEST_TAGS")
+              "UNMASK_ROUND_KEYS", "CONSISTENCY_TAGS", "UNMASK_REQUEST_TAGS", "GRAPH_REVEAL", "GRAPH_SEEDS")
 # Protocol errors the firmware has no class for, and why.
 PROTOCOL_ONLY_ERRORS = {
     # The client never reconstructs a secret: its share arithmetic (ztfw.shamir) raises its own
@@ -41,7 +41,7 @@ def fw():
     sys.path.insert(0, str(FIRMWARE_DIR))
     try:
         names = ("secagg_wire", "secagg_errors", "secagg_client", "agent_wire", "agent", "shamir",
-                 "session_auth", "attest")
+                 "session_auth", "attest", "mqtt")
         return {name: importlib.import_module(f"ztfw.{name}") for name in names}
     finally:
         sys.path.remove(str(FIRMWARE_DIR))
@@ -65,13 +65,15 @@ def test_frame_layout_and_version(fw):
         (wire.AUTH_SIGNATURE, wire.AUTH_SESSION, wire.SERVER_ID)
     assert fw_wire.CONFIG_FMT == config.CONFIG_STRUCT.format
     assert fw_wire.CONFIG_BYTES == config.CONFIG_STRUCT.size
-    assert (fw_wire.SEMI_HONEST, fw_wire.ACTIVE, fw_wire.FLAG_THRESHOLD_OVERRIDE, fw_wire.FLAG_KEY_REUSE) == \
-        (config.SEMI_HONEST, config.ACTIVE, config.FLAG_THRESHOLD_OVERRIDE, config.FLAG_KEY_REUSE)
+    assert (fw_wire.SEMI_HONEST, fw_wire.ACTIVE, fw_wire.FLAG_THRESHOLD_OVERRIDE, fw_wire.FLAG_KEY_REUSE,
+            fw_wire.FLAG_NEW_GRAPH) == (config.SEMI_HONEST, config.ACTIVE, config.FLAG_THRESHOLD_OVERRIDE,
+                                        config.FLAG_KEY_REUSE, config.FLAG_NEW_GRAPH)
     assert (fw_wire.SURVIVORS_CONTEXT, fw_wire.SHARE_AAD_CONTEXT) == (wire.SURVIVORS_CONTEXT, wire.SHARE_AAD_CONTEXT)
     entries = (fw_wire.ROSTER_ENTRY, fw_wire.SHARE_ENTRY, fw_wire.UNMASK_ENTRY, fw_wire.MASKED_PREFIX_BYTES,
-               fw_wire.TAG_ENTRY, fw_wire.TAG_ENTRY)
+               fw_wire.TAG_ENTRY, fw_wire.TAG_ENTRY, fw_wire.GRAPH_SEED_ENTRY, fw_wire.REVEAL_BYTES)
     assert entries == (wire.ROSTER_ENTRY, wire.SHARE_ENTRY, wire.UNMASK_ENTRY, wire.MASKED_PREFIX.size,
-                       wire.RECIPIENT_TAG_ENTRY, wire.CONSISTENCY_TAG_ENTRY)
+                       wire.RECIPIENT_TAG_ENTRY, wire.CONSISTENCY_TAG_ENTRY, wire.GRAPH_SEED_ENTRY, wire.REVEAL_BYTES)
+    assert fw_wire.NO_COMMITMENT == wire.NO_COMMITMENT
 
 
 def test_key_and_share_sizes(fw):
@@ -85,9 +87,10 @@ def test_key_and_share_sizes(fw):
         (session.TAG_BYTES, session.INFO_SESSION, session.INFO_PAIRWISE_CONSISTENCY)
 
 
-def _config_body(dim=8, threshold=3, max_clients=4, mask_bits=64, clip_q=1, neighbors=0) -> bytes:
+def _config_body(dim=8, threshold=3, max_clients=4, mask_bits=64, clip_q=1, neighbors=0, flags=0,
+                 security=config.ACTIVE) -> bytes:
     # Packed by hand: the protocol's encoder would refuse the out-of-range cases up front.
-    return struct.pack(config.CONFIG_STRUCT.format, dim, mask_bits, 16, config.ACTIVE, 0, threshold,
+    return struct.pack(config.CONFIG_STRUCT.format, dim, mask_bits, 16, security, flags, threshold,
                        neighbors, max_clients, 0, clip_q, 1)
 
 
@@ -110,8 +113,14 @@ def _verdicts(fw, body: bytes) -> tuple[str, str]:
     ({"dim": 0}, False), ({"dim": 1}, True), ({"dim": config.MAX_DIM}, True), ({"dim": config.MAX_DIM + 1}, False),
     ({"max_clients": 1, "threshold": 1}, False), ({"max_clients": 2, "threshold": 2}, True),
     ({"max_clients": 0xFFFF, "threshold": 2 * 0xFFFF // 3 + 1}, True),
-    ({"max_clients": 0xFFFF, "threshold": 2 * 0xFFFF // 3}, False),
+    # A wire value, not a policy: a low threshold decodes (the security floor refuses it), one
+    # above the group cannot be met and is malformed.
+    ({"max_clients": 0xFFFF, "threshold": 2 * 0xFFFF // 3}, True), ({"threshold": 0}, False),
+    ({"max_clients": 4, "threshold": 5}, False), ({"max_clients": 10, "threshold": 4, "neighbors": 2}, False),
     ({"mask_bits": 48}, False), ({"neighbors": 3}, False), ({"clip_q": 0}, False),
+    ({"flags": config.FLAG_NEW_GRAPH}, False), ({"flags": config.FLAG_NEW_GRAPH | config.FLAG_KEY_REUSE}, False),
+    ({"flags": config.FLAG_NEW_GRAPH | config.FLAG_KEY_REUSE, "neighbors": 2, "threshold": 3}, True),
+    ({"flags": 0x08}, False), ({"security": 2}, False),
 ])
 def test_round_config_limits(fw, fields, accepted):
     ours, theirs = _verdicts(fw, _config_body(**fields))
@@ -127,6 +136,13 @@ def test_device_caps_stay_within_the_protocol(fw):
     assert fw_agent_wire.MAX_TENSORS <= fednet.MAX_TENSORS
     assert fw_agent.PAYLOAD_LIMIT_BYTES == load_profile("esp32").payload_limit_bytes
     assert fw_agent_wire.MAX_JSON_BYTES <= fw_agent.PAYLOAD_LIMIT_BYTES
+
+
+def test_mqtt_packet_limits(fw):
+    # The board announces the packet of its payload limit as its MQTT 5 Maximum Packet Size.
+    from ztfl.fednet import transport
+    assert fw["mqtt"].PUBLISH_OVERHEAD == transport.PUBLISH_OVERHEAD
+    assert fw["mqtt"].MQTT_MAX_PACKET == transport.MQTT_MAX_PACKET
 
 
 def test_envelope_and_model_headers(fw):
@@ -158,15 +174,15 @@ def test_attestation_binding(fw):
 
 def test_stage_names(fw):
     fw_client = fw["secagg_client"]
-    assert fw_client.ORDER == tuple(stage.value for stage in stages.Stage.order())
+    assert fw_client.ORDER == tuple(stage.value for stage in stages.Stage.order(reveal=True))
     for stage in stages.Stage:
         assert getattr(fw_client, stage.name) == stage.value
 
 
-@pytest.mark.parametrize("key_reuse", [False, True])
-def test_client_transitions(fw, key_reuse):
+@pytest.mark.parametrize("key_reuse, reveal", stages.KINDS)
+def test_client_transitions(fw, key_reuse, reveal):
     fw_client = fw["secagg_client"]
-    table = stages.client_transitions(key_reuse)
+    table = stages.client_transitions(key_reuse, reveal)
     for stage in stages.Stage:
         for mtype in wire.MESSAGE_TYPES:
             try:
@@ -174,10 +190,38 @@ def test_client_transitions(fw, key_reuse):
             except errors.InvalidTransition:
                 ours = "InvalidTransition"
             try:
-                theirs = fw_client.next_stage(stage.value, mtype, key_reuse)
+                theirs = fw_client.next_stage(stage.value, mtype, key_reuse, reveal)
             except fw["secagg_errors"].InvalidTransition:
                 theirs = "InvalidTransition"
-            assert theirs == ours, f"{stage.value} + 0x{mtype:02x} (key reuse {key_reuse})"
+            assert theirs == ours, f"{stage.value} + 0x{mtype:02x} (key reuse {key_reuse}, reveal {reveal})"
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_clients": 5, "threshold": 4}, {"max_clients": 5, "threshold": 3}, {"max_clients": 4, "threshold": 3},
+    {"max_clients": 5, "threshold": 4, "security": config.SEMI_HONEST},
+    {"max_clients": 5, "threshold": 1, "flags": config.FLAG_THRESHOLD_OVERRIDE},
+    {"max_clients": 100, "threshold": 4, "neighbors": 4}, {"max_clients": 100, "threshold": 3, "neighbors": 2},
+    {"max_clients": 100, "threshold": 67}, {"max_clients": 100, "threshold": 66},
+])
+def test_security_floor_verdicts_and_defaults(fw, fields):
+    """The board's floor refuses what the agent's refuses, with the same error, and has the same
+    defaults; a stricter provisioned floor refuses more on both sides."""
+    body = _config_body(**fields)
+    ours_cfg, theirs_cfg = config.RoundConfig.decode(body), fw["secagg_wire"].RoundConfig(body)
+    for kwargs in ({}, {"min_group": 8, "min_neighbors": 6}):
+        verdicts = []
+        for floor, cfg, root in ((config.SecurityFloor(**kwargs), ours_cfg, errors.ProtocolError),
+                                 (fw["secagg_client"].SecurityFloor(**kwargs), theirs_cfg,
+                                  fw["secagg_errors"].ProtocolError)):
+            try:
+                floor.check_config(cfg)
+                verdicts.append("")
+            except root as exc:
+                verdicts.append(type(exc).__name__)
+        assert verdicts[0] == verdicts[1], (fields, kwargs)
+    fw_floor = fw["secagg_client"].SecurityFloor()
+    assert (fw_floor.min_group, fw_floor.min_neighbors) == (config.SecurityFloor().min_group,
+                                                            config.SecurityFloor().min_neighbors)
 
 
 def _error_classes(module, root: type) -> dict[str, type]:

@@ -1,6 +1,7 @@
 """The firmware's secure-aggregation client (real MicroPython) in rounds run by the CPython
-server next to CPython clients: the aggregate must be exact, dropouts included, and hostile
-or malformed server frames must be refused with a typed error and no change of stage."""
+server next to CPython clients: the aggregate must be exact, dropouts and the graph reveal of
+sparse rounds included, and hostile or malformed server frames must be refused with a typed
+error and no change of stage."""
 from __future__ import annotations
 
 import struct
@@ -15,7 +16,8 @@ from ztfl.protocol.config import RoundConfig
 from ztfl.protocol.server import ServerSession
 from ztfl.protocol.simulate import Cohort, expected_sums
 from ztfl.protocol.stages import Stage
-from ztfl.firmware_tools.micropython_host import FirmwareClient, drive_round, run_json
+from ztfl.firmware_tools.micropython_host import FirmwareClient, run_json
+from protocol_testkit import drive
 
 EPOCH, ROUND = 5, 9
 
@@ -45,7 +47,7 @@ def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
                 session = ClientSession(c, cohort.identities[c], cohort.directory, keys, ROUND)
                 session.set_input(inputs[c], weights[c])
                 clients[c] = session
-        drive_round(server, clients, drop_before)      # a firmware refusal of a valid frame raises
+        drive(server, clients, drop_before)      # a firmware refusal of a valid frame fails the test
         assert server.stage != Stage.ABORTED, server.abort_reason
         stats = [fw.stats() for fw in firmware]
     finally:
@@ -55,9 +57,9 @@ def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
 
 
 def test_mixed_round_with_two_firmware_clients_is_exact():
-    config = RoundConfig(dim=300, threshold=3, max_clients=4, mask_bits=32, max_weight=50)
-    server, inputs, weights, stats = _run_round(config, [1, 2, 3, 4], {2, 4})
-    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4])
+    config = RoundConfig(dim=300, threshold=4, max_clients=5, mask_bits=32, max_weight=50)
+    server, inputs, weights, stats = _run_round(config, [1, 2, 3, 4, 5], {2, 4})
+    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4, 5])
     assert np.array_equal(server.result.sums, expected)
     assert server.result.total_weight == total_weight
     assert all(s["stage"] == "Done" for s in stats)
@@ -66,38 +68,44 @@ def test_mixed_round_with_two_firmware_clients_is_exact():
 def test_firmware_clients_unmask_a_dropped_cpython_client():
     # Client 1 (CPython) vanishes after sharing its keys: the firmware clients must release
     # their shares of its mask key so its pairwise masks can be removed.
-    config = RoundConfig(dim=100, threshold=3, max_clients=4, mask_bits=32)
-    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4], {3, 4},
+    config = RoundConfig(dim=100, threshold=4, max_clients=5, mask_bits=32)
+    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5], {3, 4},
                                             drop_before={1: Stage.MASKED_INPUT_COLLECTION}, seed=1)
     assert server.result.dropped == (1,)
-    expected, total_weight = expected_sums(config, inputs, weights, [2, 3, 4])
+    expected, total_weight = expected_sums(config, inputs, weights, [2, 3, 4, 5])
     assert np.array_equal(server.result.sums, expected)
     assert server.result.total_weight == total_weight
 
 
 def test_sparse_neighbour_graph_round_with_a_dropped_firmware_client():
-    # SecAgg+ graph of degree 2 over 5 clients; firmware client 5 drops after ShareKeys.
-    config = RoundConfig(dim=64, threshold=2, max_clients=5, mask_bits=32, neighbors=2, security=0)
-    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5], {2, 5},
+    # SecAgg+ graph of degree 4 over 7 clients, fixed by everyone's reveal (the firmware clients
+    # commit, reveal and derive it too); firmware client 5 drops after ShareKeys.
+    config = RoundConfig(dim=64, threshold=4, max_clients=7, mask_bits=32, neighbors=4)
+    assert config.reveals_graph
+    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5, 6, 7], {2, 5},
                                             drop_before={5: Stage.MASKED_INPUT_COLLECTION}, seed=2)
-    assert server.result.dropped == (5,)
-    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4])
+    assert server.result.dropped == (5,) and set(server.reveals) == set(range(1, 8))
+    expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4, 6, 7])
     assert np.array_equal(server.result.sums, expected)
     assert server.result.total_weight == total_weight
 
 
 def test_64_bit_masks_round_is_exact():
-    config = RoundConfig(dim=40, threshold=2, max_clients=2, mask_bits=64, security=0)
-    server, inputs, weights, _ = _run_round(config, [1, 2], {2}, seed=3)
-    expected, _ = expected_sums(config, inputs, weights, [1, 2])
+    config = RoundConfig(dim=40, threshold=4, max_clients=5, mask_bits=64)
+    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5], {2}, seed=3)
+    expected, _ = expected_sums(config, inputs, weights, [1, 2, 3, 4, 5])
     assert np.array_equal(server.result.sums, expected)
+
+
+PEERS = (2, 3, 4, 5)
+SMALLEST = RoundConfig(dim=16, threshold=4, max_clients=5)       # what the default floor accepts
 
 
 @pytest.fixture
 def lone_firmware_client():
-    """A firmware session of client 1 (with peers 2, 3 enrolled) and the server's key."""
+    """A firmware session of client 1 (with peers 2 to 5 enrolled) and the server's key."""
     server_key = SigningKey.generate()
-    identities = {c: SigningKey.generate() for c in (1, 2, 3)}
+    identities = {c: SigningKey.generate() for c in (1, *PEERS)}
     directory = {0: bytes(server_key.verify_key), **{c: bytes(k.verify_key) for c, k in identities.items()}}
     fw = FirmwareClient()
     fw.open_session(1, identities[1].encode(), directory, EPOCH, bytes(range(32)), bytes(range(32, 64)), ROUND)
@@ -107,7 +115,7 @@ def lone_firmware_client():
 
 def test_firmware_refuses_bad_server_frames_and_keeps_its_stage(lone_firmware_client):
     fw, server_key, identities = lone_firmware_client
-    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    config = SMALLEST
     good = wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key)
 
     def resign(frame: bytes, key=server_key) -> bytes:
@@ -127,7 +135,10 @@ def test_firmware_refuses_bad_server_frames_and_keeps_its_stage(lone_firmware_cl
     roster_first = wire.Roster(0, EPOCH, ROUND, ()).encode(server_key)
     unsafe = bytearray(config.encode())
     unsafe[8:10] = struct.pack("<H", 1)                # threshold 1 without the override flag
+    impossible = bytearray(config.encode())
+    impossible[8:10] = struct.pack("<H", 6)            # more shares needed than the group holds
     unsafe_cfg = resign(good[:20] + bytes(unsafe) + good[-64:])
+    impossible_cfg = resign(good[:20] + bytes(impossible) + good[-64:])
     cases = [
         (bytes(tampered), "BadSignature"),
         (wrong_round, "WrongRound"),
@@ -140,7 +151,8 @@ def test_firmware_refuses_bad_server_frames_and_keeps_its_stage(lone_firmware_cl
         (good[:83], "MalformedMessage"),
         (good + b"\x00", "MalformedMessage"),
         (roster_first, "InvalidTransition"),
-        (unsafe_cfg, "MalformedMessage"),
+        (unsafe_cfg, "ThresholdBelowFloor"),
+        (impossible_cfg, "MalformedMessage"),
     ]
     for frame, error in cases:
         reply, got = fw.receive(frame)
@@ -155,29 +167,41 @@ def test_firmware_refuses_bad_server_frames_and_keeps_its_stage(lone_firmware_cl
     assert fw.receive(good) == (None, "InvalidTransition")
 
 
+def _entry(identity, client_id, config, c_sk, s_sk) -> wire.RosterEntry:
+    """A peer's honest roster entry: its keys and its signature of its ADVERTISE_KEYS."""
+    from nacl.bindings import crypto_scalarmult_base
+    advert = wire.AdvertiseKeys(client_id, EPOCH, ROUND, config.digest(), crypto_scalarmult_base(c_sk),
+                                crypto_scalarmult_base(s_sk))
+    return wire.RosterEntry(client_id, advert.c_pk, advert.s_pk, advert.encode(identity)[-64:])
+
+
 def test_firmware_refuses_a_roster_with_a_forged_entry(lone_firmware_client):
     fw, server_key, identities = lone_firmware_client
-    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    config = SMALLEST
     reply, _ = fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))
     mine = wire.decode_frame(reply)
-    entries = [wire.RosterEntry(1, mine.message.c_pk, mine.message.s_pk, mine.signature)]
-    peer_c, peer_s = bytes(range(64, 96)), bytes(range(96, 128))
-    from nacl.bindings import crypto_scalarmult_base
-    peer = wire.AdvertiseKeys(2, EPOCH, ROUND, config.digest(), crypto_scalarmult_base(peer_c),
-                              crypto_scalarmult_base(peer_s)).encode(identities[2])
-    honest = wire.RosterEntry(2, peer[20 + 32:20 + 64], peer[20 + 64:20 + 96], peer[-64:])
+    own = wire.RosterEntry(1, mine.message.c_pk, mine.message.s_pk, mine.signature)
+    peers = [_entry(identities[c], c, config, bytes([c]) * 32, bytes([c + 100]) * 32) for c in PEERS]
+    honest = peers[0]
     forged = wire.RosterEntry(2, honest.c_pk, honest.s_pk, SigningKey.generate().sign(b"x").signature)
     duplicate_key = wire.RosterEntry(2, mine.message.c_pk, honest.s_pk, honest.signature)
     for entry, error in ((forged, "BadSignature"), (duplicate_key, "DuplicateMessage")):
-        roster = wire.Roster(0, EPOCH, ROUND, tuple(entries + [entry])).encode(server_key)
+        roster = wire.Roster(0, EPOCH, ROUND, (own, entry, *peers[1:])).encode(server_key)
         assert fw.receive(roster) == (None, error)
         assert fw.stage == "ShareKeys"
-    without_me = wire.Roster(0, EPOCH, ROUND, (honest,)).encode(server_key)
+    without_me = wire.Roster(0, EPOCH, ROUND, tuple(peers)).encode(server_key)
     assert fw.receive(without_me) == (None, "ConsistencyViolation")
-    reply, error = fw.receive(wire.Roster(0, EPOCH, ROUND, tuple(entries + [honest])).encode(server_key))
+    # A commitment in a round that reveals nothing is not what this client advertised.
+    committed = wire.RosterEntry(1, own.c_pk, own.s_pk, own.signature, bytes([7]) * 32)
+    assert fw.receive(wire.Roster(0, EPOCH, ROUND, (committed, *peers)).encode(server_key)) == \
+        (None, "ConsistencyViolation")
+    # Four of the five: a group below the board's floor, whatever the signatures.
+    assert fw.receive(wire.Roster(0, EPOCH, ROUND, (own, *peers[:3])).encode(server_key)) == \
+        (None, "GroupBelowFloor")
+    reply, error = fw.receive(wire.Roster(0, EPOCH, ROUND, (own, *peers)).encode(server_key))
     assert error is None and fw.stage == "MaskedInputCollection"
     shares = wire.decode_frame(reply).message
-    assert [s.peer for s in shares.shares] == [2]
+    assert [s.peer for s in shares.shares] == list(PEERS)
 
 
 _MASK_SCRIPT = r"""
@@ -219,14 +243,16 @@ def test_masked_stream_matches_the_reference_encoder_in_both_word_paths():
         assert out["out"][i] == e.tobytes().hex(), (i, bits)
 
 
-def test_firmware_stage_transition_matrix():
+@pytest.mark.parametrize("neighbors", [0, 4], ids=["complete", "graph-reveal"])
+def test_firmware_stage_transition_matrix(neighbors):
     """Walk a full round; at every stage every message type except the expected one (and ABORT,
-    which ends any unfinished stage) is refused with InvalidTransition, leaving the stage as is."""
-    config = RoundConfig(dim=8, threshold=2, max_clients=3, mask_bits=32, security=0)
-    ids = [1, 2, 3]
+    which ends any unfinished stage) is refused with InvalidTransition, leaving the stage as is.
+    With a sparse graph the round has the GraphReveal stage as well."""
+    config = RoundConfig(dim=8, threshold=5, max_clients=6, mask_bits=32, neighbors=neighbors)
+    ids = [1, 2, 3, 4, 5, 6]
     cohort = Cohort.create(ids, epoch=EPOCH)
     server = ServerSession(config, cohort.server_identity, cohort.directory, EPOCH, ROUND)
-    peers = {c: ClientSession(c, cohort.identities[c], cohort.directory, cohort.epoch_keys[c], ROUND) for c in (1, 2)}
+    peers = {c: ClientSession(c, cohort.identities[c], cohort.directory, cohort.epoch_keys[c], ROUND) for c in ids[:-1]}
     for c, s in peers.items():
         s.set_input(np.zeros(8, dtype=np.float32), 1)
     import hashlib
@@ -239,15 +265,20 @@ def test_firmware_stage_transition_matrix():
     expected = {"AdvertiseKeys": wire.ROUND_CONFIG, "ShareKeys": wire.ROSTER,
                 "MaskedInputCollection": wire.SHARES_RELAY, "ConsistencyCheck": wire.CONSISTENCY_REQUEST,
                 "Unmasking": wire.UNMASK_REQUEST}
-    all_types = range(wire.ROUND_CONFIG, wire.ABORT + 1)
+    if config.reveals_graph:
+        expected.update({"GraphReveal": wire.ROSTER, "ShareKeys": wire.GRAPH_SEEDS})
+    all_types = sorted(wire.MESSAGE_TYPES)
     refused = 0
     with FirmwareClient() as fw:
-        keys = cohort.epoch_keys[3]
-        fw.open_session(3, cohort.identities[3].encode(), {k: bytes(v) for k, v in cohort.directory.items()},
+        keys = cohort.epoch_keys[6]
+        fw.open_session(6, cohort.identities[6].encode(), {k: bytes(v) for k, v in cohort.directory.items()},
                         EPOCH, keys.c_sk, keys.s_sk, ROUND)
         fw.set_input([0.5] * 8, 1)
         out = server.round_config()
-        for stage in Stage.order()[:-1]:
+        stages = []
+        while not server.stage.terminal:
+            stage = server.stage
+            stages.append(stage)
             assert fw.stage is None or fw.stage == stage.value
             for mtype in all_types:
                 if mtype in (expected[stage.value], wire.ABORT):
@@ -259,7 +290,7 @@ def test_firmware_stage_transition_matrix():
                 frame = out if isinstance(out, bytes) else out.frame_for(c)
                 if frame is None:
                     continue
-                if c == 3:
+                if c == 6:
                     reply, error = fw.receive(frame)
                     assert error is None
                 else:
@@ -271,13 +302,14 @@ def test_firmware_stage_transition_matrix():
         for mtype in all_types:   # nothing moves a finished session, not even ABORT
             assert fw.receive(server_frame(mtype)) == (None, "InvalidTransition")
             refused += 1
-    assert refused == 5 * 9 + 11
+    assert stages == list(Stage.order(config.reveals_graph)[:-1])
+    assert refused == len(stages) * (len(all_types) - 2) + len(all_types)
     assert server.result is not None
 
 
 def test_firmware_abort_is_final(lone_firmware_client):
     fw, server_key, _ = lone_firmware_client
-    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    config = SMALLEST
     assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))[1] is None
     bad_reserved = wire.Abort(0, EPOCH, ROUND, wire.ABORT_TIMEOUT).encode(server_key)
     head, body = bad_reserved[:20], b"\x04\x00\x01\x00"
@@ -295,9 +327,8 @@ def test_firmware_checks_only_its_groups_consistency_signatures():
     A forged signature of a non-member is not looked at (it releases nothing about non-members);
     a forged one of a member is refused, and the stage stays where it was."""
     import hashlib
-    from ztfl.protocol import graph
-    config = RoundConfig(dim=16, threshold=2, max_clients=5, mask_bits=32, neighbors=2, security=0)
-    ids, fw_id = [1, 2, 3, 4, 5], 5
+    config = RoundConfig(dim=16, threshold=4, max_clients=8, mask_bits=32, neighbors=4)
+    ids, fw_id = [1, 2, 3, 4, 5, 6, 7, 8], 5
     cohort = Cohort.create(ids, epoch=EPOCH)
     server = ServerSession(config, cohort.server_identity, cohort.directory, EPOCH, ROUND)
     clients = {c: ClientSession(c, cohort.identities[c], cohort.directory, cohort.epoch_keys[c], ROUND)
@@ -314,8 +345,7 @@ def test_firmware_checks_only_its_groups_consistency_signatures():
                         EPOCH, keys.c_sk, keys.s_sk, ROUND)
         fw.set_input([0.25] * 16, 1)
         out = server.round_config()
-        roster = None
-        for stage in Stage.order()[:-1]:
+        while not server.stage.terminal:
             for c in ids:
                 frame = out if isinstance(out, bytes) else out.frame_for(c)
                 if frame is None:
@@ -324,10 +354,9 @@ def test_firmware_checks_only_its_groups_consistency_signatures():
                     reply = clients[c].receive(frame)
                 else:
                     msg = wire.decode_frame(frame).message
-                    if isinstance(msg, wire.Roster):
-                        roster = msg
                     if isinstance(msg, wire.UnmaskRequest):
-                        group = graph.neighbours(ids, 2, roster.digest())[fw_id] | {fw_id}
+                        # The graph every member derived from the reveals, the server's too.
+                        group = server.neighbours[fw_id] | {fw_id}
                         outsider = next(s for s, _ in msg.signatures if s not in group)
                         member = next(s for s, _ in msg.signatures if s in group and s != fw_id)
 
@@ -353,7 +382,7 @@ def test_firmware_refuses_the_unmask_request_of_the_other_round_kind(lone_firmwa
     as it refuses it in any other stage (and a key-reuse round refuses 0x09: session.json)."""
     import hashlib
     fw, server_key, _ = lone_firmware_client
-    config = RoundConfig(dim=16, threshold=2, max_clients=3, security=0)
+    config = SMALLEST
     assert fw.receive(wire.RoundConfigMessage(0, EPOCH, ROUND, config).encode(server_key))[1] is None
     body = struct.pack("<HH", 0, 0)
     head = struct.pack("<2sBBHHIII", b"ZS", 1, wire.UNMASK_REQUEST_TAGS, 0, 0, EPOCH, ROUND, len(body))

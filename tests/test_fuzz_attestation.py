@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ztfl.attestation.errors import AttestationError
 from ztfl.attestation.messages import QuoteEvidence
 from fuzzkit import decode_typed, inputs_for, peak_allocation
-from ztfl.bench.fuzz_targets import by_name, tpms_attest_quote
+from ztfl.bench.fuzz_targets import boot_event_log, by_name, ima_list, tpms_attest_quote
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TARGETS = by_name(["attestation"])
@@ -42,3 +42,28 @@ def test_length_prefixes_are_checked_before_slicing(n16, n8):
     assert peak_allocation(decode_typed, target, forged) < 16 * 1024
     public = by_name(["tpm.public"])[0]
     assert isinstance(decode_typed(public, struct.pack(">HB", n16, n8)), AttestationError)
+
+
+MEASURED = by_name(["attestation.event_log", "attestation.ima_log", "attestation.quote_evidence",
+                    "attestation.receipt"])
+
+
+@FAST
+@given(st.data())
+def test_boot_and_ima_logs_refuse_hostile_bytes_typed(data):
+    target = data.draw(st.sampled_from(MEASURED), label="target")
+    decode_typed(target, data.draw(inputs_for(target), label="input"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF))
+def test_log_length_fields_are_checked_before_reading(n32):
+    # A length claiming up to 4 GiB, followed by nothing: refused without allocating it.
+    event_log = by_name(["attestation.event_log"])[0]
+    spec = boot_event_log()[:32 + 28]                         # SHA-1-format header, Spec ID body cut short
+    ima = by_name(["attestation.ima_log"])[0]
+    for target, data in ((event_log, spec[:28] + struct.pack("<I", n32)),
+                         (ima, struct.pack("<I", 10) + bytes(20) + struct.pack("<I", n32)),
+                         (ima, ima_list()[1][:34] + struct.pack("<I", n32))):         # template data length
+        assert isinstance(decode_typed(target, data), AttestationError)
+        assert peak_allocation(decode_typed, target, data) < 64 * 1024

@@ -1,12 +1,16 @@
 """ESP32 boards (no TPM) get a seat only on their provisioned device key, seen from the boards'
 side: real mosquitto, the firmware agent in the real MicroPython unix port, the real gateway.
 
-Four boards are provisioned with `ztfl provision`; three run with their provisioned key, the
-fourth with a key of its own (a clone, or a board whose key was swapped). First the gateway's
-policy admits no software root: nobody is seated and no round is ever announced, every refusal
-counted. Then the same gateway state with software roots allowed: the three honest boards are
-seated, marked software-rooted and aggregated; the fourth's evidence does not verify and it
-gets no seat. What is simulated: the boards and their radio (the unix port runs on this host)."""
+Five boards are provisioned with `ztfl provision`, the digest of each one's flashed files
+recorded in the device list; three run with their provisioned key and files, the fourth with a
+key of its own (a clone, or a board whose key was swapped), the fifth with a boot.py planted
+after its build. First the gateway's policy admits no software root: nobody is seated and no
+round is ever announced, every refusal counted. Then the same gateway state with software roots
+allowed: the three honest boards are seated, marked software-rooted and aggregated; the fourth's
+key has no certificate (it cannot present the provisioned one: it certifies another key), so it
+is counted as uncertified and never seated; the fifth reports another bundle digest than the
+recorded one and gets no seat. What is simulated: the boards and their radio (the unix port runs on this
+host)."""
 from __future__ import annotations
 
 import json
@@ -17,17 +21,22 @@ import paho.mqtt.client as mqtt
 import torch
 
 from ztfl.fednet.messages import Hello
+from ztfl.attestation.bundle import bundle_digest
+from ztfl.attestation.device_list import record_device_field
 from ztfl.attestation.software_identity import new_device_key
 from ztfl.gateway.config import GatewayConfig
 from ztfl.gateway.registry import Registry
 from ztfl.gateway.server import Gateway
 from ztfl.firmware_tools.records import partition_records, write_device_dir
-from ztfl.firmware_tools.micropython_host import firmware_device_config, provision_firmware_devices, start_firmware_agent
+from ztfl.firmware_tools.micropython_host import (firmware_device_config, firmware_trust_of,
+                                                  provision_firmware_devices, start_firmware_agent)
+from ztfl.attestation.provision import bundle_trust
 
 HONEST = ["esp-0", "esp-1", "esp-2"]
 ROGUE = "esp-3"
+TAMPERED = "esp-4"     # its files changed after the build: a planted boot.py
 STRANGER = "esp-9"     # never provisioned: only its (retained) hello is published
-BOARDS = HONEST + [ROGUE]
+BOARDS = HONEST + [ROGUE, TAMPERED]
 
 
 def _gateway(tmp_path, url, data, allow: bool) -> Gateway:
@@ -36,6 +45,7 @@ def _gateway(tmp_path, url, data, allow: bool) -> Gateway:
         "data": data, "rounds": 1, "min_agents": 3, "min_cohort": 3, "heartbeat_s": 1.0,
         "require_attestation": True, "allow_software_rooted": allow,
         "software_devices": str(tmp_path / "fleet" / "gateway" / "devices.yaml"),
+        "trust": bundle_trust(tmp_path / "fleet"),
         "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 60, "consistency": 30,
                         "unmask": 30}}))
 
@@ -55,7 +65,7 @@ def _step_until(gateway: Gateway, done, procs, seconds: float) -> None:
 
 def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir, tmp_path):
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
-            "count": 4, "alpha": 0.5, "seed": 7}
+            "count": 5, "alpha": 0.5, "seed": 7}
     keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", BOARDS)
     wrong_key = new_device_key()
     rounds_seen: list[bytes] = []
@@ -74,18 +84,25 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
             records, classes = partition_records({**data, "index": i})
             seed, public = wrong_key if agent_id == ROGUE else keys[agent_id]
             cfg = firmware_device_config(agent_id, "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
-                                         seed, public, max_samples=32, attest=True)
+                                         seed, public, max_samples=32, attest=True,
+                                         trust=None if agent_id == ROGUE else firmware_trust_of(tmp_path / "fleet",
+                                                                                                  agent_id))
             device = write_device_dir(tmp_path / agent_id, cfg, records)
+            # What `ztfl firmware build` records: the digest of the files flashed to the board.
+            record_device_field(tmp_path / "fleet" / "gateway" / "devices.yaml", agent_id, "bundle_sha256",
+                                bundle_digest(device).hex())
+            if agent_id == TAMPERED:
+                (device / "boot.py").write_text("import os  # runs before the agent\n")
             procs.append(start_firmware_agent(device, tmp_path / f"{agent_id}.log"))
 
         # 1. The policy admits no software root: every board is refused before any round.
         forbidding = _gateway(tmp_path, mosquitto.url, data, allow=False)
         try:
             forbidding.start()
-            _step_until(forbidding, lambda: len(forbidding.agents.agents) == 5, procs, 60)
+            _step_until(forbidding, lambda: len(forbidding.agents.agents) == 6, procs, 60)
             _step_until(forbidding, lambda: False, procs, 3)        # time enough to start a round
             assert set(forbidding.agents.agents) == set(BOARDS) | {STRANGER}
-            assert _counted(forbidding, "software", "refused", "software_root_not_allowed") >= 4
+            assert _counted(forbidding, "software", "refused", "software_root_not_allowed") >= 5
             assert _counted(forbidding, "unknown", "refused", "not_enrolled") >= 1
             assert _counted(forbidding, "software", "seated", "") == 0
             assert forbidding.cohorts == {} and forbidding.registry.rounds() == []
@@ -103,6 +120,8 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
             verifier_metrics = gateway.attestation.verifier.metrics.snapshot()
             seated = _counted(gateway, "software", "seated", "")
             refused = _counted(gateway, "software", "refused", "bad_signature")
+            uncertified = gateway.metrics.refusals.get("uncertified", 0)
+            tampered = _counted(gateway, "software", "refused", "bundle_digest")
         finally:
             gateway.stop()
     finally:
@@ -114,8 +133,9 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
     logs = {a: (tmp_path / f"{a}.log").read_text(errors="replace")[-1500:] for a in BOARDS}
     assert gateway.done and not gateway.failed, logs
     assert rounds_seen, "no round was announced once software roots were allowed"
-    assert verifier_metrics == {"accepted_tpm": 0, "accepted_software": 3, "rejected": {"bad_signature": 1}}
-    assert (seated, refused, stranger_refused) == (3.0, 1.0, 1.0)
+    assert verifier_metrics == {"accepted_tpm": 0, "accepted_software": 3, "rejected": {}}
+    assert (seated, refused, tampered, stranger_refused) == (3.0, 0.0, 1.0, 1.0)
+    assert uncertified >= 2           # the rogue's and the stranger's hellos: no certificate, no seat
 
     reg = Registry(tmp_path / "gw")
     try:
@@ -124,7 +144,8 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
     finally:
         reg.close()
     assert {a for a, (o, _) in outcomes.items() if o == "aggregated"} == set(HONEST), outcomes
-    assert outcomes[ROGUE][0] == "refused" and outcomes[ROGUE][1].startswith("bad_signature"), outcomes
+    assert ROGUE not in outcomes, outcomes
+    assert outcomes[TAMPERED][0] == "refused" and outcomes[TAMPERED][1].startswith("bundle_digest"), outcomes
     cohort = committed[-1]["cohorts"]["micro-32"]
     assert cohort["roots"] == {a: "software" for a in HONEST}
     assert cohort["aggregated"] == HONEST and STRANGER not in cohort["participants"]

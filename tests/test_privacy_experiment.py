@@ -10,7 +10,7 @@ from ztfl.cli import main
 
 
 def test_bench_dp_small_run(capsys, datasets_dir):
-    code = main(["bench", "dp", "--agents", "4", "--rounds", "2", "--max-rows", "1500", "--epsilons", "inf,8",
+    code = main(["bench", "dp", "--agents", "5", "--rounds", "2", "--max-rows", "1500", "--epsilons", "inf,8",
                  "--local-batches", "3", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)

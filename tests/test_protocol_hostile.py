@@ -8,11 +8,11 @@ import pytest
 from nacl.signing import SigningKey
 
 from ztfl.protocol import shamir, wire
-from ztfl.protocol.client import ClientSession
-from ztfl.protocol.errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
-                             InvalidTransition,
-                             KeyAgreementError, MalformedMessage, RoundAborted, ShamirError, UnknownSender,
-                             UnsupportedVersion, WrongRound)
+from ztfl.protocol.config import RoundConfig
+from ztfl.protocol.server import ServerSession
+from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DecryptionFailed, DuplicateMessage,
+                                  InvalidTransition, KeyAgreementError, MalformedMessage, RoundAborted, ShamirError,
+                                  ThresholdOverrideRefused, UnknownSender, UnsupportedVersion, WrongRound)
 from ztfl.protocol.keys import EpochKeys
 from ztfl.protocol.stages import Stage
 from protocol_testkit import Round
@@ -103,13 +103,13 @@ def test_every_flipped_bit_of_a_signed_frame_is_refused(rnd):
 
 
 # ------------------------------------------------------------------ signatures, rounds, senders
-def test_client_refuses_a_configuration_with_the_threshold_override_unless_allowed():
-    rnd = Round(n=4, threshold=2, dim=3, threshold_override=True)
-    strict = ClientSession(1, rnd.cohort.identities[1], rnd.cohort.directory, EpochKeys.generate(1), 7)
-    with pytest.raises(ConfigurationError):
-        strict.receive(rnd.to_clients[1])
-    assert strict.stage == Stage.ADVERTISE_KEYS
-    assert rnd.clients[1].receive(rnd.to_clients[1]) is not None     # this one accepts it
+def test_client_refuses_a_configuration_with_the_threshold_override(rnd):
+    lowered = RoundConfig(dim=3, threshold=2, max_clients=5, threshold_override=True)
+    frame = wire.RoundConfigMessage(0, 1, 7, lowered).encode(rnd.cohort.server_identity)
+    assert_client_refuses(rnd, 1, frame, ThresholdOverrideRefused)
+    with pytest.raises(ThresholdOverrideRefused):        # nor does an honest server announce it
+        ServerSession(lowered, rnd.cohort.server_identity, rnd.cohort.directory, 1, 7)
+    assert rnd.clients[1].receive(rnd.to_clients[1]) is not None     # the safe configuration goes through
 
 
 def test_client_refuses_a_frame_not_signed_by_the_server(rnd):
@@ -222,7 +222,7 @@ def test_client_refuses_a_tampered_encrypted_share(rnd):
 
 
 def test_client_refuses_a_relayed_share_from_a_non_neighbour():
-    rnd = Round(n=8, threshold=3, dim=3, neighbors=2, threshold_override=True)
+    rnd = Round(n=10, threshold=4, dim=3, neighbors=4)
     at(rnd, Stage.MASKED_INPUT_COLLECTION)
     relay = wire.decode_frame(rnd.to_clients[1]).message
     stranger = next(c for c in rnd.ids if c != 1 and c not in rnd.server.neighbours[1])
@@ -396,7 +396,7 @@ def test_peek_reads_the_routing_header_only(rnd):
 
 
 def test_a_tampered_self_mask_share_is_detected_when_spare_shares_exist():
-    rnd = Round(n=6, threshold=4, dim=6)
+    rnd = Round(n=7, threshold=5, dim=6)
     rnd.step(); rnd.step(); rnd.step(); rnd.step()
     for c in rnd.ids:
         reply = rnd.clients[c].receive(rnd.to_clients[c])

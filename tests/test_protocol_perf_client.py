@@ -44,7 +44,7 @@ def test_own_neighbours_of_a_non_member_is_refused():
 
 def _roster(n: int, first: int = 1) -> wire.Roster:
     rng = random.Random(n)
-    entries = tuple(wire.RosterEntry(c, rng.randbytes(32), rng.randbytes(32), rng.randbytes(64))
+    entries = tuple(wire.RosterEntry(c, rng.randbytes(32), rng.randbytes(32), rng.randbytes(64), rng.randbytes(32))
                     for c in range(first, first + n))
     return wire.Roster(wire.SERVER_ID, 3, 9, entries)
 
@@ -101,7 +101,7 @@ def _advert(sender: int, c_pk: bytes, s_pk: bytes, rnd: Round) -> bytes:
 
 
 def test_server_refuses_a_key_already_in_use_and_changes_nothing():
-    rnd = Round(n=5, threshold=3)
+    rnd = Round(n=5, threshold=4)
     keys = {c: EpochKeys.generate(1) for c in rnd.ids}
     rnd.server.receive(_advert(1, keys[1].c_pk, keys[1].s_pk, rnd))
     for c_pk, s_pk in [(keys[1].c_pk, keys[2].s_pk), (keys[2].c_pk, keys[1].c_pk), (keys[1].s_pk, keys[2].s_pk),
@@ -115,7 +115,7 @@ def test_server_refuses_a_key_already_in_use_and_changes_nothing():
 
 def test_server_refuses_equal_keys_in_the_first_advert_too():
     """c_pk == s_pk is refused whoever advertises first: every client would refuse the roster."""
-    rnd = Round(n=5, threshold=3)
+    rnd = Round(n=5, threshold=4)
     key = EpochKeys.generate(1).c_pk
     with pytest.raises(DuplicateMessage):
         rnd.server.receive(_advert(1, key, key, rnd))
@@ -153,14 +153,14 @@ def test_peer_keys_check_sizes_up_front_and_membership_builds_nothing():
 
 
 def test_client_names_the_first_bad_roster_entry():
-    rnd = Round(n=4, threshold=3)
+    rnd = Round(n=5, threshold=4)
     rnd.step()
     roster_frame = rnd.to_clients[1]
     roster = wire.decode_frame(roster_frame).message
     entries = list(roster.entries)
     # Client 3 repeats client 2's key and an unenrolled id 9 comes later: the duplicate is named.
     entries[2] = wire.RosterEntry(3, entries[1].c_pk, entries[2].s_pk, entries[2].signature)
-    entries[3] = wire.RosterEntry(9, entries[3].c_pk, entries[3].s_pk, entries[3].signature)
+    entries[4] = wire.RosterEntry(9, entries[4].c_pk, entries[4].s_pk, entries[4].signature)
     bad = wire.Roster(0, roster.epoch, roster.round_id, tuple(entries)).encode(rnd.cohort.server_identity)
     with pytest.raises(DuplicateMessage, match="client 3"):
         rnd.clients[1].receive(bad)

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from ztfl.protocol import fixedpoint, prg, shamir, wire
-from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig
-from ztfl.protocol.errors import ConfigurationError, MalformedMessage, ShamirError, UnsupportedVersion
+from ztfl.protocol.config import ACTIVE, SEMI_HONEST, RoundConfig, SecurityFloor, check_rules
+from ztfl.protocol.errors import (BelowSecurityFloor, ConfigurationError, GroupBelowFloor, MalformedMessage,
+                                  NeighborsBelowFloor, SemiHonestRefused, ShamirError, ThresholdBelowFloor,
+                                  ThresholdOverrideRefused, UnsupportedVersion)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 secrets = st.binary(min_size=32, max_size=32)
@@ -108,7 +110,7 @@ def test_sum_of_encodings_mod_2b_decodes_to_the_integer_sum(data, bits, n):
     frac = 10
     clip_q = 1000 << frac
     config = RoundConfig(dim=5, threshold=1, max_clients=max(n, 2), mask_bits=bits, frac_bits=frac,
-                         clip_q=clip_q, max_weight=50, threshold_override=True)
+                         clip_q=clip_q, max_weight=50)
     total = np.zeros(6, dtype=prg.word_dtype(bits))
     expected = np.zeros(5, dtype=np.int64)
     weights = 0
@@ -139,22 +141,46 @@ def test_configuration_refuses_sums_that_could_wrap():
 
 
 def test_configuration_threshold_rules():
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=66, max_clients=100)                       # active needs > 2n/3
-    RoundConfig(dim=1, threshold=67, max_clients=100)
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=50, max_clients=100, security=SEMI_HONEST)  # needs > n/2
-    RoundConfig(dim=1, threshold=51, max_clients=100, security=SEMI_HONEST)
-    RoundConfig(dim=1, threshold=11, max_clients=100, neighbors=14)              # group of 15
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=10, max_clients=100, neighbors=14)
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=11, max_clients=100, neighbors=13)          # odd degree
-    RoundConfig(dim=1, threshold=2, max_clients=100, threshold_override=True)    # explicit override
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=True, max_clients=100, threshold_override=True)   # bool is not an int
-    with pytest.raises(ConfigurationError):
-        RoundConfig(dim=1, threshold=67, max_clients=100, mask_bits=16)
+    # The wire value refuses only what cannot be expressed: t in 1..g, an even degree, known sizes.
+    for bad in ({"threshold": 0}, {"threshold": 101}, {"threshold": 16, "neighbors": 14},
+                {"threshold": 11, "neighbors": 13}, {"threshold": True}, {"threshold": 67, "mask_bits": 16},
+                {"threshold": 67, "new_graph": True}, {"threshold": 67, "new_graph": True, "key_reuse": True}):
+        with pytest.raises(ConfigurationError):
+            RoundConfig(**{"dim": 1, "max_clients": 100, **bad})
+    RoundConfig(dim=1, threshold=11, max_clients=100, neighbors=14, key_reuse=True, new_graph=True)
+    # What agents take part in is the rule every one of them applies (and a server announces).
+    check_rules(RoundConfig(dim=1, threshold=67, max_clients=100))
+    check_rules(RoundConfig(dim=1, threshold=11, max_clients=100, neighbors=14))      # group of 15
+    refused = [({"threshold": 66}, ThresholdBelowFloor),                              # active needs > 2n/3
+               ({"threshold": 10, "neighbors": 14}, ThresholdBelowFloor),
+               ({"threshold": 51, "security": SEMI_HONEST}, SemiHonestRefused),
+               ({"threshold": 67, "security": SEMI_HONEST}, SemiHonestRefused),
+               ({"threshold": 2, "threshold_override": True}, ThresholdOverrideRefused)]
+    for fields, error in refused:
+        with pytest.raises(error):
+            check_rules(RoundConfig(**{"dim": 1, "max_clients": 100, **fields}))
+        assert issubclass(error, BelowSecurityFloor) and issubclass(error, ConfigurationError)
+
+
+def test_security_floor_is_the_agents_own_and_has_safe_defaults():
+    floor = SecurityFloor()
+    assert (floor.min_group, floor.min_neighbors) == (5, 4)
+    floor.check_config(RoundConfig(dim=1, threshold=4, max_clients=5))
+    floor.check_config(RoundConfig(dim=1, threshold=4, max_clients=100, neighbors=4))
+    with pytest.raises(GroupBelowFloor):
+        floor.check_config(RoundConfig(dim=1, threshold=3, max_clients=4))
+    with pytest.raises(NeighborsBelowFloor):
+        floor.check_config(RoundConfig(dim=1, threshold=3, max_clients=100, neighbors=2))
+    with pytest.raises(GroupBelowFloor):
+        SecurityFloor(min_group=16).check_config(RoundConfig(dim=1, threshold=11, max_clients=100, neighbors=14))
+    with pytest.raises(ThresholdBelowFloor):
+        floor.check_group(7, 12)                 # a roster of 12: t must exceed 8
+    floor.check_group(9, 12)
+    for bad in ({"min_group": 2}, {"min_neighbors": 1}, {"min_group": True}, {"min_group": 5.0}):
+        with pytest.raises(ConfigurationError):
+            SecurityFloor(**bad)
+    with pytest.raises(AttributeError):
+        floor.min_group = 3                      # frozen: nothing lowers it after provisioning
 
 
 # ------------------------------------------------------------------ masking

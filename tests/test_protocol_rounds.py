@@ -1,10 +1,11 @@
-"""Whole rounds through real frames: exact aggregates, dropouts at every stage, 32/64-bit, SecAgg+."""
+"""Whole rounds through real frames: exact aggregates, dropouts at every stage, 32/64-bit, SecAgg+
+(with the commit-and-reveal graph stage)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.config import RoundConfig
 from ztfl.protocol.errors import RoundAborted
 from ztfl.protocol.simulate import Cohort, run_round
 from ztfl.protocol.stages import Stage
@@ -20,7 +21,7 @@ def assert_exact(rnd: Round, result):
 
 
 @pytest.mark.parametrize("mask_bits", [32, 64])
-@pytest.mark.parametrize("n,threshold", [(3, 3), (10, 7)])
+@pytest.mark.parametrize("n,threshold", [(5, 4), (10, 7)])
 def test_round_without_dropouts_is_exact(n, threshold, mask_bits):
     rnd = Round(n=n, threshold=threshold, dim=50, mask_bits=mask_bits)
     result = rnd.run()
@@ -32,7 +33,7 @@ def test_round_without_dropouts_is_exact(n, threshold, mask_bits):
 
 def test_hundred_clients_complete_graph_with_dropouts_is_exact():
     ids = list(range(1, 101))
-    config = RoundConfig(dim=20, threshold=51, max_clients=100, max_weight=5, security=SEMI_HONEST)
+    config = RoundConfig(dim=20, threshold=67, max_clients=100, max_weight=5)
     cohort = Cohort.create(ids)
     rng = np.random.default_rng(1)
     inputs = {c: rng.normal(size=20) for c in ids}
@@ -49,18 +50,18 @@ def test_hundred_clients_complete_graph_with_dropouts_is_exact():
 @pytest.mark.parametrize("mask_bits", [64])
 def test_hundred_clients_secagg_plus_with_dropouts_is_exact(mask_bits):
     ids = list(range(1, 101))
-    # Groups of 15; t = 8 tolerates 7 failures per group (10 % + 5 % dropouts here).
-    config = RoundConfig(dim=30, threshold=8, max_clients=100, neighbors=14, mask_bits=mask_bits,
-                         security=SEMI_HONEST)
+    # Groups of 15; t = 11 (active) tolerates 4 failures per group: 3 clients leave after sharing
+    # and 1 before unmasking, so no group can fall short whatever graph the reveals give.
+    config = RoundConfig(dim=30, threshold=11, max_clients=100, neighbors=14, mask_bits=mask_bits)
     cohort = Cohort.create(ids)
     rng = np.random.default_rng(2)
     inputs = {c: rng.normal(size=30) for c in ids}
-    drops = {c: Stage.MASKED_INPUT_COLLECTION for c in ids[3::10]}
-    drops.update({c: Stage.UNMASKING for c in ids[5::20]})
+    drops = {c: Stage.MASKED_INPUT_COLLECTION for c in ids[3::40]}
+    drops.update({c: Stage.UNMASKING for c in ids[5::100]})
     run = run_round(config, cohort, inputs, drop_before=drops)
     from ztfl.protocol.simulate import expected_sums
     expected, weight = expected_sums(config, inputs, {}, run.result.survivors)
-    assert np.array_equal(run.result.sums, expected) and weight == 90
+    assert np.array_equal(run.result.sums, expected) and weight == 97
     # Only neighbours hold shares: each client dealt to 14 peers, not 99.
     assert all(len(run.server.neighbours[c]) == 14 for c in ids)
 
@@ -82,10 +83,11 @@ def test_dropouts_at_each_stage_keep_the_sum_exact(stage, mask_bits):
 
 
 def test_dropouts_spread_over_all_stages():
-    rnd = Round(n=10, threshold=5, dim=25, threshold_override=True)
+    # One client lost per stage: 18 clients keep t = 13 (> 2n/3) within reach to the end.
+    rnd = Round(n=18, threshold=13, dim=25)
     result = rnd.run({Stage.ADVERTISE_KEYS: {1}, Stage.SHARE_KEYS: {2}, Stage.MASKED_INPUT_COLLECTION: {3},
                       Stage.CONSISTENCY_CHECK: {4}, Stage.UNMASKING: {5}})
-    assert result.survivors == (4, 5, 6, 7, 8, 9, 10) and result.dropped == (3,)
+    assert result.survivors == tuple(range(4, 19)) and result.dropped == (3,)
     assert_exact(rnd, result)
 
 
@@ -114,7 +116,7 @@ def test_a_new_round_in_the_same_epoch_reuses_keys_and_stays_exact():
 
 
 def test_weighted_mean_is_the_weighted_average_of_quantised_inputs():
-    rnd = Round(n=4, threshold=3, dim=5)
+    rnd = Round(n=5, threshold=4, dim=5)
     result = rnd.run()
     from ztfl.protocol.fixedpoint import quantize
     num = sum(rnd.weights[c] * quantize(rnd.inputs[c], 16, rnd.config.clip_q) for c in rnd.ids)
@@ -124,10 +126,31 @@ def test_weighted_mean_is_the_weighted_average_of_quantised_inputs():
 
 
 def test_round_abort_exception_is_raised_to_a_client_seeing_too_few_survivors():
-    rnd = Round(n=4, threshold=3, dim=4)
+    rnd = Round(n=5, threshold=4, dim=4)
     rnd.step(); rnd.step(); rnd.step()
     from ztfl.protocol import wire
     forged = wire.ConsistencyRequest(0, 1, 7, (1, 2)).encode(rnd.cohort.server_identity)
     with pytest.raises(RoundAborted):
         rnd.clients[1].receive(forged)
     assert rnd.clients[1].stage == Stage.ABORTED
+
+
+@pytest.mark.parametrize("stage", [Stage.ADVERTISE_KEYS, Stage.GRAPH_REVEAL, Stage.SHARE_KEYS,
+                                   Stage.MASKED_INPUT_COLLECTION, Stage.UNMASKING])
+def test_sparse_round_reveals_the_graph_before_any_share_and_survives_later_dropouts(stage):
+    # 12 clients, 6 neighbours: groups of 7, t = 5 tolerates 2 failures per group.
+    rnd = Round(n=12, threshold=5, dim=9, neighbors=6)
+    result = rnd.run({stage: {3}})
+    if stage == Stage.GRAPH_REVEAL:
+        # A member that advertised and then did not reveal: the graph cannot be fixed without its
+        # reveal, so the attempt ends before anything secret is dealt.
+        assert rnd.server.stage == Stage.ABORTED and result is None
+        assert rnd.server.shares == {} and all(not c.dealt_shares for c in rnd.clients.values())
+        return
+    assert rnd.server.stage == Stage.DONE
+    assert_exact(rnd, result)
+    # Everyone derived the server's graph from the same reveals.
+    for c, session in rnd.clients.items():
+        if session.stage == Stage.DONE:
+            assert session._state.neighbours == rnd.server.neighbours[c]
+    assert all(len(n) == 6 for n in rnd.server.neighbours.values())

@@ -1,7 +1,8 @@
-"""The full stage-transition matrix of both state machines, for classic and key-reuse rounds: every
-pair not in the round kind's table raises InvalidTransition and leaves the session exactly as it
-was. Frames are authenticated the way the receiver expects (signed, or session-tagged in a
-key-reuse round), so the transition check is what refuses them."""
+"""The full stage-transition matrix of both state machines, for every round kind (classic or
+key-reuse, with or without the graph reveal): every pair not in the round kind's table raises
+InvalidTransition and leaves the session exactly as it was. Frames are authenticated the way the
+receiver expects (signed, or session-tagged in a key-reuse round), so the transition check is what
+refuses them."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,7 @@ import pytest
 
 from ztfl.protocol import wire
 from ztfl.protocol.errors import InvalidTransition
-from ztfl.protocol.stages import (CLIENT_TRANSITIONS, CLIENT_TRANSITIONS_KEY_REUSE, CLOSE, SERVER_TRANSITIONS,
-                             Stage, client_transitions, server_transitions)
+from ztfl.protocol.stages import KINDS, CLOSE, Stage, client_transitions, server_transitions
 from protocol_testkit import Round
 
 EPOCH, ROUND = 1, 7
@@ -43,6 +43,8 @@ def server_frames(rnd: Round, client: int = 1) -> dict[int, bytes]:
         wire.Abort(0, EPOCH, ROUND, 1),
         wire.ConsistencyTags(0, EPOCH, ROUND, ()),
         wire.UnmaskRequestTags(0, EPOCH, ROUND, (), ()),
+        wire.GraphReveal(0, EPOCH, ROUND, bytes(32)),
+        wire.GraphSeeds(0, EPOCH, ROUND, ()),
     ]
     return {m.TYPE: _encode(m, key, akey, session.key_reuse, client) for m in msgs}
 
@@ -66,12 +68,20 @@ def client_frames(rnd: Round, sender: int = 1) -> dict[int, bytes]:
         wire.Abort(sender, EPOCH, ROUND, 1),
         wire.ConsistencyTags(sender, EPOCH, ROUND, ()),
         wire.UnmaskRequestTags(sender, EPOCH, ROUND, (), ()),
+        wire.GraphReveal(sender, EPOCH, ROUND, bytes(32)),
+        wire.GraphSeeds(sender, EPOCH, ROUND, ()),
     ]
     return {m.TYPE: _encode(m, key, akey, rnd.config.key_reuse) for m in msgs}
 
 
-def round_with_client_at(stage: Stage, key_reuse: bool = False) -> Round:
-    rnd = Round(n=4, threshold=3, dim=3, round_id=ROUND, key_reuse=key_reuse)
+def new_round(key_reuse: bool = False, reveal: bool = False) -> Round:
+    """A round of the given kind: the reveal comes with a sparse graph (its first key-reuse round)."""
+    sparse = {"neighbors": 4, "new_graph": key_reuse} if reveal else {}
+    return Round(n=5, threshold=4, dim=3, round_id=ROUND, key_reuse=key_reuse, **sparse)
+
+
+def round_with_client_at(stage: Stage, key_reuse: bool = False, reveal: bool = False) -> Round:
+    rnd = new_round(key_reuse, reveal)
     client = rnd.clients[1]
     if stage == Stage.ABORTED:
         client.receive(server_frames(rnd)[wire.ABORT])
@@ -81,8 +91,8 @@ def round_with_client_at(stage: Stage, key_reuse: bool = False) -> Round:
     return rnd
 
 
-def round_with_server_at(stage: Stage, key_reuse: bool = False) -> Round:
-    rnd = Round(n=4, threshold=3, dim=3, round_id=ROUND, key_reuse=key_reuse)
+def round_with_server_at(stage: Stage, key_reuse: bool = False, reveal: bool = False) -> Round:
+    rnd = new_round(key_reuse, reveal)
     if key_reuse:
         # Client 1's signed advert gives the server its session key, so its tagged frames
         # authenticate and reach the transition check in every stage.
@@ -102,26 +112,30 @@ def client_snapshot(client):
 
 def server_snapshot(server):
     acc = None if server.accumulator is None else server.accumulator.copy()
-    return (server.stage, dict(server.adverts), dict(server.shares), set(server.masked_from),
+    return (server.stage, dict(server.adverts), dict(server.reveals), dict(server.shares), set(server.masked_from),
             dict(server.consistency), dict(server.unmask), server.survivors, server.dropped, acc)
 
 
 ALL_TYPES = sorted(wire.MESSAGE_TYPES)
-ALL_STAGES = list(Stage)
-KINDS = pytest.mark.parametrize("key_reuse", [False, True], ids=["classic", "key-reuse"])
+KIND_IDS = {(False, False): "classic", (False, True): "classic-reveal", (True, False): "key-reuse",
+            (True, True): "key-reuse-reveal"}
+# Every stage a round of each kind passes through, and the terminal ones.
+CASES = [(kind, stage) for kind in KINDS for stage in Stage if stage != Stage.GRAPH_REVEAL or kind[1]]
+MATRIX = pytest.mark.parametrize("kind, stage", CASES, ids=[f"{KIND_IDS[k]}-{s.value}" for k, s in CASES])
 
 
-@pytest.mark.parametrize("table, unmask", [(CLIENT_TRANSITIONS, wire.UNMASK_REQUEST),
-                                           (CLIENT_TRANSITIONS_KEY_REUSE, wire.UNMASK_REQUEST_TAGS)])
-def test_client_table_is_the_protocol_order(table, unmask):
-    path = [table[(s, t)] for s, t in (
-        (Stage.ADVERTISE_KEYS, wire.ROUND_CONFIG), (Stage.SHARE_KEYS, wire.ROSTER),
-        (Stage.MASKED_INPUT_COLLECTION, wire.SHARES_RELAY), (Stage.CONSISTENCY_CHECK, wire.CONSISTENCY_REQUEST),
-        (Stage.UNMASKING, unmask))]
-    assert path == list(Stage.order()[1:])
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS.get)
+def test_client_table_is_the_protocol_order(kind):
+    key_reuse, reveal = kind
+    table = client_transitions(*kind)
+    answered = [wire.ROUND_CONFIG] + ([wire.ROSTER, wire.GRAPH_SEEDS] if reveal else [wire.ROSTER]) + [
+        wire.SHARES_RELAY, wire.CONSISTENCY_REQUEST, wire.UNMASK_REQUEST_TAGS if key_reuse else wire.UNMASK_REQUEST]
+    order = Stage.order(reveal)
+    assert [table[(s, t)] for s, t in zip(order, answered)] == list(order[1:])
+    assert {(s, t) for (s, t) in table if t != wire.ABORT} == set(zip(order, answered))
 
 
-def test_the_two_round_kinds_differ_only_in_the_consistency_check_and_unmasking():
+def test_the_round_kinds_differ_only_where_the_protocol_says():
     classic, reuse = server_transitions(False), server_transitions(True)
     assert set(classic) - set(reuse) == {(Stage.CONSISTENCY_CHECK, wire.CONSISTENCY_SIGNATURE),
                                          (Stage.UNMASKING, wire.UNMASK_SHARES)}
@@ -129,15 +143,25 @@ def test_the_two_round_kinds_differ_only_in_the_consistency_check_and_unmasking(
                                          (Stage.UNMASKING, wire.UNMASK_ROUND_KEYS)}
     assert set(client_transitions(False)) ^ set(client_transitions(True)) == {
         (Stage.UNMASKING, wire.UNMASK_REQUEST), (Stage.UNMASKING, wire.UNMASK_REQUEST_TAGS)}
+    # The reveal adds one stage between the roster and the shares, and nothing else.
+    for key_reuse in (False, True):
+        plain, reveal = server_transitions(key_reuse), server_transitions(key_reuse, True)
+        assert set(reveal) - set(plain) == {(Stage.GRAPH_REVEAL, wire.GRAPH_REVEAL), (Stage.GRAPH_REVEAL, CLOSE)}
+        assert plain[(Stage.ADVERTISE_KEYS, CLOSE)] == Stage.SHARE_KEYS
+        assert reveal[(Stage.ADVERTISE_KEYS, CLOSE)] == Stage.GRAPH_REVEAL
+        assert reveal[(Stage.GRAPH_REVEAL, CLOSE)] == Stage.SHARE_KEYS
+        client = client_transitions(key_reuse, True)
+        assert client[(Stage.GRAPH_REVEAL, wire.ROSTER)] == Stage.SHARE_KEYS
+        assert client[(Stage.SHARE_KEYS, wire.GRAPH_SEEDS)] == Stage.MASKED_INPUT_COLLECTION
+        assert (Stage.SHARE_KEYS, wire.ROSTER) not in client
 
 
-@KINDS
-@pytest.mark.parametrize("stage", ALL_STAGES, ids=lambda s: s.value)
-def test_client_refuses_every_message_not_allowed_in_its_stage(stage, key_reuse):
-    rnd = round_with_client_at(stage, key_reuse)
+@MATRIX
+def test_client_refuses_every_message_not_allowed_in_its_stage(kind, stage):
+    rnd = round_with_client_at(stage, *kind)
     client = rnd.clients[1]
     frames = server_frames(rnd)
-    table = client_transitions(client.key_reuse)
+    table = client_transitions(*kind)
     refused = 0
     for mtype in ALL_TYPES:
         if (stage, mtype) in table:
@@ -154,12 +178,11 @@ def test_client_refuses_every_message_not_allowed_in_its_stage(stage, key_reuse)
         assert refused == len(ALL_TYPES)
 
 
-@KINDS
-@pytest.mark.parametrize("stage", ALL_STAGES, ids=lambda s: s.value)
-def test_server_refuses_every_message_not_collected_in_its_stage(stage, key_reuse):
-    rnd = round_with_server_at(stage, key_reuse)
+@MATRIX
+def test_server_refuses_every_message_not_collected_in_its_stage(kind, stage):
+    rnd = round_with_server_at(stage, *kind)
     frames = client_frames(rnd)
-    table = server_transitions(key_reuse)
+    table = server_transitions(*kind)
     for mtype in ALL_TYPES:
         if (stage, mtype) in table:
             continue
@@ -174,18 +197,20 @@ def test_server_refuses_every_message_not_collected_in_its_stage(stage, key_reus
         assert rnd.server.stage == stage
 
 
-def test_server_stages_close_in_protocol_order():
-    rnd = Round(n=4, threshold=3, dim=3)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS.get)
+def test_server_stages_close_in_protocol_order(kind):
+    rnd = new_round(*kind)
     seen = [rnd.server.stage]
     while not rnd.server.stage.terminal:
         rnd.step()
         seen.append(rnd.server.stage)
-    assert seen == list(Stage.order())
-    assert all((s, CLOSE) in SERVER_TRANSITIONS for s in Stage.order()[:-1])
+    assert seen == list(Stage.order(kind[1]))
+    assert all((s, CLOSE) in server_transitions(*kind) for s in Stage.order(kind[1])[:-1])
+    assert all(c.stage == Stage.DONE for c in rnd.clients.values())
 
 
 def test_client_without_input_refuses_the_relay_and_can_continue_after_set_input():
-    rnd = Round(n=3, threshold=3, dim=4)
+    rnd = Round(n=5, threshold=5, dim=4)
     rnd.step(); rnd.step()
     client = rnd.clients[2]
     client._update = None

@@ -187,3 +187,44 @@ def test_ed25519_rfc8032_test_1():
 @pytest.mark.parametrize("name", ["kdf", "prg", "shamir", "fixedpoint", "masking", "graph", "wire"])
 def test_vector_files_declare_the_protocol_version(name):
     assert load(name)["version"] == wire.VERSION
+
+
+def test_graph_commit_and_reveal_vectors_by_the_documented_hashes():
+    """docs/protocol.md 1.7: commitment = SHA-256(context || u16 id || u32 epoch || u32 round || r),
+    seed = SHA-256(context || roster_digest || (u16 id || r) by ascending id), then Fisher-Yates
+    with the AES-CTR words of HKDF(seed, "ztfl/secagg/v1/graph", 16)."""
+    case = load("graph")["commit_reveal"]
+    reveals = {int(c): h(r) for c, r in case["reveals"].items()}
+    for c, r in reveals.items():
+        ref = hashlib.sha256(b"ztfl/secagg/v1/graph-commit" + struct.pack("<HII", c, case["epoch"], case["round"])
+                             + r).digest()
+        assert ref == h(case["commitments"][str(c)]) == graph.commitment(c, case["epoch"], case["round"], r)
+    seed = hashlib.sha256(b"ztfl/secagg/v1/graph-seed" + h(case["roster_digest"]) + b"".join(
+        struct.pack("<H", c) + reveals[c] for c in sorted(reveals))).digest()
+    assert seed == h(case["seed"]) == graph.graph_seed(h(case["roster_digest"]), reveals)
+    key = HKDF(hashes.SHA256(), 16, bytes(32), b"ztfl/secagg/v1/graph").derive(seed)
+    n = len(case["ids"])
+    words = struct.unpack(f"<{n}I", ctr_from_ecb(key, 4 * n))
+    order = sorted(case["ids"])
+    for step, i in enumerate(range(n - 1, 0, -1)):
+        j = words[step] % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    assert order == case["permutation"]
+    half = case["neighbors"] // 2
+    for i, u in enumerate(order):
+        ring = {order[(i + d) % n] for d in range(-half, half + 1) if d}
+        assert sorted(ring) == case["neighbours"][str(u)]
+
+
+def test_wire_vectors_reveal_what_the_adverts_committed_to():
+    data = load("wire")
+    frames = {f["name"]: wire.decode_frame(h(f["frame"])).message for f in data["frames"]}
+    roster = frames["roster"]
+    reveals = {int(c): h(r) for c, r in data["graph_reveals"].items()}
+    assert frames["advertise_keys"].commitment == roster.entries[0].commitment
+    for entry in roster.entries:
+        assert entry.commitment == graph.commitment(entry.client_id, data["epoch"], data["round"], reveals[entry.client_id])
+    assert frames["graph_reveal"].reveal == reveals[1]
+    assert dict(frames["graph_seeds"].reveals) == reveals
+    assert h(data["graph_seed"]) == graph.graph_seed(hashlib.sha256(roster.body()).digest(), reveals)
+    assert len(roster.body()) == 4 + 162 * len(roster.entries) and len(frames["advertise_keys"].body()) == 128

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ztfl.protocol import session, wire
-from ztfl.protocol.config import SEMI_HONEST, RoundConfig
+from ztfl.protocol.config import RoundConfig
 from ztfl.protocol.epochs import ClientKeyring, EpochPolicy, EpochSchedule, RekeyReason
 from ztfl.protocol.errors import (BadSignature, ConsistencyViolation, DuplicateMessage, InvalidTransition,
                              KeyAgreementError, MalformedMessage, RoundAborted, UnknownSender, WrongRound)
@@ -84,7 +84,7 @@ def test_client_refuses_a_server_frame_in_the_wrong_authentication_mode():
 
 
 def test_a_classic_round_refuses_tagged_frames():
-    rnd = at(Round(n=4, threshold=3, dim=4), Stage.SHARE_KEYS)
+    rnd = at(Round(n=5, threshold=4, dim=4), Stage.SHARE_KEYS)
     roster = message(rnd.to_clients[1])
     tagged = roster.encode_for({c: bytes(32) for c in rnd.ids})
     assert_client_refuses(rnd, 1, tagged, BadSignature)
@@ -108,11 +108,11 @@ def test_client_refuses_a_frame_without_its_own_tag_or_with_a_forged_one():
 
 
 def test_every_flipped_bit_of_a_tagged_frame_is_refused_except_in_other_recipients_tags():
-    rnd = at(reuse_round(n=4, threshold=3), Stage.SHARE_KEYS)
+    rnd = at(reuse_round(), Stage.SHARE_KEYS)
     frame = rnd.to_clients[2]
     client = rnd.clients[2]
-    tags_start = len(frame) - 4 * wire.RECIPIENT_TAG_ENTRY
-    others = {tags_start + 18 * i + j for i in (0, 2, 3) for j in range(18)}   # entries of 1, 3, 4
+    tags_start = len(frame) - 5 * wire.RECIPIENT_TAG_ENTRY
+    others = {tags_start + 18 * i + j for i in (0, 2, 3, 4) for j in range(18)}   # entries of 1, 3, 4, 5
     for i in range(len(frame)):
         if i in others:
             continue
@@ -214,7 +214,7 @@ def test_the_other_round_kinds_consistency_messages_are_refused():
     classic_request = wire.UnmaskRequest(0, 1, 7, (), honest.dropped)
     assert_client_refuses(rnd, 1, classic_request.encode_for({1: akey(rnd, 1)}), InvalidTransition)
     assert_client_refuses(rnd, 1, classic_request.encode(rnd.cohort.server_identity), BadSignature)
-    classic = at(Round(n=4, threshold=3, dim=4), Stage.UNMASKING)
+    classic = at(Round(n=5, threshold=4, dim=4), Stage.UNMASKING)
     tags_request = wire.UnmaskRequestTags(0, 1, 7, (), ()).encode(classic.cohort.server_identity)
     assert_client_refuses(classic, 1, tags_request, InvalidTransition)
 
@@ -252,7 +252,8 @@ def test_server_refuses_a_tagged_frame_from_a_client_without_an_advert():
 
 
 def test_server_refuses_consistency_tags_that_are_not_exactly_the_surviving_neighbours():
-    rnd = at(reuse_round(), Stage.CONSISTENCY_CHECK, drop={5})
+    rnd = at(reuse_round(), Stage.MASKED_INPUT_COLLECTION)
+    rnd.step(drop={5})                   # 5 shared its keys, then its masked input never came
     reply = rnd.clients[1].receive(rnd.to_clients[1])
     tags = message(reply)
     assert [v for v, _ in tags.tags] == [2, 3, 4]
@@ -306,9 +307,10 @@ def test_client_frame_tag_of_the_wrong_length_is_refused():
 
 
 # ------------------------------------------------------------------ whole rounds
-IDS = [1, 2, 3, 4, 5]
-CONFIG = RoundConfig.for_range(dim=30, max_clients=5, threshold=3, clip=4.0, security=SEMI_HONEST,
-                               key_reuse=True)
+# Six clients: one can be lost at any stage, even before advertising, and the rest still form a
+# group the security floor accepts (5 members) with t = 5.
+IDS = [1, 2, 3, 4, 5, 6]
+CONFIG = RoundConfig.for_range(dim=30, max_clients=6, threshold=5, clip=4.0, key_reuse=True)
 
 
 def epoch_rounds(rounds, drops=None, cohort=None, config=CONFIG):
@@ -355,24 +357,24 @@ def test_a_later_key_reuse_round_costs_a_client_one_verification_one_signature_a
     assert exact(first) and exact(second)
     for c in IDS:
         w1, w2 = first.clients[c].work, second.clients[c].work
-        # First round: ROUND_CONFIG + the 4 neighbours' roster entries; the advert.
-        assert (w1.ed25519_verify, w1.ed25519_sign) == (5, 1)
+        # First round: ROUND_CONFIG + the 5 neighbours' roster entries; the advert.
+        assert (w1.ed25519_verify, w1.ed25519_sign) == (6, 1)
         # Later: ROUND_CONFIG only (the entries are cached with the keys); the advert.
         assert (w2.ed25519_verify, w2.ed25519_sign) == (1, 1)
-        # 4 server frames checked + 4 replies tagged; 4 tags made + 4 checked.
-        assert (w2.session_tags, w2.consistency_tags) == (8, 8)
+        # 4 server frames checked + 4 replies tagged; 5 tags made + 5 checked.
+        assert (w2.session_tags, w2.consistency_tags) == (8, 10)
     x25519 = [{c: r.keys[c].agreements for c in IDS} for r in (first, second)]
-    assert x25519[0] == x25519[1] == {c: 3 + 2 * 4 for c in IDS}
+    assert x25519[0] == x25519[1] == {c: 3 + 2 * 5 for c in IDS}
 
 
 def test_a_classic_round_costs_the_signatures_it_always_did():
-    config = RoundConfig.for_range(dim=30, max_clients=5, threshold=3, clip=4.0, security=SEMI_HONEST)
+    config = RoundConfig.for_range(dim=30, max_clients=6, threshold=5, clip=4.0)
     (run,) = epoch_rounds([1], config=config)
     assert exact(run, config)
     for c in IDS:
         w = run.clients[c].work
-        # 5 server frames + 4 roster entries + 5 survivor signatures; the 5 replies + the statement.
-        assert (w.ed25519_verify, w.ed25519_sign, w.session_tags) == (14, 6, 0)
+        # 5 server frames + 5 roster entries + 6 survivor signatures; the 5 replies + the statement.
+        assert (w.ed25519_verify, w.ed25519_sign, w.session_tags) == (16, 6, 0)
 
 
 def test_the_roster_cache_holds_keys_not_identities():
@@ -400,7 +402,7 @@ def test_rekeying_after_a_classic_round_starts_a_fresh_session_key_and_roster_ca
     cohort = Cohort.create(IDS, epoch=1)
     rings = {c: ClientKeyring(EpochPolicy(max_rounds=10)) for c in IDS}
     schedule = EpochSchedule(EpochPolicy(max_rounds=10))
-    classic = RoundConfig.for_range(dim=30, max_clients=5, threshold=3, clip=4.0, security=SEMI_HONEST)
+    classic = RoundConfig.for_range(dim=30, max_clients=6, threshold=5, clip=4.0)
     rng = np.random.default_rng(5)
     seen_keys = []
     for r, config in ((1, classic), (2, CONFIG), (3, CONFIG)):
@@ -415,17 +417,17 @@ def test_rekeying_after_a_classic_round_starts_a_fresh_session_key_and_roster_ca
         schedule.finish(run.server)
         seen_keys.append(keys[1])
         if r == 2:
-            assert run.clients[1].work.ed25519_verify == 5     # nothing cached from the classic round
+            assert run.clients[1].work.ed25519_verify == 6     # nothing cached from the classic round
     assert rings[1].rekeys == [(1, RekeyReason.FIRST), (2, RekeyReason.NO_REUSE)]
     assert seen_keys[0] is not seen_keys[1] and seen_keys[1] is seen_keys[2]
     assert seen_keys[0].verified_entries == set()              # a classic round caches nothing
-    assert seen_keys[1].agreements == 3 + 2 * 4                # rounds 2 and 3: one key setup
+    assert seen_keys[1].agreements == 3 + 2 * 5                # rounds 2 and 3: one key setup
 
 
 def test_secagg_plus_key_reuse_round_tags_only_neighbours():
     ids = list(range(1, 11))
-    config = RoundConfig.for_range(dim=20, max_clients=10, threshold=3, clip=4.0, neighbors=4,
-                                   security=SEMI_HONEST, key_reuse=True)
+    config = RoundConfig.for_range(dim=20, max_clients=10, threshold=4, clip=4.0, neighbors=4,
+                                   key_reuse=True, new_graph=True)
     cohort = Cohort.create(ids)
     rng = np.random.default_rng(8)
     inputs = {c: rng.normal(0, 0.5, 20) for c in ids}

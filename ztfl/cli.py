@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "epochs": ("ztfl.bench.epochs", "per-round client cost with and without key reuse"),
     "dp": ("ztfl.bench.dp", "accuracy against epsilon: distributed DP federated training on real data"),
     "model": ("ztfl.bench.model", "IDS model size, latency and int8 agreement"),
+    "baseline": ("ztfl.bench.baseline", "reference trees and the IDS model on random and leave-attack-type-out splits"),
     "adversarial": ("ztfl.bench.adversarial", "robust accuracy with and without adversarial training"),
     "attest": ("ztfl.bench.attest", "TPM quote and verification latency"),
     "gateway": ("ztfl.bench.gateway", "gateway rounds through the broker"),

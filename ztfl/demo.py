@@ -95,14 +95,28 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
               "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 180,
                               "consistency": 30, "unmask": 30}}
     gw_cfg["require_attestation"] = tpms is not None
+    if tpms is not None:
+        # The demo's software TPMs are made on the spot, so no EK was pinned at provisioning:
+        # the demo says so explicitly and lets each enrol its EK on first use.
+        gw_cfg["attestation"] = {"trust_on_first_use": True}
     fw_indices = list(range(len(profiles), len(profiles) + n_fw))
-    fw_keys = None
+    # Every agent, board and the gateway gets a certified identity from `ztfl provision` (its CA
+    # in work/ca, outside the tree of bundles); agents check every key against its root.
+    from ztfl.attestation.provision import Device, Fleet, bundle_trust, provision
+    from ztfl.firmware_tools.micropython_host import device_keys, firmware_agent_id
+    fw_ids = [firmware_agent_id(i) for i in fw_indices]
+    bundles = work / "provision"
+    provision(Fleet("demo", "fog1", [Device(f"{p}-{i}", p) for i, p in enumerate(profiles)]
+                    + [Device(a, "esp32") for a in fw_ids], ca_dir=work / "ca"), bundles)
+    gw_cfg["trust"] = bundle_trust(bundles)
+    fw_keys = device_keys(bundles, fw_ids)
     if n_fw and tpms is not None:
-        # Firmware boards have no TPM: provisioned device keys, admitted as software-rooted seats.
-        from ztfl.firmware_tools.micropython_host import firmware_agent_id, provision_firmware_devices
-        fw_keys = provision_firmware_devices(work / "provision", "demo", "fog1",
-                                             [firmware_agent_id(i) for i in fw_indices])
-        gw_cfg["software_devices"] = str(work / "provision" / "gateway" / "devices.yaml")
+        # Firmware boards have no TPM: provisioned device keys, admitted as software-rooted seats
+        # (the TPM agents enrol their EK on first use, as an unprovisioned device list allows).
+        from ztfl.attestation.provision import load_devices
+        boards = [d for d in load_devices(bundles / "gateway" / "devices.yaml") if d["root"] == "software"]
+        (work / "software-devices.yaml").write_text(yaml.safe_dump({"devices": boards}))
+        gw_cfg["software_devices"] = str(work / "software-devices.yaml")
         gw_cfg["allow_software_rooted"] = True
     gw_cfg.update(epochs_and_privacy(args))
     gw_cfg.update(getattr(args, "gateway_overrides", None) or {})
@@ -119,7 +133,8 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
                "profile": profile, "state_dir": str(work / "agents" / agent_id), "data": {**data, "index": i},
                "model_size": args.model_size, "heartbeat_s": 1.0, "stream_rate_hz": 20.0,
                "train_epochs": 1, "max_batches": args.max_batches, "seed": i,
-               "record_updates_dir": getattr(args, "record_updates_dir", None)}
+               "record_updates_dir": getattr(args, "record_updates_dir", None),
+               "trust": bundle_trust(bundles, agent_id)}
         if tpms is not None:
             # One software TPM per Linux agent: it enrols, then quotes in every round.
             tpm = start_swtpm(work / "tpm" / agent_id)
@@ -132,7 +147,8 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
                                        env=env))
     if n_fw:
         from ztfl.firmware_tools.micropython_host import launch_firmware_agents
-        agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data, fw_indices, logs, keys=fw_keys)
+        agents += launch_firmware_agents(work, broker_url, "demo", "fog1", data, fw_indices, logs, keys=fw_keys,
+                                         bundles=bundles, attest=tpms is not None)
     return gateway, agents, gw_state
 
 

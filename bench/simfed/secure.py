@@ -24,6 +24,7 @@ from ztfl.gateway.config import Deadlines, GatewayConfig, PrivacySpec
 from ztfl.gateway.dp import CohortPrivacy
 from ztfl.gateway.epochs import CohortEpochs
 from ztfl.gateway.secagg import FRAC_BITS, clip_q
+from ztfl.privacy.sampling import KeyedWords
 from ztfl.protocol.epochs import EpochPolicy
 
 
@@ -57,7 +58,7 @@ class GatewayAggregation:
         self.sids = {a: k + 1 for k, a in enumerate(agents)}        # protocol ids are 1..65535
         self.identities = {a: SigningKey.generate() for a in self.sids}
         self.keyrings = {a: AgentKeyrings() for a in self.sids}
-        self.noise = {a: np.random.default_rng((seed, sid)) for a, sid in self.sids.items()}
+        self.noise = {a: KeyedWords.from_labels(seed, sid) for a, sid in self.sids.items()}   # exact, keyed
         self.server_identity = SigningKey.generate()
         self.mask_bits, self.variant, self.key_policy = mask_bits, variant, key_policy
         self.privacy_spec, self.planned_rounds = privacy, planned_rounds
@@ -87,7 +88,7 @@ class GatewayAggregation:
         plan = epochs.plan(rnd, 0, float(rnd))
         run = CohortRun(rnd, 0, self.variant, self.mask_bits, participants, threshold, Deadlines().by_stage(), False,
                         dim, self.server_identity, epoch=plan.epoch, protocol_round=plan.protocol_round,
-                        key_reuse=plan.key_reuse, revealed_keys=epochs.revealed, dp=dp is not None)
+                        key_reuse=plan.key_reuse, revealed_keys=epochs.revealed, dp=params)
         if dp is not None:
             run.release_check = lambda survivors: dp.spend(survivors, rnd)
         clients = self._clients(name, members, plan, params, run.weight_unit, updates, samples)

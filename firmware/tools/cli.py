@@ -7,11 +7,16 @@
 The bundle (--out):
   lib/ztfw/*.mpy          the agent, compiled by mpy-cross (bytecode, runs on any port >= 1.23)
   lib/ztfw/wordops_viper.py   kept as source: the board compiles its viper code to native at import
-  main.py                 the entry point (Wi-Fi, then the agent)
-  config.json             `ztfl provision`'s firmware.json + class names, Wi-Fi, training budget
+  boot.py main.py         nothing before the entry point; the entry point (Wi-Fi, then the agent)
+  config.json             `ztfl provision`'s firmware.json (device key, its certificate, the trust
+                          anchor, the revocation list) + class names, Wi-Fi, training budget
   records.bin             the device's feature records (optional; ZTRC, see ztfl/firmware_records.py)
   ca.pem cert.pem key.pem the TLS client identity from `ztfl provision` (when the broker uses TLS)
-  manifest.json           every file with its size and SHA-256
+  manifest.json           every file with its size and SHA-256, and `bundle_sha256`: the digest of
+                          all of them that the board reports with its evidence (attestation.bundle)
+
+The bundle digest is also recorded in the provisioning output's gateway/devices.yaml (found
+beside the device directory, or given with --devices), where the gateway checks it.
 """
 from __future__ import annotations
 
@@ -23,13 +28,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ztfl.attestation.bundle import bundle_digest
+from ztfl.attestation.device_list import record_device_field
+from ztfl.attestation.provision import ProvisionError
 from ztfl.firmware_tools.micropython_host import FIRMWARE_DIR
 
 PACKAGE = "ztfw"
 # Compiled to native code by the board itself (viper): shipped as source.
 SOURCE_MODULES = {"wordops_viper.py", "sha512_viper.py"}
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
-REQUIRED_CONFIG = ("agent_id", "profile", "federation", "gateway", "broker", "device_key")
+# The certificate and the trust anchor too: a board without them takes part in no round.
+REQUIRED_CONFIG = ("agent_id", "profile", "federation", "gateway", "broker", "device_key", "certificate",
+                   "trust_anchor")
+# Replaces the board's default boot.py: the bundle digest covers it, and nothing runs before main.py.
+BOOT_PY = "# ztfl: nothing runs before main.py\n"
 
 
 class BuildError(RuntimeError):
@@ -91,6 +103,7 @@ def build_bundle(device_dir: Path, out: Path, records: bytes | None = None, clas
         else:
             compile_module(src, lib / (src.stem + ".mpy"), march)
     shutil.copy(FIRMWARE_DIR / "main.py", out / "main.py")
+    (out / "boot.py").write_text(BOOT_PY)
     if cfg["broker"].get("tls"):
         for name in TLS_FILES:
             src = device_dir / name
@@ -107,9 +120,18 @@ def build_bundle(device_dir: Path, out: Path, records: bytes | None = None, clas
     manifest = {"agent_id": cfg["agent_id"], "profile": cfg["profile"],
                 "files": {str(p.relative_to(out)): {"bytes": p.stat().st_size,
                                                     "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                          for p in files}}
+                          for p in files},
+                "bundle_sha256": bundle_digest(out).hex()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def record_bundle_digest(manifest: dict, devices: Path) -> None:
+    """Put the bundle's digest into the device list the gateway reads (gateway/devices.yaml)."""
+    try:
+        record_device_field(devices, manifest["agent_id"], "bundle_sha256", manifest["bundle_sha256"])
+    except ProvisionError as exc:
+        raise BuildError(f"recording the bundle digest: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--max-samples", type=int, default=256, help="local training samples per round")
     b.add_argument("--march", choices=["xtensa", "xtensawin"],
                    help="tag the .mpy files for this architecture (xtensawin: ESP32 and ESP32-S3)")
+    b.add_argument("--devices", type=Path,
+                   help="devices.yaml to record the bundle digest in (default: the provisioning output's "
+                        "gateway/devices.yaml beside --device, when it exists)")
 
 
 def run(args) -> int:
@@ -144,10 +169,14 @@ def run(args) -> int:
         wifi = {"ssid": args.wifi_ssid, "password": args.wifi_password} if args.wifi_ssid else None
         manifest = build_bundle(args.device, args.out, records, classes, wifi,
                                 {"epochs": 1, "lr": 0.05, "max_samples": args.max_samples}, args.march)
+        devices = args.devices or args.device.resolve().parent.parent / "gateway" / "devices.yaml"
+        if args.devices or devices.is_file():
+            record_bundle_digest(manifest, devices)
     except (BuildError, OSError, ValueError) as exc:
         print(f"ztfl firmware build: {exc}", file=sys.stderr)
         return 2
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(json.dumps({"out": str(args.out), "agent_id": manifest["agent_id"], "files": len(manifest["files"]),
-                      "bytes": total}))
+                      "bytes": total, "bundle_sha256": manifest["bundle_sha256"],
+                      "recorded_in": str(devices) if args.devices or devices.is_file() else None}))
     return 0

@@ -230,15 +230,26 @@ def drive_round(server, clients: dict, drop_before: dict | None = None) -> dict[
 def firmware_device_config(agent_id: str, federation: str, gateway: str, host: str, port: int,
                            classes: list[str], device_key: bytes, device_public_key: bytes,
                            max_samples: int = 64, heartbeat_s: float = 1.0, profile: str = "esp32",
-                           attest: bool = False) -> dict:
+                           attest: bool = False, trust: dict | None = None) -> dict:
     """config.json of a firmware agent on this host's broker (plain MQTT on loopback: the unix
     port stands in for the board, so there is no radio and no TLS offload to simulate). With
-    `attest`, the agent signs each round's nonce with its device key."""
+    `attest`, the agent signs each round's nonce with its device key; `trust`
+    (firmware_trust_of): its certificate, trust anchor and revocation list, without which it
+    takes part in no round."""
     return {"attest": attest, "agent_id": agent_id, "profile": profile, "federation": federation, "gateway": gateway,
             "broker": {"host": host, "port": port, "tls": False},
             "device_key": device_key.hex(), "device_public_key": device_public_key.hex(), "classes": classes,
             "training": {"epochs": 1, "lr": 0.05, "max_samples": max_samples},
-            "heartbeat_s": heartbeat_s, "stream_rate_hz": 5, "payload_limit_bytes": 16384}
+            "heartbeat_s": heartbeat_s, "stream_rate_hz": 5, "payload_limit_bytes": 16384, **(trust or {})}
+
+
+TRUST_KEYS = ("certificate", "trust_anchor", "revocations")
+
+
+def firmware_trust_of(out: Path, agent_id: str) -> dict:
+    """The certified-identity keys of a provisioned board's firmware.json (`ztfl provision` into `out`)."""
+    doc = json.loads((Path(out) / "devices" / agent_id / "firmware.json").read_text())
+    return {k: doc[k] for k in TRUST_KEYS}
 
 
 def start_firmware_agent(device_dir: Path, log_path: Path | None = None,
@@ -255,11 +266,17 @@ def firmware_agent_id(index: int) -> str:
 
 def provision_firmware_devices(out: Path, federation: str, gateway: str, agent_ids: list[str],
                                profile: str = "esp32") -> dict[str, tuple[bytes, bytes]]:
-    """`ztfl provision` for these boards into `out` (the gateway reads out/gateway/devices.yaml);
-    returns agent id -> (device key seed, public key) as each board's bundle would carry them."""
+    """`ztfl provision` for these boards into `out` (the gateway reads out/gateway/devices.yaml,
+    its certified identity out/gateway/gateway.yaml `trust:`); returns agent id -> (device key
+    seed, public key) as each board's bundle would carry them (firmware_trust_of: the rest)."""
     from ztfl.attestation.provision import Device, Fleet, provision
-    from ztfl.attestation.software_identity import public_key_of
     provision(Fleet(federation, gateway, [Device(a, profile) for a in agent_ids]), Path(out))
+    return device_keys(out, agent_ids)
+
+
+def device_keys(out: Path, agent_ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
+    """agent id -> (device key seed, public key) of provisioned boards."""
+    from ztfl.attestation.software_identity import public_key_of
     keys = {}
     for agent_id in agent_ids:
         seed = (Path(out) / "devices" / agent_id / "device-key.bin").read_bytes()
@@ -269,11 +286,13 @@ def provision_firmware_devices(out: Path, federation: str, gateway: str, agent_i
 
 def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway: str, data: dict,
                            indices: list[int], logs: Path, max_samples: int = 64,
-                           keys: dict[str, tuple[bytes, bytes]] | None = None) -> list[subprocess.Popen]:
+                           keys: dict[str, tuple[bytes, bytes]] | None = None, bundles: Path | None = None,
+                           attest: bool = True) -> list[subprocess.Popen]:
     """Firmware agents (the ESP32 agent in the unix port) for `ztfl demo`: one device directory
     each under work/firmware/, records from partitions `indices` of the demo's data spec. With
-    `keys` (provision_firmware_devices), each board uses its provisioned device key and attests;
-    without, each gets a fresh key and sends no evidence."""
+    `keys` (provision_firmware_devices into `bundles`), each board uses its provisioned, certified
+    device key and attests if `attest`; without, each gets a fresh, uncertified key and sends no
+    evidence."""
     from urllib.parse import urlparse
 
     from ztfl.attestation.software_identity import new_device_key
@@ -287,7 +306,9 @@ def launch_firmware_agents(work: Path, broker_url: str, federation: str, gateway
         agent_id = firmware_agent_id(index)
         seed, public = keys[agent_id] if keys is not None else new_device_key()
         cfg = firmware_device_config(agent_id, federation, gateway, url.hostname or "127.0.0.1", url.port or 1883,
-                                     classes, seed, public, max_samples=max_samples, attest=keys is not None)
+                                     classes, seed, public, max_samples=max_samples,
+                                     attest=keys is not None and attest,
+                                     trust=firmware_trust_of(bundles, agent_id) if bundles is not None else None)
         device = write_device_dir(Path(work) / "firmware" / agent_id, cfg, recs)
         procs.append(start_firmware_agent(device, Path(logs) / f"{agent_id}.log"))
     return procs

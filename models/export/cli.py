@@ -1,6 +1,11 @@
 """`ztfl export`: a trained model directory to int8 ONNX, int8 TFLite, or (micro model) the
 plain integer dump the ESP32 firmware loads. The preprocessing pipeline goes beside every
-exported file as `<file>.pipeline.json` (and inside ONNX files as metadata)."""
+exported file as `<file>.pipeline.json` (and inside ONNX files as metadata).
+
+A model directory with an open-set detector (models.openset, `openset.json`) exports with it: the
+ONNX and TFLite graphs get a second output "novelty" and its threshold goes beside the file as
+`<file>.openset.json` (and into ONNX metadata); the micro export writes the integer form the
+ESP32 runs as `<file>.openset.json` (models.openset.NoveltyDetector.int8_form)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +15,7 @@ from pathlib import Path
 
 from ztfl.models import bundle
 from ztfl.models.datasets import FORMATS, DataFormatError
+from ztfl.models.openset import load_detector
 from ztfl.models.prepare import encode_file
 
 TARGETS = ("onnx", "tflite", "micro")
@@ -51,10 +57,12 @@ def run(args) -> int:
         except (DataFormatError, FileNotFoundError) as e:
             print(f"ztfl export: {e}", file=sys.stderr)
             return 2
-    report = {"model": str(args.model), "to": args.to, "int8": args.int8, "out": str(out)}
+    detector = load_detector(args.model)
+    report = {"model": str(args.model), "to": args.to, "int8": args.int8, "out": str(out),
+              "open_set": detector is not None}
     if args.to == "onnx":
         from ztfl.models.export import onnx_export
-        (onnx_export.export_int8 if args.int8 else onnx_export.export_fp32)(model, pipeline, out)
+        (onnx_export.export_int8 if args.int8 else onnx_export.export_fp32)(model, pipeline, out, detector)
     elif args.to == "tflite":
         from ztfl.models.export.tflite_export import ExportError, export_int8
         try:
@@ -72,6 +80,9 @@ def run(args) -> int:
         out.with_suffix(".bin").write_bytes(q.to_bytes())
         report["bytes"] = str(out.with_suffix(".bin"))
     Path(str(out) + ".pipeline.json").write_text(json.dumps(pipeline.to_dict(), sort_keys=True))
+    if detector is not None:
+        side = detector.int8_form() if args.to == "micro" else detector.decision()
+        Path(str(out) + ".openset.json").write_text(json.dumps(side, sort_keys=True))
     report["size_bytes"] = out.stat().st_size
     print(json.dumps(report) if args.json else f"wrote {out} ({report['size_bytes']} bytes)")
     return 0

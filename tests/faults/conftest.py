@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ztfl.agent.sim import agent_name, sim_update
+from ztfl.agent.sim import agent_name, sim_update, write_sim_trust
 from ztfl.gateway.registry import Registry
 
 def _copy(stream, path: Path) -> None:
@@ -57,7 +57,9 @@ class Federation:
                "data": {"path": str(self.small_dataset()), "fmt": "nsl-kdd"},
                # Long: stages close when every live participant answered; deadlines never decide here.
                "deadlines_s": {"attest": 60, "advertise": 60, "share": 60, "masked": 60, "consistency": 60,
-                               "unmask": 60}}
+                               "unmask": 60},
+               # The gateway's certificate from the simulated fleet's root CA (seed 0).
+               "trust": write_sim_trust(self.work / "trust", 0, "bench", "fog1")}
         cfg.update(overrides)
         (self.work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
 

@@ -31,8 +31,8 @@ def _files(state, pattern: str) -> list[str]:
 
 
 def test_gateway_killed_on_the_commit_path_leaves_no_orphan_and_no_gap(federation):
-    federation.configure(agents=4, rounds=2)
-    federation.start_fleet(4)
+    federation.configure(agents=5, rounds=2)
+    federation.start_fleet(5)
     state = federation.state
     # Attempt i of round 1 ends at POINTS[i]; the run after the last one commits round 2.
     for point in POINTS:

@@ -13,9 +13,9 @@ from ztfl.gateway.server import STATE_WRITE_FAILED
 
 
 def test_disk_full_mid_round_keeps_last_version_and_round_is_redone(federation):
-    federation.configure(agents=4, rounds=1)
+    federation.configure(agents=5, rounds=1)
     resume = federation.resume_file()
-    federation.start_fleet(4, "--stall", "masked", "--resume-file", str(resume))
+    federation.start_fleet(5, "--stall", "masked", "--resume-file", str(resume))
     federation.start_gateway()
     federation.wait_stage("masked", attempt=0)
     smallest = min(p.stat().st_size for p in federation.state.rglob("*") if p.is_file() and p.stat().st_size)

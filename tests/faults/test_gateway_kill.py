@@ -7,9 +7,9 @@ from faults.conftest import STAGES
 
 
 def test_gateway_killed_in_every_stage_then_restarted_loses_no_version(federation):
-    federation.configure(agents=4, rounds=1)
+    federation.configure(agents=5, rounds=1)
     # Attempt i holds the frames of stage i: the gateway is killed while it waits there.
-    federation.start_fleet(4, "--stall", ",".join(STAGES))
+    federation.start_fleet(5, "--stall", ",".join(STAGES))
     federation.start_gateway()
     for attempt, stage in enumerate(STAGES):
         federation.wait_stage(stage, attempt)
@@ -21,4 +21,4 @@ def test_gateway_killed_in_every_stage_then_restarted_loses_no_version(federatio
         [(1, a, "aborted") for a in range(len(STAGES))] + [(1, len(STAGES), "committed")]
     assert all(r["reason"] == "gateway restarted" for r in rounds[:-1])
     committed = rounds[-1]["cohorts"]["cnn-lstm-32"]
-    assert sorted(committed["aggregated"]) == [f"sim-{i:05d}" for i in range(1, 5)]
+    assert sorted(committed["aggregated"]) == [f"sim-{i:05d}" for i in range(1, 6)]

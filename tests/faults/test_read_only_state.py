@@ -59,9 +59,9 @@ class ReadOnlyFault:
 
 
 def test_models_directory_read_only_mid_round_stops_cleanly_and_round_is_redone(federation):
-    federation.configure(agents=4, rounds=1)
+    federation.configure(agents=5, rounds=1)
     resume = federation.resume_file()
-    federation.start_fleet(4, "--stall", "masked", "--resume-file", str(resume))
+    federation.start_fleet(5, "--stall", "masked", "--resume-file", str(resume))
     models = federation.state / "models"
     models.mkdir(parents=True)
     fault = ReadOnlyFault.choose(models)

@@ -143,6 +143,17 @@ def graph_file(d):
         for me in c["ids"]:
             got = graph.neighbours_of(me, c["ids"], c["neighbors"], digest)
             check(got == c["neighbours"][str(me)], "neighbours of %d (n=%d k=%d)" % (me, len(c["ids"]), c["neighbors"]))
+    cr = d["commit_reveal"]
+    reveals = [(int(k), u(v)) for k, v in cr["reveals"].items()]
+    for cid, reveal in reveals:
+        check(h(graph.commitment(cid, cr["epoch"], cr["round"], reveal)) == cr["commitments"][str(cid)],
+              "commitment of %d" % cid)
+    seed = graph.graph_seed(u(cr["roster_digest"]), reveals)
+    check(h(seed) == cr["seed"], "graph seed from the reveals")
+    check(graph.permutation(cr["ids"], seed) == cr["permutation"], "permutation from the graph seed")
+    for me in cr["ids"]:
+        check(graph.neighbours_of(me, cr["ids"], cr["neighbors"], seed) == cr["neighbours"][str(me)],
+              "revealed graph: neighbours of %d" % me)
 
 
 def wire_file(d):
@@ -185,14 +196,21 @@ def wire_file(d):
     adv = u(frames["advertise_keys"]["body"])
     check(adv[:32] == cfg.digest, "advertise carries the config digest")
     roster = wire.parse_roster(u(frames["roster"]["body"]))
-    for cid, c_pk, s_pk, sig in roster:
-        signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, cfg.digest, ep, rd)
+    reveals = [(int(k), u(v)) for k, v in d["graph_reveals"].items()]
+    for cid, c_pk, s_pk, commitment, sig in roster:
+        signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, commitment, cfg.digest, ep, rd)
         try:
             ed25519.verify(public[cid], signed, sig)
             check(True, "")
         except ed25519.SignatureError:
             check(False, "roster entry %d signature" % cid)
-    check(roster[0][1] == adv[32:64] and roster[0][2] == adv[64:96], "roster holds client 1's keys")
+        check(graph.commitment(cid, ep, rd, dict(reveals)[cid]) == commitment, "roster commitment of %d" % cid)
+    check(roster[0][1:4] == (adv[32:64], adv[64:96], adv[96:128]), "roster holds client 1's keys and commitment")
+    check(cfg.reveals_graph, "a sparse configuration reveals its graph")
+    check(u(frames["graph_reveal"]["body"]) == dict(reveals)[1], "graph_reveal body")
+    relayed = wire.parse_graph_seeds(u(frames["graph_seeds"]["body"]))
+    check(relayed == sorted(reveals), "graph_seeds parse")
+    check(h(graph.graph_seed(_sha256(u(frames["roster"]["body"])), relayed)) == d["graph_seed"], "graph seed")
     cts = []
     for c in d["share_encryption"]:
         ct = u(c["nonce"]) + xchacha.encrypt(u(c["key"]), u(c["nonce"]), u(c["plaintext"]), u(c["aad"]))
@@ -301,13 +319,14 @@ def epochs_file(d):
                     total[i] = (total[i] + sign * w) & 0xFFFFFFFF
         check(total == rnd["sum_unmasked"], "round %d unmasked sum" % rd)
     eg = d["epoch_graph"]
-    entries = [(e["id"], u(e["c_pk"]), u(e["s_pk"])) for e in eg["entries"]]
-    digest = graph.epoch_graph_digest(eg["epoch"], list(reversed(entries)))
-    check(h(digest) == eg["digest"], "epoch graph digest")
-    ids = [e[0] for e in entries]
-    for me in ids:
-        check(graph.neighbours_of(me, ids, eg["neighbors"], digest) == eg["neighbours"][str(me)],
-              "epoch graph neighbours of %d" % me)
+    seed = u(eg["seed"])
+    for me in eg["members"]:
+        mine = graph.neighbours_of(me, eg["members"], eg["neighbors"], seed)
+        check(mine == eg["neighbours"][str(me)], "epoch graph neighbours of %d" % me)
+        if me in eg["present"]:
+            # A later round keeps the epoch's graph: the absent member is a dropout, not a new draw.
+            check([v for v in mine if v in eg["present"]] == eg["present_neighbours"][str(me)],
+                  "later round: neighbours of %d" % me)
     urk = d["unmask_round_keys"]
     rnd = [r for r in d["rounds"] if r["round"] == urk["round"]][0]
     sender = urk["sender"]
@@ -377,7 +396,7 @@ def session_file(d):
     Curve25519 form, session keys and tags, pairwise consistency tags, the two new messages,
     a complete key-reuse round replayed byte for byte, and every refusal with its error."""
     from ztfw import session_auth
-    from ztfw.secagg_errors import ProtocolError
+    from ztfw.secagg_errors import ProtocolError, RoundAborted
     for c in d["curve25519_conversion"]:
         check(ed25519.public_key(u(c["ed25519_seed"])) == u(c["ed25519_pk"]), "conversion: identity key")
         curve = session_auth.ed25519_pk_to_x25519(u(c["ed25519_pk"]))
@@ -471,7 +490,9 @@ def session_file(d):
         except ProtocolError as e:
             check(type(e).__name__ == case["error"], "refusal %s: %s (%s), expected %s"
                   % (case["name"], type(e).__name__, e, case["error"]))
-            if case["error"] != "RoundAborted":
+            if isinstance(e, RoundAborted):
+                check(session.stage == "Aborted", "refusal %s: not final" % case["name"])
+            else:
                 check(session.stage == stage, "refusal %s: stage changed" % case["name"])
 
 

@@ -8,8 +8,10 @@ ready, then the masked input is streamed to the broker.
 
 Its epoch keys live in a keyring in RAM (docs/protocol.md 2.7): key-reuse rounds of one
 gateway epoch reuse them, a reboot makes new ones, and no epoch secret is written to flash.
-Rounds with differential-privacy noise (`dp` in the announcement) are declined: the firmware
-does not implement the noise.
+Rounds with differential-privacy noise are refused: the firmware does not implement the noise.
+A `dp` announcement is declined, with the reason of the privacy floor (config.json
+`privacy_floor`, as agent.yaml's) if its parameters break it, else dp_unsupported; a DP record
+signed in ROUND_CONFIG behind an announcement without `dp` is refused as dp_announcement_mismatch.
 
 Everything runs in one loop (`step`), with no threads: the same code runs on the board
 and in the unix port.
@@ -18,17 +20,17 @@ import gc
 import time
 from binascii import a2b_base64, hexlify, unhexlify
 
-from ztfw import agent_wire, ed25519
+from ztfw import agent_wire, certs, ed25519
 from ztfw.agent_wire import WireError
-from ztfw.attest import AttestError, software_evidence
+from ztfw.attest import AttestError, bundle_digest, bundle_evidence
 from ztfw.keyring import ClientKeyring, EpochPolicy
 from ztfw.micro_model import FloatMLP, MicroModelError
 from ztfw.mqtt import MQTTClient, MQTTError
 from ztfw.local_update import delta_source, training_steps
 from ztfw.records import Records, dequantise, float_row
-from ztfw.secagg_client import ClientSession, StreamedFrame
-from ztfw.secagg_errors import ProtocolError
-from ztfw.secagg_wire import SHARES_RELAY
+from ztfw.secagg_client import ClientSession, SecurityFloor, StreamedFrame
+from ztfw.secagg_errors import ProtocolError, RoundKindMismatch
+from ztfw.secagg_wire import ROUND_CONFIG, SHARES_RELAY
 from ztfw.store import Store
 
 NORMAL = "normal"
@@ -87,6 +89,15 @@ def epoch_policy(cfg):
         raise ConfigError("firmware config: key_epoch: %s" % e)
 
 
+def privacy_floor(cfg):
+    """The DP floor of config.json (`privacy_floor`: min_noise_multiplier, max_clip_norm,
+    min_survivors), which decides how a round with DP is refused (docs/privacy.md)."""
+    try:
+        return agent_wire.PrivacyFloor(cfg.get("privacy_floor"))
+    except WireError as e:
+        raise ConfigError("firmware config: %s" % e)
+
+
 class Clock:
     """Seconds since boot that never wrap (ticks_ms wraps; the loop reads this far more often
     than once per wrap period). The keyring's lifetime in seconds runs on it."""
@@ -129,8 +140,15 @@ class Agent:
         self.slice_ms = train.get("slice_ms", 40)
         self.records = Records(_path(base_dir, cfg.get("records", "records.bin")))
         self.store = Store(_path(base_dir, cfg.get("state", "state.json")))
+        # What is flashed, digested once at start and reported with each round's evidence.
+        state = cfg.get("state", "state.json")
+        self.bundle = bundle_digest(base_dir, (state, state + ".tmp")) if cfg.get("attest") else None
         # In RAM only: a reboot means new keys.
         self.keyring = ClientKeyring(epoch_policy(cfg))
+        self.privacy_floor = privacy_floor(cfg)
+        # The least protection this board takes part with, fixed at provisioning (config.json
+        # "security_floor": {"min_group": .., "min_neighbors": ..}), never taken from a round.
+        self.floor = SecurityFloor(**cfg.get("security_floor", {}))
         self.clock = Clock()
         self.alert_seq = self.store.state["alert_seq"]   # every number used so far is at or below it
         self.client = None
@@ -151,9 +169,50 @@ class Agent:
         self.next_heartbeat = _ms()
         self.next_record = _ms()
         self.last_io = _ms()
-        self.stats = {"train_ms": 0, "protocol_ms": 0, "keys_ms": 0, "uploads": 0, "rounds_done": 0,
-                      "declined": 0}
+        self.stats = {"train_ms": 0, "protocol_ms": 0, "keys_ms": 0, "certs_ms": 0, "uploads": 0,
+                      "rounds_done": 0, "declined": 0}
         self.events = []
+        self.certificate = cfg.get("certificate", "")
+        self.refusals = {}
+        self.trust = self._load_trust(cfg)
+
+    def _load_trust(self, cfg):
+        """The trust anchor and this board's own certificate (config keys `trust_anchor`,
+        `certificate`), and the newest revocation list: the one kept from before a reboot, or
+        the provisioned one. Without them the board takes part in no round."""
+        if not cfg.get("trust_anchor") or not self.certificate:
+            return None
+        try:
+            trust = certs.TrustStore(unhexlify(cfg["trust_anchor"]), cfg["federation"])
+            own = certs.decode(a2b_base64(self.certificate))
+            trust.check_claims(own, "agent", self.agent_id, own.not_before)
+            trust.check_signature(own)
+        except (ValueError, certs.CertError) as e:
+            raise ConfigError("firmware config: certificate: %s" % e)
+        if own.public_key != self.public:
+            raise ConfigError("firmware config: the certificate certifies another key than device_key")
+        trust.floor = own.not_before
+        for raw in (self._stored_revocations(), a2b_base64(cfg.get("revocations", ""))):
+            if raw:
+                try:
+                    trust.accept_revocations(raw, certs.board_time(trust.floor))
+                except certs.CertError as e:
+                    self._event("revocation list not used: %s" % e)
+        return trust
+
+    def _stored_revocations(self):
+        try:
+            with open(_path(self.base_dir, "revocations.bin"), "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    def _refuse(self, what, e):
+        """A certificate refusal: counted by reason and said on the console (the serial log)."""
+        self.refusals[e.reason] = self.refusals.get(e.reason, 0) + 1
+        text = "%s refused (%s): %s" % (what, e.reason, e)
+        print(text)
+        self._reject(text)
 
     # -- connection -----------------------------------------------------------------------
     def topic(self, kind):
@@ -170,7 +229,7 @@ class Agent:
         client.set_callback(self._on_message)
         client.connect()
         self.client = client
-        for kind in ("round", "protocol", "model-" + self.variant):
+        for kind in ("round", "protocol", "model-" + self.variant, "revocations"):
             client.subscribe("%s/broadcast/%s" % (self.base, kind), 1)
         client.subscribe("%s/broadcast/to/%s/+" % (self.base, self.agent_id), 1)
         self.connects += 1
@@ -203,7 +262,7 @@ class Agent:
     def _hello(self):
         msg = agent_wire.hello(self.agent_id, self.profile, self.variant, self.mask_bits, "micropython",
                                len(self.records), self.cfg.get("attestation", "device-key"),
-                               hexlify(self.public).decode())
+                               hexlify(self.public).decode(), self.certificate)
         # Retained: a gateway started later still learns who we are.
         self._publish("hello", msg, retain=True, qos=1)
 
@@ -241,8 +300,18 @@ class Agent:
                 self._on_frame(agent_wire.Envelope(payload, self.payload_limit))
             elif kind == "model-" + self.variant:
                 self._on_model(payload)
+            elif kind == "revocations":
+                self._on_revocations(payload)
         except WireError as e:
             self._reject("%s: %s" % (kind, e))
+        except certs.CertError as e:
+            self._refuse(kind, e)
+
+    def _on_revocations(self, payload):
+        """A signed revocation list (retained broadcast): kept, in RAM and on flash, if newer."""
+        if self.trust is not None and self.trust.accept_revocations(payload, certs.board_time(self.trust.floor)):
+            with open(_path(self.base_dir, "revocations.bin"), "wb") as f:
+                f.write(payload)
 
     def _on_model(self, payload):
         from ztfw.micro_model import MAX_PARAMS
@@ -288,7 +357,10 @@ class Agent:
                     self.stats["rounds_done"] += 1
                 self._end_session()
             return
-        sid, peers = msg.seat_of(self.agent_id)
+        sid = None
+        for p in msg.participants:
+            if isinstance(p, list) and len(p) == 3 and p[0] == self.agent_id:
+                sid = p[1]
         if sid is None or msg.model_variant != self.variant or msg.mask_bits != self.mask_bits:
             return
         key = "%d.%d.%s" % (msg.round, msg.attempt, msg.cohort)
@@ -299,24 +371,29 @@ class Agent:
             return      # redelivered while the session runs
         if msg.dp is not None:
             # Distributed DP counts on every participant adding its share of the noise
-            # (docs/privacy.md): joining without it would weaken the round's guarantee.
-            return self._decline(msg, "the round asks for differential-privacy noise, which this "
-                                      "firmware does not implement")
-        pinned = self.store.state["gateway_pk"]
-        if pinned and pinned != msg.server_pk:
-            return self._reject("round announced with a gateway key other than the pinned one")
+            # (docs/privacy.md): this board adds none, so it never joins (its floor's verdict first).
+            e = agent_wire.dp_refusal(self.privacy_floor, msg.dp)
+            return self._decline(msg, "%s [%s]" % (e, e.reason))
+        # Every key is certified by our root before anything else: the gateway's and each participant's.
+        t0 = _ms()
         try:
-            server_pk = unhexlify(msg.server_pk)
-        except ValueError:
-            return self._reject("gateway key is not hex")
-        if len(server_pk) != 32:
-            return self._reject("gateway key is not 32 bytes")
-        if not pinned:
-            self.store.state["gateway_pk"] = msg.server_pk   # pinned on first use
-            self.store.save()
+            if self.trust is None:
+                raise certs.Uncertified("no trust anchor provisioned: no key can be checked")
+            if msg.version != agent_wire.CERTIFIED_ANNOUNCE:
+                raise certs.Uncertified("round announced with bare keys (version 1)")
+            server_pk, directory = self.trust.check_announcement(
+                msg.seats(), agent_wire.certificate_bytes(msg.server_cert, "gateway"), self.cfg["gateway"],
+                certs.board_time(self.trust.floor))
+            if directory.get(sid) != self.public:
+                raise certs.IdentityMismatch("this board is seated under another key than its own")
+        except (WireError, certs.CertError) as e:
+            self.stats["certs_ms"] += _since(t0)
+            if isinstance(e, WireError):
+                return self._reject("round %d.%d: %s" % (msg.round, msg.attempt, e))
+            return self._refuse("round %d.%d" % (msg.round, msg.attempt), e)
+        self.stats["certs_ms"] += _since(t0)
         if self.mlp is None:
             return self._reject("round announced before the model arrived")
-        directory = dict(peers)
         directory[0] = server_pk
         self._end_session()     # a round whose end we never heard of
         t0 = _ms()
@@ -325,15 +402,15 @@ class Agent:
         keys = self.keyring.keys_for(msg.epoch, msg.protocol_round, self.clock.seconds(), msg.key_reuse)
         self.stats["keys_ms"] += _since(t0)
         self.session = ClientSession(sid, self.seed, directory, keys, msg.protocol_round,
-                                     identity_public=self.public)
+                                     identity_public=self.public, floor=self.floor)
         self.announce = msg
         if self.cfg.get("attest"):
             # Device-key evidence over the round's nonce, bound like a TPM quote to the attestation
-            # round (attempt_id, gateway/attest.py) and the identity key this board is seated
-            # under. Off unless configured: a gateway that does not check evidence gets none.
+            # round (attempt_id, gateway/attest.py), the identity key this board is seated under
+            # and its bundle digest. Off unless configured: a gateway that does not check gets none.
             try:
-                evidence = software_evidence(self.seed, self.public, unhexlify(msg.nonce),
-                                             agent_wire.attempt_id(msg.round, msg.attempt), self.public)
+                evidence = bundle_evidence(self.seed, self.public, unhexlify(msg.nonce),
+                                           agent_wire.attempt_id(msg.round, msg.attempt), self.public, self.bundle)
             except (ValueError, AttestError) as e:
                 self._reject("cannot attest: %s" % e)
             else:
@@ -356,15 +433,35 @@ class Agent:
         self._protocol(body)
 
     def _protocol(self, frame):
+        if agent_wire.config_signs_dp(frame) and frame[3] == ROUND_CONFIG:
+            # A DP record signed behind an announcement without `dp`: refused like the CPython
+            # agent (DpMismatch), before anything is answered; a genuine one makes this board a dropout.
+            return self._reject("protocol frame refused: DpMismatch [%s]: the round configuration signs DP "
+                                "the announcement did not mention" % agent_wire.DpMismatch.reason)
         t0 = _ms()
         try:
             reply = self.session.receive(frame)
+            if frame[3] == ROUND_CONFIG:
+                self._check_round_kind()        # before the advertisement leaves
+        except RoundKindMismatch as e:
+            # Final for the round: nothing of it is answered, so nothing is ever shared.
+            self._end_session()
+            return self._reject("round refused: RoundKindMismatch: %s" % e)
         except ProtocolError as e:
             self.stats["protocol_ms"] += _since(t0)
             return self._reject("protocol frame refused: %s: %s" % (type(e).__name__, e))
         self.stats["protocol_ms"] += _since(t0)
         if reply is not None:
             self._send(reply)
+
+    def _check_round_kind(self):
+        """The signed round kind must be the announced one. The keyring keeps the keys of an
+        announced key-reuse round for the rest of the epoch: a classic round would Shamir-share
+        their secret (docs/protocol.md 2.7), and one announced classic has single-use keys."""
+        signed, announced = self.session.config.key_reuse, bool(self.announce.key_reuse)
+        if signed != announced:
+            raise RoundKindMismatch("ROUND_CONFIG key reuse %s differs from the announcement's %s"
+                                    % (signed, announced))
 
     def _send(self, reply):
         a = self.announce

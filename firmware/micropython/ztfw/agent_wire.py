@@ -5,7 +5,9 @@ Every decoder checks sizes before allocating, consumes the whole buffer and rais
 WireError with a reason.
 """
 import json
+import math
 import struct
+from binascii import a2b_base64
 
 MAX_JSON_BYTES = 16 * 1024
 ENV_MAGIC = b"ZE"
@@ -59,17 +61,28 @@ def attempt_id(round_id, attempt):
     return round_id * ATTEMPTS_PER_ROUND + attempt
 
 
+CERTIFIED_ANNOUNCE = 2     # the announcement version whose participants carry certificates
+
+
+def certificate_bytes(text, what):
+    try:
+        return a2b_base64(text)
+    except ValueError:
+        raise WireError("%s: certificate is not base64" % what)
+
+
 class RoundAnnounce:
     """A round starts for one cohort. Optional key-epoch fields (docs/wire.md): `epoch` (the key
     epoch id; absent: attempt_id(round, attempt)), `protocol_round` (the round id inside the protocol;
     absent: `round`), `key_reuse` (absent: false) and `dp` (differential-privacy parameters;
-    absent: none)."""
+    absent: none). Certified identities: `version` 2 with `server_cert`, participants
+    [agent id, protocol id, certificate base64]; absent: version 1, bare keys (refused)."""
     FIELDS = (("round", int), ("attempt", int), ("cohort", str), ("model_variant", str), ("mask_bits", int),
               ("model_version", int), ("model_sha256", str), ("participants", list), ("threshold", int),
               ("nonce", str), ("deadlines_s", dict))
     OPTIONAL = (("weight_unit", int, 1), ("server_pk", str, ""), ("scale", float, 1.0),
                 ("epoch", int, None), ("protocol_round", int, None), ("key_reuse", bool, False),
-                ("dp", dict, None))
+                ("dp", dict, None), ("version", int, None), ("server_cert", str, None))
 
     def __init__(self, doc):
         known = set(n for n, _ in self.FIELDS) | set(n for n, _, _ in self.OPTIONAL)
@@ -89,27 +102,20 @@ class RoundAnnounce:
         for name in ("epoch", "protocol_round"):
             if not 0 <= getattr(self, name) <= MAX_U32:
                 raise WireError("RoundAnnounce: %s must be a u32" % name)
+        if self.version not in (None, CERTIFIED_ANNOUNCE) or (self.version is None) != (self.server_cert is None):
+            raise WireError("RoundAnnounce: version %s is not one this board speaks" % self.version)
 
-    def seat_of(self, agent_id):
-        """(sid, identity pk) of `agent_id` if seated, and every participant's sid -> pk."""
-        mine = None
-        peers = {}
+    def seats(self):
+        """[(agent id, protocol id, certificate bytes)] of a version 2 announcement."""
+        out = []
         for p in self.participants:
             if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], str)
                     and isinstance(p[1], int) and not isinstance(p[1], bool) and isinstance(p[2], str)):
                 raise WireError("RoundAnnounce: bad participant entry")
             if not 1 <= p[1] <= 0xFFFF:
                 raise WireError("RoundAnnounce: participant id out of range")
-            try:
-                pk = bytes.fromhex(p[2])
-            except ValueError:
-                raise WireError("RoundAnnounce: participant key is not hex")
-            if len(pk) != 32:
-                raise WireError("RoundAnnounce: participant key is not 32 bytes")
-            peers[p[1]] = pk
-            if p[0] == agent_id:
-                mine = p[1]
-        return mine, peers
+            out.append((p[0], p[1], certificate_bytes(p[2], "participant " + p[0])))
+        return out
 
 
 class RoundEnd:
@@ -131,10 +137,14 @@ def decode_round(payload):
     return RoundEnd(doc) if "outcome" in doc else RoundAnnounce(doc)
 
 
-def hello(agent_id, profile, model_variant, mask_bits, runtime, samples, attestation, identity_pk_hex):
-    return json.dumps({"agent_id": agent_id, "profile": profile, "model_variant": model_variant,
-                       "mask_bits": mask_bits, "runtime": runtime, "samples": samples,
-                       "attestation": attestation, "identity_pk": identity_pk_hex}).encode()
+def hello(agent_id, profile, model_variant, mask_bits, runtime, samples, attestation, identity_pk_hex,
+          certificate_b64=""):
+    doc = {"agent_id": agent_id, "profile": profile, "model_variant": model_variant,
+           "mask_bits": mask_bits, "runtime": runtime, "samples": samples,
+           "attestation": attestation, "identity_pk": identity_pk_hex}
+    if certificate_b64:
+        doc["certificate"] = certificate_b64
+    return json.dumps(doc).encode()
 
 
 def heartbeat(agent_id, state, round_id, model_version, alerts_total, records_total):
@@ -265,3 +275,77 @@ class ModelBlob:
     def scales(self):
         """[(offset, size, scale)] for dequantising on the fly."""
         return [(off, size, scale) for _, _, scale, off, size in self.tensors]
+
+
+# -- distributed DP (docs/privacy.md) ------------------------------------------------------------
+# This board adds no DP noise: it never joins a round that asks for it. It refuses such a round
+# as the CPython agent would first (its privacy floor), else because it cannot add the noise; the
+# reason codes are those of privacy/errors.py.
+FLAG_DP = 0x08                 # ROUND_CONFIG flags: a 20-byte DP record follows the 28 bytes
+DP_UNSUPPORTED = "the round asks for differential-privacy noise, which this firmware does not implement"
+FLOOR_DEFAULTS = (("min_noise_multiplier", 0.7), ("max_clip_norm", 10.0), ("min_survivors", 3))
+
+
+class PrivacyRefused(ValueError):
+    """A round's DP refused; `reason` is the code of the privacy/errors.py class of that name."""
+    reason = "privacy_refused"
+
+
+# One line each: the names and codes of privacy/errors.py, nothing else of those classes.
+class NoiseBelowFloor(PrivacyRefused): reason = "dp_noise_below_floor"  # noqa: E701
+class ClipAboveFloor(PrivacyRefused): reason = "dp_clip_above_floor"  # noqa: E701
+class SurvivorsBelowFloor(PrivacyRefused): reason = "dp_survivors_below_floor"  # noqa: E701
+class DpMismatch(PrivacyRefused): reason = "dp_announcement_mismatch"  # noqa: E701
+class DpUnsupported(PrivacyRefused): reason = "dp_unsupported"  # noqa: E701
+
+
+class PrivacyFloor:
+    """`privacy_floor` of config.json: the keys and defaults of agent.yaml's privacy_floor that
+    bound a round's DP parameters (the budget keys are the CPython agent's: this board spends none)."""
+
+    def __init__(self, doc=None):
+        doc = doc or {}
+        if not isinstance(doc, dict):
+            raise WireError("privacy_floor must be an object")
+        for k in doc:
+            if k not in [name for name, _ in FLOOR_DEFAULTS]:
+                raise WireError("privacy_floor: unknown key '%s'" % k)
+        for name, default in FLOOR_DEFAULTS:
+            value = doc.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise WireError("privacy_floor: %s must be a positive number" % name)
+            setattr(self, name, value)
+
+    def check(self, clip_norm, variance, frac_bits, dim, survivors):
+        """The privacy.floor checks, in the same order, with the same reasons."""
+        if survivors < self.min_survivors:
+            raise SurvivorsBelowFloor("the noise counts on %d honest survivors, this agent on at least %d"
+                                      % (survivors, self.min_survivors))
+        if not clip_norm <= self.max_clip_norm:
+            raise ClipAboveFloor("L2 clip %g, this agent allows at most %g" % (clip_norm, self.max_clip_norm))
+        sensitivity = clip_norm * (1 << frac_bits) + math.sqrt(dim) / 2
+        z = math.sqrt(survivors * variance) / sensitivity
+        if not z >= self.min_noise_multiplier:
+            raise NoiseBelowFloor("noise multiplier %.4g, this agent needs at least %g" % (z, self.min_noise_multiplier))
+
+
+def dp_refusal(floor, dp):
+    """Why this board declines a round whose announcement has `dp`: the floor's refusal if the
+    announced parameters break it, else DpUnsupported. The message starts with DP_UNSUPPORTED."""
+    try:
+        values = [dp[k] for k in ("clip_norm", "noise_variance", "frac_bits", "dim", "min_survivors")]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError
+    except (KeyError, TypeError, ValueError):
+        return DpUnsupported(DP_UNSUPPORTED + " (and its dp object is malformed)")
+    try:
+        floor.check(*values)
+    except PrivacyRefused as e:
+        return type(e)(DP_UNSUPPORTED + "; and below this board's floor: " + str(e))
+    return DpUnsupported(DP_UNSUPPORTED)
+
+
+def config_signs_dp(frame):
+    """Whether a ROUND_CONFIG frame's body (after the 20-byte header) sets the DP flag."""
+    return len(frame) > 27 and bool(frame[27] & FLAG_DP)

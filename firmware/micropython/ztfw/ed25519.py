@@ -13,6 +13,13 @@ doubling and 7-8 per addition. So:
   R's bytes, so R is never decoded;
 * decoding A takes one exponentiation (square root and inversion together).
 
+Verification is strict, as libsodium's crypto_sign_verify_detached: S must be below L, A and R
+canonical (y < p) and neither of small order. Without that, A = the neutral element makes one
+signature (R = [S]B) verify for every message, and a small-order R lets a key owner produce
+signatures that other verifiers judge differently. The small-order check is a lookup of y:
+the 8 points of small order have y in {0, 1, p - 1, +-y8}, so it costs nothing next to the
+scalar multiplications.
+
 The tables hold fixed multiples of the base point: public values, built on first use.
 """
 from ztfw.sha512 import sha512
@@ -140,6 +147,19 @@ def _decode(s):
 
 
 decode_point = _decode
+
+# y of the 8 points of small order: 1 (neutral), p - 1 (order 2), 0 (order 4), +-y8 (order 8).
+_Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+_SMALL_ORDER_Y = (0, 1, P - 1, _Y8, P - _Y8)
+
+
+def _check_strict_encoding(s, what):
+    """Refuse a non-canonical (y >= p) or small-order encoding, whatever its sign bit."""
+    y = int.from_bytes(bytes(s), "little") & ((1 << 255) - 1)
+    if y >= P:
+        raise SignatureError("%s is not canonically encoded" % what)
+    if y in _SMALL_ORDER_Y:
+        raise SignatureError("%s is a point of small order" % what)
 
 
 def has_small_order(p):
@@ -302,11 +322,15 @@ def verify(public, message, signature):
     """Raises SignatureError unless `signature` is a valid signature of `message`."""
     if len(signature) != 64:
         raise SignatureError("signature must be 64 bytes, got %d" % len(signature))
-    a_point = _decode(public)
+    if len(public) != 32:
+        raise SignatureError("public key must be 32 bytes")
     r_enc = bytes(signature[:32])
     s = int.from_bytes(bytes(signature[32:]), "little")
     if s >= L:
         raise SignatureError("signature scalar out of range")
+    _check_strict_encoding(public, "public key")
+    _check_strict_encoding(r_enc, "signature point R")
+    a_point = _decode(public)
     k = _sha512_int(r_enc, public, message) % L
     # [s]B = R + [k]A  <=>  encode([s]B - [k]A) = R: R's bytes must be the canonical encoding.
     if _encode(_double_mul_sub(s, k, a_point)) != r_enc:

@@ -1,9 +1,14 @@
-"""A small MQTT 3.1.1 client for the firmware agent (plain TCP or TLS).
+"""A small MQTT 5 client for the firmware agent (plain TCP or TLS).
 
 One class, one job, in the spirit of micropython-lib's umqtt.simple, with what the
 agent needs beyond it: QoS 1 publish with PUBACK wait, payloads streamed to the
 socket in chunks (a masked update is never held twice), a bound on incoming packet
 size checked before allocation, and typed errors instead of asserts on broker bytes.
+
+MQTT 5 for its Maximum Packet Size: announced on CONNECT, it makes the broker drop what
+this board could not take instead of sending it (a board draining megabytes over Wi-Fi
+is a board that does nothing else). The client sets no other property and reads only the
+broker's Maximum Packet Size and Server Keep Alive; a PUBACK's refusal reason is counted.
 """
 import socket
 import struct
@@ -22,6 +27,23 @@ SUBACK = 0x90
 PINGREQ = 0xC0
 PINGRESP = 0xD0
 DISCONNECT = 0xE0
+MQTT_VERSION = 5
+
+# An MQTT 5 PUBLISH around its payload, at most, on any ztfl topic: fednet.transport's
+# PUBLISH_OVERHEAD (tests/test_firmware_parity.py checks they agree).
+PUBLISH_OVERHEAD = 240
+MQTT_MAX_PACKET = 268435455
+
+PROP_SESSION_EXPIRY = 0x11
+PROP_SERVER_KEEP_ALIVE = 0x13
+PROP_MAX_PACKET = 0x27
+# Size of each MQTT 5 property's value: 1, 2 or 4 bytes, 0 a variable integer, -1 a
+# length-prefixed string or binary, -2 a string pair.
+_PROPERTY_SIZES = {
+    0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: 0, 0x11: 4, 0x12: -1, 0x13: 2,
+    0x15: -1, 0x16: -1, 0x17: 1, 0x18: 4, 0x19: 1, 0x1A: -1, 0x1C: -1, 0x1F: -1, 0x21: 2,
+    0x22: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x26: -2, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1,
+}
 
 
 class MQTTError(Exception):
@@ -54,7 +76,57 @@ def _utf8(s):
     return struct.pack("!H", len(s)) + s
 
 
+def _varint(buf, pos):
+    """(value, position after it) of the variable byte integer at `pos`."""
+    n = 0
+    shift = 0
+    for _ in range(4):
+        if pos >= len(buf):
+            raise MQTTError("truncated variable integer")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+    raise MQTTError("malformed variable integer")
+
+
+def read_properties(buf, pos, end):
+    """({id: value} of the numeric properties, position after the block) of the property
+    block at `pos` (its length, then the properties), which must end by `end`."""
+    length, pos = _varint(buf, pos)
+    stop = pos + length
+    if stop > end:
+        raise MQTTError("properties run past the packet")
+    out = {}
+    while pos < stop:
+        pid = buf[pos]
+        pos += 1
+        size = _PROPERTY_SIZES.get(pid)
+        if size is None:
+            raise MQTTError("unknown property 0x%02x" % pid)
+        if size > 0:
+            if pos + size > stop:
+                raise MQTTError("property 0x%02x runs past its block" % pid)
+            out[pid] = int.from_bytes(bytes(buf[pos:pos + size]), "big")
+            pos += size
+        elif size == 0:
+            out[pid], pos = _varint(buf, pos)
+        else:
+            for _ in range(-size):
+                if pos + 2 > stop:
+                    raise MQTTError("property 0x%02x runs past its block" % pid)
+                pos += 2 + struct.unpack("!H", bytes(buf[pos:pos + 2]))[0]
+    if pos != stop:
+        raise MQTTError("properties run past their block")
+    return out, stop
+
+
 class MQTTClient:
+    """`max_packet`: the largest payload this client takes; it announces the packet that
+    carries it (plus PUBLISH_OVERHEAD) as its Maximum Packet Size."""
+
     def __init__(self, client_id, server, port=1883, user=None, password=None,
                  keepalive=60, ssl_context=None, server_hostname=None,
                  max_packet=65536, connect_timeout=10):
@@ -67,6 +139,10 @@ class MQTTClient:
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname or server
         self.max_packet = max_packet
+        self.packet_limit = min(max_packet + PUBLISH_OVERHEAD, MQTT_MAX_PACKET)
+        self.broker_max_packet = MQTT_MAX_PACKET   # from the CONNACK
+        self.refused = 0                           # PUBACKs with a refusal reason (>= 0x80)
+        self.last_refusal = 0
         self.connect_timeout = connect_timeout
         self.sock = None
         self.pid = 0
@@ -140,26 +216,37 @@ class MQTTClient:
             self._poller = select.poll()
             self._poller.register(sock, select.POLLIN)
         flags = 0x02 if clean_session else 0
+        props = bytes((PROP_MAX_PACKET,)) + struct.pack("!I", self.packet_limit)
+        if not clean_session:
+            # A kept session (MQTT 3.1.1 clean session 0) needs an expiry in MQTT 5.
+            props += bytes((PROP_SESSION_EXPIRY,)) + struct.pack("!I", 0xFFFFFFFF)
         payload = _utf8(self.client_id)
         if self.will is not None:
             topic, message, retain = self.will
             flags |= 0x04 | (0x20 if retain else 0)
-            payload += _utf8(topic) + _utf8(message)
+            payload += b"\x00" + _utf8(topic) + _utf8(message)      # no will properties
         if self.user is not None:
             flags |= 0x80
             payload += _utf8(self.user)
             if self.password is not None:
                 flags |= 0x40
                 payload += _utf8(self.password)
-        var = _utf8("MQTT") + bytes((4, flags)) + struct.pack("!H", self.keepalive)
+        var = (_utf8("MQTT") + bytes((MQTT_VERSION, flags)) + struct.pack("!H", self.keepalive)
+               + encode_remaining_length(len(props)) + props)
         body = var + payload
         self._write(bytes((CONNECT,)) + encode_remaining_length(len(body)) + body)
-        head = self._read_exact(4)
-        if head[0] != CONNACK or head[1] != 2:
-            raise MQTTError("expected CONNACK, got %r" % bytes(head))
-        if head[3] != 0:
-            raise MQTTError("connection refused, return code %d" % head[3])
-        return head[2] & 1
+        if self._read_byte() != CONNACK:
+            raise MQTTError("expected CONNACK")
+        n = self._read_remaining_length()
+        if not 3 <= n <= self.packet_limit:
+            raise MQTTError("CONNACK of length %d" % n)
+        ack = self._read_exact(n)
+        if ack[1] >= 0x80:
+            raise MQTTError("connection refused, reason code 0x%02x" % ack[1])
+        props, _ = read_properties(ack, 2, n)
+        self.broker_max_packet = props.get(PROP_MAX_PACKET, MQTT_MAX_PACKET)
+        self.keepalive = props.get(PROP_SERVER_KEEP_ALIVE, self.keepalive)
+        return ack[0] & 1
 
     def disconnect(self):
         """Polite close: DISCONNECT (so the broker drops the will), then the socket."""
@@ -192,12 +279,16 @@ class MQTTClient:
         if qos not in (0, 1):
             raise MQTTError("QoS %r not supported" % qos)
         t = _utf8(topic)
+        remaining = len(t) + (2 if qos else 0) + 1 + length
+        size = 1 + len(encode_remaining_length(remaining)) + remaining
+        if size > self.broker_max_packet:
+            # The broker would drop the connection: refuse before writing a byte.
+            raise MQTTError("%d-byte packet above the broker's maximum %d" % (size, self.broker_max_packet))
         pid = self._next_pid() if qos else 0
-        remaining = len(t) + length + (2 if qos else 0)
         header = bytes((PUBLISH | (qos << 1) | (1 if retain else 0),)) + encode_remaining_length(remaining) + t
         if qos:
             header += struct.pack("!H", pid)
-        self._write(header)
+        self._write(header + b"\x00")        # no properties
         counter = [0]
 
         def write(chunk):
@@ -218,12 +309,12 @@ class MQTTClient:
     # -- subscribe ---------------------------------------------------------
     def subscribe(self, topic, qos=0):
         pid = self._next_pid()
-        body = struct.pack("!H", pid) + _utf8(topic) + bytes((qos,))
+        body = struct.pack("!H", pid) + b"\x00" + _utf8(topic) + bytes((qos,))
         self._write(bytes((SUBSCRIBE,)) + encode_remaining_length(len(body)) + body)
         while True:
             op = self.wait_msg()
             if op == SUBACK and self._last_ack == pid:
-                if self._last_suback == 0x80:
+                if self._last_suback >= 0x80:
                     raise MQTTError("subscription to %s refused" % topic)
                 return
 
@@ -233,26 +324,38 @@ class MQTTClient:
         first = self._read_byte()
         op = first & 0xF0
         n = self._read_remaining_length()
-        if n > self.max_packet:
+        if n > self.packet_limit:
+            # The broker was told not to send this: drain a PUBLISH, refuse anything else.
             if op == PUBLISH:
                 return self._skip_publish(first, n)
-            raise MQTTError("incoming packet of %d bytes exceeds limit %d" % (n, self.max_packet))
+            raise MQTTError("incoming packet of %d bytes exceeds limit %d" % (n, self.packet_limit))
         if op == PINGRESP:
             if n != 0:
                 raise MQTTError("PINGRESP with payload")
             return op
         if op == PUBACK:
-            if n != 2:
+            if n < 2:
                 raise MQTTError("PUBACK of length %d" % n)
-            self._last_ack = struct.unpack("!H", self._read_exact(2))[0]
+            body = self._read_exact(n)
+            self._last_ack = struct.unpack("!H", bytes(body[:2]))[0]
+            if n > 2 and body[2] >= 0x80:
+                # Refused (not authorised, quota, too large...): nothing was delivered.
+                self.refused += 1
+                self.last_refusal = body[2]
             return op
         if op == SUBACK:
-            if n != 3:
-                raise MQTTError("SUBACK of length %d (one topic per SUBSCRIBE)" % n)
-            body = self._read_exact(3)
-            self._last_ack = struct.unpack("!H", body[:2])[0]
-            self._last_suback = body[2]
+            if n < 4:
+                raise MQTTError("SUBACK of length %d" % n)
+            body = self._read_exact(n)
+            self._last_ack = struct.unpack("!H", bytes(body[:2]))[0]
+            _, pos = read_properties(body, 2, n)
+            if pos != n - 1:
+                raise MQTTError("SUBACK with %d reason codes (one topic per SUBSCRIBE)" % (n - pos))
+            self._last_suback = body[pos]
             return op
+        if op == DISCONNECT:
+            reason = self._read_exact(n)[0] if n else 0
+            raise MQTTError("broker disconnected, reason code 0x%02x" % reason)
         if op == PUBLISH:
             body = self._read_exact(n)
             if n < 2:
@@ -262,9 +365,10 @@ class MQTTClient:
             pos = 2 + tlen
             if qos:
                 pos += 2
-            if pos > n or qos == 3:
+            if pos >= n or qos == 3:
                 raise MQTTError("malformed PUBLISH")
             topic = bytes(body[2:2 + tlen])
+            _, pos = read_properties(body, pos, n)
             if qos == 1:
                 pid = body[2 + tlen:4 + tlen]
                 self._write(bytes((PUBACK, 2)) + bytes(pid))
@@ -278,8 +382,9 @@ class MQTTClient:
         raise MQTTError("unexpected packet type 0x%02x" % op)
 
     def _skip_publish(self, first, n):
-        """Drain a PUBLISH larger than max_packet in small pieces (acknowledged, not delivered):
-        a broadcast too big for this device must not cost it its connection."""
+        """Drain a PUBLISH larger than the packet limit in small pieces (acknowledged, not
+        delivered; its properties go with the payload): a broadcast too big for this device
+        must not cost it its connection."""
         if n < 2:
             raise MQTTError("PUBLISH too short")
         tlen = struct.unpack("!H", self._read_exact(2))[0]

@@ -14,6 +14,11 @@ A key-reuse round (ROUND_CONFIG flag bit 1) authenticates most frames with sessi
 instead of Ed25519 and checks the survivor set with pairwise tags (docs/protocol.md 1.8):
 after the first round of a set of epoch keys it costs one Ed25519 verification and one
 signature.
+
+The board takes part only above its own SecurityFloor (2.2, 2.4), fixed at provisioning: a
+round below it is refused with a typed reason before anything leaves the board. A round that
+fixes a sparse graph (1.7) commits to a random contribution in the advert, reveals it once the
+roster is fixed, and derives the graph from every member's reveal.
 """
 import hashlib
 import os
@@ -22,46 +27,98 @@ from ztfw import ed25519, graph, secagg_keys as kdf, session_auth, shamir, xchac
 from ztfw import secagg_wire as wire
 from ztfw.masking import MaskedStream
 from ztfw.secagg_errors import (BadSignature, ConfigurationError, ConsistencyViolation, DecryptionFailed,
-                                DuplicateMessage, InvalidTransition, MalformedMessage, RoundAborted,
-                                UnknownSender, WrongRound)
+                                DuplicateMessage, GroupBelowFloor, InvalidTransition, MalformedMessage,
+                                NeighborsBelowFloor, NoEpochGraph, RevealMismatch, RevealMissing, RoundAborted,
+                                SemiHonestRefused, ThresholdBelowFloor, ThresholdOverrideRefused, UnknownSender,
+                                WrongRound)
 
 ADVERTISE_KEYS = "AdvertiseKeys"
+GRAPH_REVEAL = "GraphReveal"
 SHARE_KEYS = "ShareKeys"
 MASKED_INPUT_COLLECTION = "MaskedInputCollection"
 CONSISTENCY_CHECK = "ConsistencyCheck"
 UNMASKING = "Unmasking"
 DONE = "Done"
 ABORTED = "Aborted"
-ORDER = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT_COLLECTION, CONSISTENCY_CHECK, UNMASKING, DONE)
+ORDER = (ADVERTISE_KEYS, GRAPH_REVEAL, SHARE_KEYS, MASKED_INPUT_COLLECTION, CONSISTENCY_CHECK, UNMASKING, DONE)
 
-# (stage, message type received) -> next stage; anything else is InvalidTransition.
-TRANSITIONS = {
-    (ADVERTISE_KEYS, wire.ROUND_CONFIG): SHARE_KEYS,
-    (SHARE_KEYS, wire.ROSTER): MASKED_INPUT_COLLECTION,
-    (MASKED_INPUT_COLLECTION, wire.SHARES_RELAY): CONSISTENCY_CHECK,
-    (CONSISTENCY_CHECK, wire.CONSISTENCY_REQUEST): UNMASKING,
-    (UNMASKING, wire.UNMASK_REQUEST): DONE,
-    (UNMASKING, wire.UNMASK_REQUEST_TAGS): DONE,
-}
-for _s in ORDER[:-1]:
-    TRANSITIONS[(_s, wire.ABORT)] = ABORTED
-# Each mode has its own unmask request: the other one is refused even in stage Unmasking.
-CLASSIC_ONLY = (wire.UNMASK_REQUEST,)
-KEY_REUSE_ONLY = (wire.UNMASK_REQUEST_TAGS,)
+
+def _table(key_reuse, reveal):
+    """(stage, server message answered in it) -> next stage, for one round kind: a key-reuse
+    round has its own unmask request, a round that fixes its graph its GraphReveal stage."""
+    order = [s for s in ORDER if reveal or s != GRAPH_REVEAL]
+    answered = {ADVERTISE_KEYS: wire.ROUND_CONFIG, GRAPH_REVEAL: wire.ROSTER,
+                SHARE_KEYS: wire.GRAPH_SEEDS if reveal else wire.ROSTER,
+                MASKED_INPUT_COLLECTION: wire.SHARES_RELAY, CONSISTENCY_CHECK: wire.CONSISTENCY_REQUEST,
+                UNMASKING: wire.UNMASK_REQUEST_TAGS if key_reuse else wire.UNMASK_REQUEST}
+    table = {}
+    for i in range(len(order) - 1):
+        table[(order[i], answered[order[i]])] = order[i + 1]
+        table[(order[i], wire.ABORT)] = ABORTED
+    return table
+
+
+# (key reuse, graph reveal) -> transition table; anything not in it is InvalidTransition.
+TABLES = {}
+for _k in (False, True):
+    for _r in (False, True):
+        TABLES[(_k, _r)] = _table(_k, _r)
 
 # Largest server frame body this client accepts: a full roster or relay of 65535 entries
 # would be ~8 MB; a device caps what it will buffer.
 DEFAULT_MAX_BODY = 64 * 1024
 
 
-def next_stage(stage, mtype, key_reuse=False):
-    if mtype in (KEY_REUSE_ONLY if not key_reuse else CLASSIC_ONLY):
-        raise InvalidTransition("message type 0x%02x is not allowed in a %s round"
-                                % (mtype, "key-reuse" if key_reuse else "classic"))
+def next_stage(stage, mtype, key_reuse=False, reveal=False):
     try:
-        return TRANSITIONS[(stage, mtype)]
+        return TABLES[(key_reuse, reveal)][(stage, mtype)]
     except KeyError:
         raise InvalidTransition("message type 0x%02x is not allowed in stage %s" % (mtype, stage))
+
+
+def _kind(config):
+    """The round kind of a configuration (before it is known: a classic round without reveal)."""
+    if config is None:
+        return False, False
+    return config.key_reuse, config.reveals_graph
+
+
+class SecurityFloor:
+    """The least protection the board takes part with, from its provisioning, never from the
+    round (docs/protocol.md 2.2, 2.4): active security, t > 2g/3 of the group it actually
+    sees, groups of at least `min_group`, at least `min_neighbors` SecAgg+ neighbours, never
+    the threshold-override flag. A board given no floor gets these defaults."""
+
+    def __init__(self, min_group=5, min_neighbors=4):
+        for name, value, lo in (("min_group", min_group, 3), ("min_neighbors", min_neighbors, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 0xFFFF:
+                raise ConfigurationError("%s must be an int in %d..65535, got %r" % (name, lo, value))
+        self.min_group = min_group
+        self.min_neighbors = min_neighbors
+
+    def check_config(self, config):
+        if config.security != wire.ACTIVE:
+            raise SemiHonestRefused("security %d (semi-honest): active security only" % config.security)
+        if config.threshold_override:
+            raise ThresholdOverrideRefused("the threshold-override flag is set")
+        group = wire.group_size(config.max_clients, config.neighbors)
+        if config.threshold < wire.minimum_threshold(group):
+            raise ThresholdBelowFloor("threshold %d for groups of up to %d needs t > 2g/3"
+                                      % (config.threshold, group))
+        if config.neighbors and config.neighbors < self.min_neighbors:
+            raise NeighborsBelowFloor("%d neighbours, at least %d" % (config.neighbors, self.min_neighbors))
+        self.check_group(config.threshold, group)
+
+    def check_group(self, threshold, group):
+        if group < self.min_group:
+            raise GroupBelowFloor("sharing group of %d, at least %d" % (group, self.min_group))
+        if threshold < wire.minimum_threshold(group):
+            raise ThresholdBelowFloor("threshold %d for a group of %d needs t > 2g/3" % (threshold, group))
+
+
+def _keeps_epoch_graph(config):
+    """A later key-reuse round of a sparse graph: the neighbours are the key epoch's."""
+    return config.key_reuse and bool(config.neighbors) and not config.new_graph
 
 
 class StreamedFrame:
@@ -107,7 +164,9 @@ class _State:
 
     def __init__(self, src=None):
         self.config = None
-        self.roster = {}        # id -> (c_pk, s_pk)
+        self.reveal = b""       # this client's graph reveal r (rounds that fix a graph)
+        self.roster = {}        # id -> (c_pk, s_pk, commitment, signature)
+        self.roster_digest = b""
         self.neighbours = ()
         self.seed = b""
         self.own_share = (0, 0)
@@ -117,7 +176,9 @@ class _State:
         if src is not None:
             # Field by field: MicroPython instances have no writable __dict__.
             self.config = src.config
+            self.reveal = src.reveal
             self.roster = src.roster
+            self.roster_digest = src.roster_digest
             self.neighbours = src.neighbours
             self.seed = src.seed
             self.own_share = src.own_share
@@ -128,7 +189,7 @@ class _State:
 
 class ClientSession:
     def __init__(self, client_id, identity_seed, directory, epoch_keys, round_id,
-                 randbytes=os.urandom, max_body=DEFAULT_MAX_BODY, chunk=256, identity_public=None):
+                 randbytes=os.urandom, max_body=DEFAULT_MAX_BODY, chunk=256, identity_public=None, floor=None):
         if not 1 <= client_id <= 0xFFFF:
             raise ValueError("client ids are 1..65535")
         if wire.SERVER_ID not in directory:
@@ -141,6 +202,8 @@ class ClientSession:
         self.keys = epoch_keys
         self.round_id = round_id
         self.randbytes = randbytes
+        # The board's own limits (provisioning), never the round's.
+        self.floor = floor if floor is not None else SecurityFloor()
         self.max_body = max_body
         self.chunk = chunk
         self.stage = ADVERTISE_KEYS
@@ -206,15 +269,17 @@ class ClientSession:
         if frame.epoch != self.epoch or frame.round_id != self.round_id:
             raise WrongRound("frame for epoch %d round %d, session is epoch %d round %d"
                              % (frame.epoch, frame.round_id, self.epoch, self.round_id))
-        target = next_stage(self.stage, frame.mtype, self.key_reuse)
+        next_stage(self.stage, frame.mtype, *_kind(config))
         handler = self._HANDLERS[frame.mtype]
         try:
             reply, state = handler(self, frame.body)
         except RoundAborted:
             self.stage = ABORTED
             raise
+        # The round kind is known once the configuration is: ROUND_CONFIG leads to GraphReveal
+        # in a round that fixes its graph, to ShareKeys otherwise.
+        self.stage = next_stage(self.stage, frame.mtype, *_kind(state.config))
         self._state = state
-        self.stage = target
         return reply
 
     # -- helpers ---------------------------------------------------------------------------
@@ -254,17 +319,31 @@ class ClientSession:
             config = wire.RoundConfig(body)
         except wire.ConfigurationError as e:
             raise MalformedMessage("ROUND_CONFIG: %s" % e)
+        self.floor.check_config(config)
         if not config.key_reuse and self.keys.uses > 1:
             raise ConfigurationError("these epoch keys served earlier rounds: a round without key reuse "
                                      "would share their secret (docs/protocol.md 2.7); use new keys")
+        if _keeps_epoch_graph(config):
+            fixed = self.keys.graph
+            if fixed is None or fixed[0] != config.neighbors:
+                raise NoEpochGraph("this key-reuse round keeps the key epoch's graph of %d neighbours, and "
+                                   "these keys hold none: a graph round must fix it first" % config.neighbors)
         state = _State()
         state.config = config
         if config.key_reuse:
             # One X25519 per set of epoch keys, then kept with them.
             state.akey = self.keys.session_key(self.client_id, self.directory[wire.SERVER_ID])
-        reply = self._frame(wire.ADVERTISE_KEYS,
-                            wire.advertise_keys_body(config.digest, self.keys.c_pk, self.keys.s_pk), state)
-        return reply, state
+        # A round that fixes its graph: r drawn now, committed to in the signed advert.
+        state.reveal = self.randbytes(wire.REVEAL_BYTES) if config.reveals_graph else b""
+        if state.reveal and config.key_reuse:
+            self.keys.graph = None          # this round's graph replaces the epoch's
+        body = wire.advertise_keys_body(config.digest, self.keys.c_pk, self.keys.s_pk, self._commitment(state))
+        return self._frame(wire.ADVERTISE_KEYS, body, state), state
+
+    def _commitment(self, state):
+        if not state.reveal:
+            return wire.NO_COMMITMENT
+        return graph.commitment(self.client_id, self.epoch, self.round_id, state.reveal)
 
     def _on_roster(self, body):
         old = self._state
@@ -275,51 +354,81 @@ class ClientSession:
         roster = {}
         mine = None
         seen = set()
-        for cid, c_pk, s_pk, sig in entries:
+        for cid, c_pk, s_pk, commitment, sig in entries:
             if cid == self.client_id:
-                mine = (c_pk, s_pk)
+                mine = (c_pk, s_pk, commitment)
             if cid not in self.directory:
                 raise UnknownSender("roster names unenrolled client %d" % cid)
             for key in (c_pk, s_pk):
                 if key in seen:
                     raise DuplicateMessage("public key of client %d appears twice in the roster" % cid)
                 seen.add(key)
-            roster[cid] = (c_pk, s_pk)
-        if mine is None or mine[0] != self.keys.c_pk or mine[1] != self.keys.s_pk:
+            roster[cid] = (c_pk, s_pk, commitment, sig)
+        if mine != (self.keys.c_pk, self.keys.s_pk, self._commitment(old)):
             raise ConsistencyViolation("the roster does not hold this client's advertised keys")
-        if config.key_reuse:
-            # The same roster gives the same neighbours in every round of the epoch (1.7).
-            digest = graph.epoch_graph_digest(self.epoch, [(cid, c_pk, s_pk) for cid, c_pk, s_pk, _ in entries])
+        # The floor holds for the group actually announced: this roster's, or the key epoch's.
+        fixed = self.keys.graph if _keeps_epoch_graph(config) else None
+        t = config.threshold
+        self.floor.check_group(t, fixed[1] if fixed else wire.group_size(len(roster), config.neighbors))
+        if len(roster) < t:
+            raise RoundAborted("roster of %d is below the threshold %d" % (len(roster), t))
+        state = _State(old)
+        state.roster = roster
+        state.roster_digest = hashlib.sha256(body).digest()
+        state.held = {}
+        if config.reveals_graph:
+            # Nothing is dealt before every member's reveal is in: reveal ours, wait for theirs.
+            return self._frame(wire.GRAPH_REVEAL, old.reveal, state), state
+        if fixed is not None:
+            neighbours = tuple(v for v in fixed[2] if v in roster)     # absent members are dropouts
         else:
-            digest = hashlib.sha256(body).digest()
-        neighbours = tuple(graph.neighbours_of(self.client_id, list(roster), config.neighbors, digest))
-        # Only neighbours' keys are ever used by this client, so only their signatures matter
-        # (all of them with the complete graph). In a key-reuse round an entry already verified
-        # under these epoch keys binds the same keys to the same identity: not checked again.
+            neighbours = tuple(cid for cid in sorted(roster) if cid != self.client_id)
+        return self._deal(state, neighbours)
+
+    def _on_seeds(self, body):
+        """Every roster member's reveal, each the one its member committed to, then the graph."""
+        old = self._state
+        config = old.config
+        reveals = wire.parse_graph_seeds(body)
+        given = set(cid for cid, _ in reveals)
+        missing = [cid for cid in sorted(old.roster) if cid not in given]
+        if missing:
+            raise RevealMissing("no graph reveal of roster members %s: the graph cannot be fixed" % missing)
+        if len(reveals) != len(old.roster):
+            raise ConsistencyViolation("graph reveals of clients outside the roster")
+        for cid, reveal in reveals:
+            if graph.commitment(cid, self.epoch, self.round_id, reveal) != old.roster[cid][2]:
+                raise RevealMismatch("the graph reveal of client %d does not match its commitment" % cid)
+        seed = graph.graph_seed(old.roster_digest, reveals)
+        neighbours = tuple(graph.neighbours_of(self.client_id, list(old.roster), config.neighbors, seed))
+        reply, state = self._deal(_State(old), neighbours)
+        if config.key_reuse:
+            self.keys.graph = (config.neighbors, wire.group_size(len(old.roster), config.neighbors), neighbours)
+        return reply, state
+
+    def _deal(self, state, neighbours):
+        """SHARE_KEYS once the neighbours are known: their roster entries verified (only theirs:
+        only their keys are used), this round's secrets dealt to them. In a key-reuse round an
+        entry already verified under these epoch keys binds the same keys to the same identity."""
+        config = state.config
+        roster = state.roster
         verified = []
-        signatures = {}
-        for cid, c_pk, s_pk, sig in entries:
-            signatures[cid] = sig
         for cid in neighbours:
-            c_pk, s_pk = roster[cid]
+            c_pk, s_pk, commitment, signature = roster[cid]
             slot = (cid, bytes(self.directory[cid]), c_pk, s_pk)
             if config.key_reuse and slot in self.keys.verified_entries:
                 continue
-            signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, config.digest, self.epoch, self.round_id)
+            signed = wire.advertise_signed_bytes(cid, c_pk, s_pk, commitment, config.digest, self.epoch,
+                                                 self.round_id)
             self.work["ed25519_verify"] += 1
             try:
-                ed25519.verify(self.directory[cid], signed, signatures[cid])
+                ed25519.verify(self.directory[cid], signed, signature)
             except ed25519.SignatureError:
                 raise BadSignature("roster entry of client %d is not signed by it "
                                    "(or it saw another configuration)" % cid)
             verified.append(slot)
         t = config.threshold
-        if len(roster) < t:
-            raise RoundAborted("roster of %d is below the threshold %d" % (len(roster), t))
-        state = _State(old)
-        state.roster = roster
         state.neighbours = neighbours
-        state.held = {}
         group = self._group(state)
         if len(group) < t:
             raise RoundAborted("sharing group of %d is below the threshold %d" % (len(group), t))
@@ -512,6 +621,7 @@ class ClientSession:
     _HANDLERS = {
         wire.ROUND_CONFIG: _on_config,
         wire.ROSTER: _on_roster,
+        wire.GRAPH_SEEDS: _on_seeds,
         wire.SHARES_RELAY: _on_relay,
         wire.CONSISTENCY_REQUEST: _on_consistency,
         wire.UNMASK_REQUEST: _on_unmask,

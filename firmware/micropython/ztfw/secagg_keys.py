@@ -56,6 +56,8 @@ class EpochKeys:
         self._share_enc = {}
         self._session = {}
         self.verified_entries = set()    # (id, identity key, c_pk, s_pk) whose signature verified
+        # (neighbors, group, own neighbours) of the key epoch's graph, fixed by the round that revealed it.
+        self.graph = None
 
     @classmethod
     def generate(cls, epoch, randbytes, revealed_peer_keys=None):

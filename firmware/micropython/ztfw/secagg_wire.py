@@ -38,9 +38,11 @@ ABORT = 0x0B
 UNMASK_ROUND_KEYS = 0x0C   # key-reuse rounds (docs/protocol.md 2.7): replaces UNMASK_SHARES
 CONSISTENCY_TAGS = 0x0D    # key-reuse rounds (1.8): replaces CONSISTENCY_SIGNATURE
 UNMASK_REQUEST_TAGS = 0x0E  # key-reuse rounds (1.8): replaces UNMASK_REQUEST
+GRAPH_REVEAL = 0x0F        # rounds that fix a sparse graph (1.7): this client's reveal
+GRAPH_SEEDS = 0x10         # ... and every roster member's reveal, relayed by the server
 KNOWN_TYPES = (ROUND_CONFIG, ADVERTISE_KEYS, ROSTER, SHARE_KEYS, SHARES_RELAY, MASKED_INPUT,
                CONSISTENCY_REQUEST, CONSISTENCY_SIGNATURE, UNMASK_REQUEST, UNMASK_SHARES, ABORT,
-               UNMASK_ROUND_KEYS, CONSISTENCY_TAGS, UNMASK_REQUEST_TAGS)
+               UNMASK_ROUND_KEYS, CONSISTENCY_TAGS, UNMASK_REQUEST_TAGS, GRAPH_REVEAL, GRAPH_SEEDS)
 
 AUTH_SIGNATURE = 0
 AUTH_SESSION = 1
@@ -55,15 +57,19 @@ SHARE_AAD_CONTEXT = b"ztfl/secagg/v1/share"
 
 CONFIG_FMT = "<IBBBBHHHHQI"
 CONFIG_BYTES = 28
-ROSTER_ENTRY = 2 + 2 * KEY_BYTES + SIGNATURE_BYTES   # 130
+ROSTER_ENTRY = 2 + 3 * KEY_BYTES + SIGNATURE_BYTES   # 162: id, c_pk, s_pk, commitment, signature
 SHARE_ENTRY = 2 + CIPHERTEXT_BYTES                   # 108
 UNMASK_ENTRY = 2 + SHARE_BYTES                       # 35
 MASKED_PREFIX_BYTES = 8
+REVEAL_BYTES = 32
+GRAPH_SEED_ENTRY = 2 + REVEAL_BYTES                  # 34
+NO_COMMITMENT = bytes(32)       # the commitment of a round that reveals nothing
 
 SEMI_HONEST = 0
 ACTIVE = 1
 FLAG_THRESHOLD_OVERRIDE = 0x01
 FLAG_KEY_REUSE = 0x02          # epoch secrets are never shared (docs/protocol.md 2.7)
+FLAG_NEW_GRAPH = 0x04          # key-reuse rounds: this round fixes the key epoch's graph (1.7)
 ROUND_KEY_BYTES = 16
 
 
@@ -200,26 +206,28 @@ def group_size(n, neighbors):
     return neighbors + 1
 
 
-def check_threshold(threshold, group, security):
-    if threshold < 2 or threshold > group:
-        raise ConfigurationError("threshold %d must be in 2..%d (group size)" % (threshold, group))
-    if security == ACTIVE and not 3 * threshold > 2 * group:
-        raise ConfigurationError("active security needs t > 2g/3: t=%d, g=%d" % (threshold, group))
-    if security == SEMI_HONEST and not 2 * threshold > group:
-        raise ConfigurationError("semi-honest security needs t > g/2: t=%d, g=%d" % (threshold, group))
+def minimum_threshold(group):
+    """The smallest t > 2g/3 (active security)."""
+    return 2 * group // 3 + 1
 
 
 class RoundConfig:
+    """A decoded ROUND_CONFIG: refused here only when it cannot be expressed or could wrap the
+    modulus. Whether the board takes part is its SecurityFloor's decision (secagg_client)."""
+
     def __init__(self, body):
         if len(body) != CONFIG_BYTES:
             raise MalformedMessage("ROUND_CONFIG body is 28 bytes, got %d" % len(body))
         (self.dim, self.mask_bits, self.frac_bits, self.security, flags, self.threshold,
          self.neighbors, self.max_clients, reserved, self.clip_q,
          self.max_weight) = struct.unpack(CONFIG_FMT, body)
-        if reserved or flags & ~(FLAG_THRESHOLD_OVERRIDE | FLAG_KEY_REUSE):
+        if reserved or flags & ~(FLAG_THRESHOLD_OVERRIDE | FLAG_KEY_REUSE | FLAG_NEW_GRAPH):
             raise MalformedMessage("reserved bits set in ROUND_CONFIG")
         self.threshold_override = bool(flags & FLAG_THRESHOLD_OVERRIDE)
         self.key_reuse = bool(flags & FLAG_KEY_REUSE)
+        self.new_graph = bool(flags & FLAG_NEW_GRAPH)
+        # Every sparse classic round, and the key-reuse round that starts an epoch's graph.
+        self.reveals_graph = bool(self.neighbors) and (not self.key_reuse or self.new_graph)
         self.body = bytes(body)
         self.digest = hashlib.sha256(self.body).digest()
         self._validate()
@@ -241,12 +249,11 @@ class RoundConfig:
             raise ConfigurationError("neighbors must be even (Harary graph)")
         if self.security not in (SEMI_HONEST, ACTIVE):
             raise ConfigurationError("security must be 0 or 1, got %d" % self.security)
+        if self.new_graph and not (self.key_reuse and self.neighbors):
+            raise ConfigurationError("the new-graph flag belongs to key-reuse rounds with a sparse graph")
         group = group_size(self.max_clients, self.neighbors)
-        if self.threshold_override:
-            if not 1 <= self.threshold <= group:
-                raise ConfigurationError("threshold %d must be in 1..%d" % (self.threshold, group))
-        else:
-            check_threshold(self.threshold, group, self.security)
+        if not 1 <= self.threshold <= group:
+            raise ConfigurationError("threshold %d must be in 1..%d" % (self.threshold, group))
         half = (1 << (self.mask_bits - 1)) - 1
         if self.max_clients * self.max_weight * self.clip_q > half:
             raise ConfigurationError("clients x weight x clip_q can wrap the modulus")
@@ -255,15 +262,17 @@ class RoundConfig:
 
 
 def encode_round_config(dim, threshold, max_clients, mask_bits=32, frac_bits=16, clip_q=8 << 16,
-                        max_weight=1, neighbors=0, security=ACTIVE, threshold_override=False, key_reuse=False):
-    flags = (FLAG_THRESHOLD_OVERRIDE if threshold_override else 0) | (FLAG_KEY_REUSE if key_reuse else 0)
+                        max_weight=1, neighbors=0, security=ACTIVE, threshold_override=False, key_reuse=False,
+                        new_graph=False):
+    flags = ((FLAG_THRESHOLD_OVERRIDE if threshold_override else 0) | (FLAG_KEY_REUSE if key_reuse else 0)
+             | (FLAG_NEW_GRAPH if new_graph else 0))
     return struct.pack(CONFIG_FMT, dim, mask_bits, frac_bits, security, flags, threshold, neighbors,
                        max_clients, 0, clip_q, max_weight)
 
 
 # -- bodies the client builds ---------------------------------------------------------------
-def advertise_keys_body(config_digest, c_pk, s_pk):
-    return bytes(config_digest) + bytes(c_pk) + bytes(s_pk)
+def advertise_keys_body(config_digest, c_pk, s_pk, commitment):
+    return bytes(config_digest) + bytes(c_pk) + bytes(s_pk) + bytes(commitment)
 
 
 def share_keys_body(shares):
@@ -335,15 +344,15 @@ def share_aad(epoch, round_id, sender, recipient):
     return SHARE_AAD_CONTEXT + struct.pack("<IIHH", epoch, round_id, sender, recipient)
 
 
-def advertise_signed_bytes(client_id, c_pk, s_pk, config_digest, epoch, round_id):
+def advertise_signed_bytes(client_id, c_pk, s_pk, commitment, config_digest, epoch, round_id):
     """What a ROSTER entry's signature covers: that client's rebuilt ADVERTISE_KEYS frame."""
-    body = advertise_keys_body(config_digest, c_pk, s_pk)
+    body = advertise_keys_body(config_digest, c_pk, s_pk, commitment)
     return header(ADVERTISE_KEYS, client_id, epoch, round_id, len(body)) + hashlib.sha256(body).digest()
 
 
 # -- bodies the client parses ----------------------------------------------------------------
 def parse_roster(body):
-    """[(id, c_pk, s_pk, signature)] ascending by id."""
+    """[(id, c_pk, s_pk, commitment, signature)] ascending by id."""
     if len(body) < 4:
         raise MalformedMessage("ROSTER: truncated")
     count, reserved = struct.unpack_from("<HH", body, 0)
@@ -354,28 +363,43 @@ def parse_roster(body):
     pos = 4
     for _ in range(count):
         cid = struct.unpack_from("<H", body, pos)[0]
-        entries.append((cid, body[pos + 2:pos + 34], body[pos + 34:pos + 66], body[pos + 66:pos + 130]))
+        entries.append((cid, body[pos + 2:pos + 34], body[pos + 34:pos + 66], body[pos + 66:pos + 98],
+                        body[pos + 98:pos + ROSTER_ENTRY]))
         pos += ROSTER_ENTRY
     _ascending([e[0] for e in entries], "ROSTER")
     return entries
 
 
-def parse_shares(body, what):
-    """[(peer, ciphertext)] ascending by peer (SHARES_RELAY: peer is the sender)."""
+def _records(body, pos, count, entry):
+    """`count` entries of `entry` bytes from `pos`, each an id u16 and its bytes: [(id, bytes)]."""
+    out = []
+    for _ in range(count):
+        out.append((struct.unpack_from("<H", body, pos)[0], body[pos + 2:pos + entry]))
+        pos += entry
+    return out
+
+
+def _id_list(body, what, entry):
+    """count u16, reserved u16 = 0, then count entries (id ascending, bytes)."""
     if len(body) < 4:
         raise MalformedMessage("%s: truncated" % what)
     count, reserved = struct.unpack_from("<HH", body, 0)
     if reserved:
         raise MalformedMessage("%s: reserved field set" % what)
-    _expect(body, 4, count * SHARE_ENTRY, what)
-    shares = []
-    pos = 4
-    for _ in range(count):
-        peer = struct.unpack_from("<H", body, pos)[0]
-        shares.append((peer, body[pos + 2:pos + SHARE_ENTRY]))
-        pos += SHARE_ENTRY
-    _ascending([s[0] for s in shares], what)
-    return shares
+    _expect(body, 4, count * entry, what)
+    out = _records(body, 4, count, entry)
+    _ascending([i for i, _ in out], what)
+    return out
+
+
+def parse_shares(body, what):
+    """[(peer, ciphertext)] ascending by peer (SHARES_RELAY: peer is the sender)."""
+    return _id_list(body, what, SHARE_ENTRY)
+
+
+def parse_graph_seeds(body):
+    """GRAPH_SEEDS: [(member, reveal 32)] ascending by member."""
+    return _id_list(body, "GRAPH_SEEDS", GRAPH_SEED_ENTRY)
 
 
 def parse_consistency_request(body):
@@ -388,36 +412,26 @@ def parse_consistency_request(body):
     return _ascending(list(struct.unpack_from("<%dH" % count, body, 4)), "CONSISTENCY_REQUEST")
 
 
+def _request(body, what, entry):
+    """n u16, n_dropped u16, n entries of `entry` bytes (ascending ids), then the dropped ids."""
+    if len(body) < 4:
+        raise MalformedMessage("%s: truncated" % what)
+    n, n_dropped = struct.unpack_from("<HH", body, 0)
+    _expect(body, 4, n * entry + 2 * n_dropped, what)
+    listed = _records(body, 4, n, entry)
+    _ascending([i for i, _ in listed], what + " entries")
+    dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, 4 + n * entry)), what + " dropped")
+    return listed, dropped
+
+
 def parse_unmask_request(body):
     """([(signer, signature)], [dropped ids])."""
-    if len(body) < 4:
-        raise MalformedMessage("UNMASK_REQUEST: truncated")
-    n_sigs, n_dropped = struct.unpack_from("<HH", body, 0)
-    _expect(body, 4, n_sigs * (2 + SIGNATURE_BYTES) + 2 * n_dropped, "UNMASK_REQUEST")
-    pos = 4
-    sigs = []
-    for _ in range(n_sigs):
-        sigs.append((struct.unpack_from("<H", body, pos)[0], body[pos + 2:pos + 66]))
-        pos += 66
-    _ascending([s for s, _ in sigs], "UNMASK_REQUEST signatures")
-    dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, pos)), "UNMASK_REQUEST dropped")
-    return sigs, dropped
+    return _request(body, "UNMASK_REQUEST", 2 + SIGNATURE_BYTES)
 
 
 def parse_unmask_request_tags(body):
     """([(from, tag 16)] ascending, [dropped ids])."""
-    if len(body) < 4:
-        raise MalformedMessage("UNMASK_REQUEST_TAGS: truncated")
-    n_tags, n_dropped = struct.unpack_from("<HH", body, 0)
-    _expect(body, 4, n_tags * TAG_ENTRY + 2 * n_dropped, "UNMASK_REQUEST_TAGS")
-    pos = 4
-    tags = []
-    for _ in range(n_tags):
-        tags.append((struct.unpack_from("<H", body, pos)[0], body[pos + 2:pos + TAG_ENTRY]))
-        pos += TAG_ENTRY
-    _ascending([v for v, _ in tags], "UNMASK_REQUEST_TAGS tags")
-    dropped = _ascending(list(struct.unpack_from("<%dH" % n_dropped, body, pos)), "UNMASK_REQUEST_TAGS dropped")
-    return tags, dropped
+    return _request(body, "UNMASK_REQUEST_TAGS", TAG_ENTRY)
 
 
 def parse_abort(body):
