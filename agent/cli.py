@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from ztfl.config.daemon import load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,15 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    # Our loggers at the chosen level; libraries (onnxruntime's quantiser...) only warnings.
-    logging.getLogger("ztfl").setLevel(args.log_level.upper())
-    logging.basicConfig(level=logging.WARNING,
-                        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.agent.config import AgentConfig, AgentConfigError
-    try:
-        config = AgentConfig.load(args.config)
-    except AgentConfigError as exc:
-        print(f"ztfl agent: {exc}", file=sys.stderr)
+    setup_logging(args.log_level)
+    from ztfl.agent.config import AgentConfig
+    config = load_config(AgentConfig, args.config, "ztfl agent")
+    if config is None:
         return 2
     if args.profile:
         config = replace(config, profile=args.profile)

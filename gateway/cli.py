@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from ztfl.config.daemon import load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +30,10 @@ def _is_state_error(exc: BaseException, state_dir: Path) -> bool:
 
 
 def run(args) -> int:
-    # Our loggers at the chosen level; libraries (onnxruntime's quantiser...) only warnings.
-    logging.getLogger("ztfl").setLevel(args.log_level.upper())
-    logging.basicConfig(level=logging.WARNING,
-                        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.gateway.config import ConfigError, GatewayConfig
-    try:
-        config = GatewayConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"ztfl gateway: {exc}", file=sys.stderr)
+    setup_logging(args.log_level)
+    from ztfl.gateway.config import GatewayConfig
+    config = load_config(GatewayConfig, args.config, "ztfl gateway")
+    if config is None:
         return 2
     from ztfl.fednet.trust import TrustFileError
     from ztfl.gateway.server import STATE_WRITE_FAILED, Gateway

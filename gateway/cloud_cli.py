@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from ztfl.config.daemon import load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,16 +11,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    # Our loggers at the chosen level; libraries (onnxruntime's quantiser...) only warnings.
-    logging.getLogger("ztfl").setLevel(args.log_level.upper())
-    logging.basicConfig(level=logging.WARNING,
-                        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    from ztfl.config import ConfigError
+    setup_logging(args.log_level)
     from ztfl.gateway.cloud_config import CloudConfig
-    try:
-        config = CloudConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"ztfl cloud: {exc}", file=sys.stderr)
+    config = load_config(CloudConfig, args.config, "ztfl cloud")
+    if config is None:
         return 2
     from ztfl.gateway.cloud import Cloud
     return Cloud(config).run_forever()

@@ -63,7 +63,16 @@ class KeyedWords:
     def __init__(self, key: bytes):
         if not isinstance(key, bytes) or len(key) != 16:
             raise ValueError("the noise key is 16 bytes (AES-128)")
+        self._key = key
+        self._used = 0          # bytes of keystream drawn so far
         self._stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+    def __deepcopy__(self, memo) -> "KeyedWords":
+        """A twin at the same position (a cipher context cannot be copied, its key and offset can)."""
+        twin = KeyedWords(self._key)
+        twin._stream.update(bytes(self._used))
+        twin._used = self._used
+        return twin
 
     @classmethod
     def from_labels(cls, *labels) -> "KeyedWords":
@@ -72,6 +81,7 @@ class KeyedWords:
         return cls(hashlib.sha256(text.encode()).digest()[:16])
 
     def words(self, n: int) -> np.ndarray:
+        self._used += 8 * n
         return np.frombuffer(self._stream.update(bytes(8 * n)), dtype="<u8")
 
 

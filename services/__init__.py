@@ -140,13 +140,7 @@ def start_mosquitto(port: int | None = None, workdir: str | Path | None = None,
     ]
     conf.write_text("\n".join(line for line in lines if line) + "\n")
     proc = _spawn_mosquitto(conf)
-    svc = Mosquitto(proc=proc, port=port, workdir=workdir, _owns_workdir=owns, config_path=conf)
-    try:
-        wait_for_port(port, timeout, proc)
-    except ServiceError:
-        svc.stop()
-        raise
-    return svc
+    return _ready(Mosquitto(proc=proc, port=port, workdir=workdir, _owns_workdir=owns, config_path=conf), timeout)
 
 
 @dataclass
@@ -172,9 +166,13 @@ def start_swtpm(state_dir: str | Path | None = None, timeout: float = 10.0) -> S
          "--flags", "not-need-init,startup-clear"],
         # swtpm keeps inherited pipes open: send its output nowhere.
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    svc = SwTPM(proc=proc, port=port, workdir=state_dir, _owns_workdir=owns)
+    return _ready(SwTPM(proc=proc, port=port, workdir=state_dir, _owns_workdir=owns), timeout)
+
+
+def _ready(svc, timeout: float):
+    """The service once it listens; stopped (nothing left running) if it never does."""
     try:
-        wait_for_port(port, timeout, proc)
+        wait_for_port(svc.port, timeout, svc.proc)
     except ServiceError:
         svc.stop()
         raise

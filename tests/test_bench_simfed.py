@@ -52,10 +52,10 @@ def test_secagg_through_the_gateway_is_the_plaintext_weighted_mean_of_the_encode
 
 
 def test_dp_round_sums_the_agents_noisy_updates_after_the_ledger_accounts_the_release():
-    deltas = _updates(4, 200, seed=1)
+    deltas = _updates(5, 200, seed=1)                # the agents' security floor: groups of 5 at least
     deltas["site1"] *= 40                            # far beyond the L2 clip: the agent clips it
     samples = dict.fromkeys(deltas, 100)
-    spec = PrivacySpec(epsilon=8.0, delta=1e-5, min_survivors=4, clip_norm=1.0)
+    spec = PrivacySpec(epsilon=8.0, delta=1e-5, min_survivors=5, clip_norm=1.0)
     secure = GatewayAggregation(list(deltas), 32, key_policy=EpochPolicy(max_rounds=3), privacy=spec,
                                 planned_rounds=2, seed=3)
     for rnd in (1, 2):
@@ -69,7 +69,7 @@ def test_dp_round_sums_the_agents_noisy_updates_after_the_ledger_accounts_the_re
         np.testing.assert_array_equal(result.mean, expected)
         assert result.weight == sum(samples.values())     # with DP every agent weighs 1
     ledger = secure.privacy[secure.cohort].ledger
-    assert [r.survivors for r in ledger.rounds] == [4, 4]
+    assert [r.survivors for r in ledger.rounds] == [5, 5]
     assert ledger.epsilon_spent == pytest.approx(8.0, abs=0.01) and ledger.epsilon_spent <= 8.0
     assert secure.key_setups() == 1.0                  # one key epoch for both rounds
     with pytest.raises(SecureAggregationError, match="privacy budget exhausted"):
