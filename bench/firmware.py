@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from ztfl.bench.report import add_json_flag, emit
+from ztfl.protocol.config import SecurityFloor
 
 # pystones/s of the unix port measured on this machine (70,016, best of 3) over the 1,661
 # pystones/s reported for MicroPython on a 240 MHz ESP32 (docs/firmware.md).
@@ -54,15 +55,17 @@ def _sizes(text: str) -> list[int]:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"cohort sizes are integers separated by commas, got {text!r}") from None
-    if not sizes or any(not 2 <= n <= 64 for n in sizes):
-        raise argparse.ArgumentTypeError("cohort sizes must be 2..64")
+    # Every client takes part only in sharing groups of its security floor's size or more.
+    smallest = SecurityFloor().min_group
+    if not sizes or any(not smallest <= n <= 64 for n in sizes):
+        raise argparse.ArgumentTypeError(f"cohort sizes must be {smallest}..64 (the agents' security floor)")
     return sizes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=int, default=121, help="input features (NSL-KDD encodes to 121)")
     parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--clients", type=_sizes, default=[4, 8],
+    parser.add_argument("--clients", type=_sizes, default=[5, 8],
                         help="cohort sizes, comma-separated (one firmware client, the rest CPython)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="rounds per run: key reuse counts the rounds after the first")

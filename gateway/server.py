@@ -85,6 +85,7 @@ class Gateway:
         self.history: list[dict] = []
         self.sids: dict[str, int] = {}
         self.roots: dict[str, str] = {}              # agent -> root of trust of its seat this round
+        self.challenges: dict[str, tuple[bytes, bytes, float]] = {}   # agent -> open (request, challenge, expiry)
         self._status: dict = {}
         self.done = False
         self.stop_requested = False                  # SIGTERM: stop now, also with --serve or lingering
@@ -255,8 +256,14 @@ class Gateway:
     def _on_enrol(self, agent_id: str, payload: bytes) -> None:
         if self.attestation is None:
             raise EnrolmentError("enrolment sent to a gateway without attestation")
-        challenge = self.attestation.on_enrol(agent_id, payload)
+        # An agent resends its request until it answers, so a copy may cross the challenge in
+        # flight: it gets the open challenge again, as a new secret would fail the first answer.
+        request, challenge, expiry = self.challenges.pop(agent_id, (b"", None, 0.0))
+        if request != payload or time.monotonic() >= expiry:
+            challenge = self.attestation.on_enrol(agent_id, payload)
+            expiry = time.monotonic() + self.attestation.authority.challenge_ttl_s
         if challenge is not None:
+            self.challenges[agent_id] = (payload, challenge, expiry)
             self._send(self.topics.to_agent(agent_id, "attest"), challenge)
 
     def _on_attest(self, agent_id: str, payload: bytes) -> None:

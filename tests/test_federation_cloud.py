@@ -24,13 +24,15 @@ def test_gateway_reports_up_through_a_bridge_and_adopts_the_cloud_model(datasets
     fog_broker = start_mosquitto(workdir=tmp_path / "fog-broker", extra_config=bridge)
     data = str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt")
     cloud_cfg = {"federation": "demo", "broker": {"url": cloud_broker.url}, "state_dir": str(tmp_path / "cloud"),
-                 "data": {"path": data, "fmt": "nsl-kdd", "count": 3, "alpha": 0.5, "seed": 7},
+                 "data": {"path": data, "fmt": "nsl-kdd", "count": 5, "alpha": 0.5, "seed": 7},
                  "gateways": ["fog1"], "rounds": 1, "wait_s": 60}
     (tmp_path / "cloud.yaml").write_text(yaml.safe_dump(cloud_cfg))
     cloud = subprocess.Popen([sys.executable, "-m", "ztfl.cli", "cloud", "--config", str(tmp_path / "cloud.yaml")],
                              stdout=open(tmp_path / "cloud.log", "wb"), stderr=subprocess.STDOUT,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    args = argparse.Namespace(agents="raspberry-pi-4,raspberry-pi-4,jetson-orin-nano", rounds=1, alpha=0.5,
+    # Five agents: the security floor of every agent (SecurityFloor.min_group).
+    args = argparse.Namespace(agents="raspberry-pi-4,raspberry-pi-4,raspberry-pi-4,jetson-orin-nano,jetson-orin-nano",
+                              rounds=1, alpha=0.5,
                               data=data, model_size="small", max_batches=3,
                               record_updates_dir=str(tmp_path / "updates"),
                               gateway_overrides={"parent": {"wait_s": 90}})

@@ -12,6 +12,7 @@ from nacl.signing import SigningKey
 from ztfl.agent.keyrings import AgentKeyrings
 from ztfl.agent.secagg import AgentAggregation
 from ztfl.fednet.messages import RoundAnnounce, RoundKeying, WireError, dp_document
+from ztfl.protocol.config import minimum_threshold
 from ztfl.gateway.secagg import cohort_round_config
 from ztfl.privacy import clip_l2
 from ztfl.privacy.floor import PrivacyFloor
@@ -67,7 +68,7 @@ class Round:
     def __init__(self, rings: dict[int, AgentKeyrings], ids: dict[int, SigningKey], server_id: SigningKey,
                  epoch: int, protocol_round: int, key_reuse: bool, announced_reuse: bool | None = None,
                  dp: DpParams | None = None, revealed: set | None = None):
-        config = cohort_round_config(32, DIM, 3, len(ids), key_reuse, dp)     # the gateway signs its DP
+        config = cohort_round_config(32, DIM, minimum_threshold(len(ids)), len(ids), key_reuse, dp)   # signs its DP
         directory = {sid: k.verify_key for sid, k in ids.items()}
         self.server = ServerSession(config, server_id, directory, epoch, protocol_round, revealed_keys=revealed)
         peers = {sid: bytes(k.verify_key) for sid, k in ids.items()}
@@ -99,7 +100,7 @@ class Round:
         return self.server.result
 
 
-def _fleet(n: int = 4):
+def _fleet(n: int = 5):                # the agents' security floor: groups of 5 at least
     ids = {sid: SigningKey.generate() for sid in range(1, n + 1)}
     rng = np.random.default_rng(5)
     updates = {sid: rng.normal(0, 0.02, DIM) for sid in ids}
@@ -139,12 +140,12 @@ def test_classic_dropout_ends_the_dropped_agents_epoch_and_the_server_refuses_it
     assert first.clients[4].session.keys_exposed and not first.clients[1].session.keys_exposed
     second = Round(rings, ids, server_id, epoch=33, protocol_round=2, key_reuse=False, revealed=revealed)
     result = second.run(updates)
-    assert list(result.survivors) == [1, 2, 3, 4] and second.server.adverts[4].s_pk != old_key
+    assert list(result.survivors) == [1, 2, 3, 4, 5] and second.server.adverts[4].s_pk != old_key
 
 
 @pytest.mark.parametrize("config_reuse, announced_reuse", [(False, True), (True, False)])
 def test_configuration_other_than_announced_is_refused_before_advertising(config_reuse, announced_reuse):
-    ids, rings, server_id, _ = _fleet(3)
+    ids, rings, server_id, _ = _fleet()
     rnd = Round(rings, ids, server_id, epoch=9, protocol_round=9, key_reuse=config_reuse,
                 announced_reuse=announced_reuse)
     agg = rnd.clients[1]
@@ -159,11 +160,11 @@ def test_dp_agents_clip_weigh_one_and_add_noise_of_the_announced_variance():
     updates = {sid: u * 100 for sid, u in updates.items()}          # L2 norm about 110: clipped to 1
     dp = DpParams(clip_norm=1.0, frac_bits=16, dim=DIM, noise_variance=400.0, min_survivors=3)
     result = Round(rings, ids, server_id, epoch=5, protocol_round=5, key_reuse=True, dp=dp).run(updates)
-    assert result.total_weight == 4                                   # weight 1 each, whatever was given
+    assert result.total_weight == len(ids)                            # weight 1 each, whatever was given
     clipped = sum(quantize(clip_l2(updates[s], 1.0), 16, 8 << 16) for s in ids)
     noise = (result.sums - clipped).astype(np.float64)
-    assert abs(noise.std() / np.sqrt(4 * 400.0) - 1) < 0.1
-    assert abs(noise.mean()) < 5 * np.sqrt(4 * 400.0 / DIM)
+    assert abs(noise.std() / np.sqrt(len(ids) * 400.0) - 1) < 0.1
+    assert abs(noise.mean()) < 5 * np.sqrt(len(ids) * 400.0 / DIM)
     # Parameters announced for another dimension are not the signed ones: refused before advertising.
     wrong = DpParams(1.0, 16, DIM + 1, 400.0, 3)
     rnd = Round(rings, ids, server_id, epoch=6, protocol_round=6, key_reuse=True, dp=wrong)

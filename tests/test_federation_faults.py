@@ -12,7 +12,8 @@ import numpy as np
 from ztfl.gateway.registry import Registry
 from ztfl.demo import launch, start_gateway, wait_port
 
-AGENTS = "raspberry-pi-4,raspberry-pi-4,jetson-orin-nano"
+# Five: the agents refuse groups below their security floor (SecurityFloor.min_group).
+AGENTS = "raspberry-pi-4,raspberry-pi-4,raspberry-pi-4,jetson-orin-nano,jetson-orin-nano"
 
 
 def _args(datasets_dir, tmp_path, rounds):

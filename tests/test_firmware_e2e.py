@@ -1,11 +1,14 @@
-"""End to end through a real mosquitto: two firmware agents (the ESP32 agent in the MicroPython
-unix port) and two CPython agents join one gateway round, each kind in its own cohort
-(micro model with 32-bit masks; CNN-LSTM with 64-bit masks). Both cohorts must aggregate
-exactly. Attestation is on: each CPython agent has its own swtpm (enrolment, then a quote per
-round); the firmware agents' device keys come from `ztfl provision` and they sign each round's
-nonce with them, seated as software-rooted. The firmware cohort's decoded sum equals, word for word, the sum of the firmware agents'
-encoded updates, recomputed here by replaying their deterministic local training in
-MicroPython; the CPython cohort's equals the sum of the updates its agents recorded. Radio and boards are what is simulated: the unix port runs on this host."""
+"""End to end through a real mosquitto: five firmware agents (the ESP32 agent in the MicroPython
+unix port) and five CPython agents join one gateway round, each kind in its own cohort (micro
+model with 32-bit masks; CNN-LSTM with 64-bit masks). Five is the agents' security floor: no
+agent takes part in a sharing group of fewer. Both cohorts must aggregate exactly. Attestation is
+on: each CPython agent has its own swtpm (enrolment, then a quote per round), its EK pinned on
+first use (the gateway's `attestation.trust_on_first_use`); the firmware agents' device keys come
+from `ztfl provision` and they sign each round's nonce with them, seated as software-rooted. The
+firmware cohort's decoded sum equals, word for word, the sum of the firmware agents' encoded
+updates, recomputed here by replaying their deterministic local training in MicroPython; the
+CPython cohort's equals the sum of the updates its agents recorded. Radio and boards are what is
+simulated: the unix port runs on this host."""
 from __future__ import annotations
 
 import os
@@ -31,6 +34,9 @@ from ztfl.attestation.provision import Device, Fleet, bundle_trust, provision
 from ztfl.services import start_swtpm
 
 MAX_SAMPLES = 48
+COHORT = 5                 # the agents' security floor: sharing groups of at least five
+CPYTHON = list(range(COHORT))                  # pi-0 .. pi-4
+FIRMWARE = list(range(COHORT, 2 * COHORT))     # esp-5 .. esp-9
 
 _REPLAY = r"""
 import sys, json, struct
@@ -70,7 +76,7 @@ class RecordingGateway(Gateway):
         super()._close_round(now)
 
 
-def run_gateway_to_completion(gateway: Gateway, procs: list, timeout_s: float = 240) -> None:
+def run_gateway_to_completion(gateway: Gateway, procs: list, timeout_s: float = 420) -> None:
     """Step the gateway until its rounds are done (or the timeout), failing if an agent process exits."""
     deadline = time.monotonic() + timeout_s
     # The gateway evaluates small models in this process: one torch thread is much faster
@@ -86,48 +92,58 @@ def run_gateway_to_completion(gateway: Gateway, procs: list, timeout_s: float = 
         torch.set_num_threads(threads)
 
 
-def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir, tmp_path):
+def test_mixed_round_five_firmware_and_five_cpython_agents(mosquitto, datasets_dir, tmp_path):
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
-            "count": 4, "alpha": 0.5, "seed": 7}
+            "count": 2 * COHORT, "alpha": 0.5, "seed": 7}
     url = f"mqtt://127.0.0.1:{mosquitto.port}"
-    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", ["esp-2", "esp-3"])
+    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", [f"esp-{i}" for i in FIRMWARE])
     # The Linux agents' bundles from the same CA, in a tree of their own (their TPMs enrol on first use).
-    provision(Fleet("plant", "fog1", [Device(f"pi-{i}", "raspberry-pi-4") for i in (0, 1)],
+    provision(Fleet("plant", "fog1", [Device(f"pi-{i}", "raspberry-pi-4") for i in CPYTHON],
                     ca_dir=tmp_path / "fleet-ca"), tmp_path / "agents")
     gateway = RecordingGateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": url}, "state_dir": str(tmp_path / "gw"),
-        "data": data, "rounds": 1, "min_agents": 4, "min_cohort": 2, "heartbeat_s": 1.0,
+        "data": data, "rounds": 1, "min_agents": 2 * COHORT, "min_cohort": COHORT, "heartbeat_s": 1.0,
         "trust": bundle_trust(tmp_path / "fleet"),
         "require_attestation": True, "allow_software_rooted": True,
         "software_devices": str(tmp_path / "fleet" / "gateway" / "devices.yaml"),
-        "deadlines_s": {"attest": 2, "advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
+        # The swtpms' EKs are pinned by no device list: each is pinned when its agent first enrols.
+        "attestation": {"trust_on_first_use": True},
+        "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 90, "consistency": 30,
+                        "unmask": 30}}))
     micro_v0 = gateway.models["micro"].copy()
     micro_blob = ModelBlob(gateway.versions["micro"].version, "micro", gateway.versions["micro"].sha256,
                            flat_to_tensors(micro_v0, gateway.layouts["micro"])).encode()
-    procs, devices, tpms = [], {}, []
+    procs, devices, tpms, configs = [], {}, [], []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     try:
-        for i in (0, 1):
+        # Everything slow first (swtpms, the boards' records), then the gateway, then the agents,
+        # and the gateway steps at once: it must read each enrolment request as it comes. An
+        # agent resends its request every 5 s until a challenge comes; two requests answered back
+        # to back give two challenges, and the answer to the first, checked against the second
+        # one's secret, is refused.
+        for i in CPYTHON:
             cfg = {"agent_id": f"pi-{i}", "federation": "plant", "gateway": "fog1", "broker": {"url": url},
                    "profile": "raspberry-pi-4", "state_dir": str(tmp_path / f"pi-{i}"), "data": {**data, "index": i},
                    "heartbeat_s": 1.0, "train_epochs": 1, "max_batches": 2, "seed": i,
                    "record_updates_dir": str(tmp_path / "updates"), "trust": bundle_trust(tmp_path / "agents", f"pi-{i}")}
             tpms.append(start_swtpm(tmp_path / "tpm" / f"pi-{i}"))
             cfg["tpm"] = {"tcti": tpms[-1].tcti}
-            path = tmp_path / f"pi-{i}.yaml"
-            path.write_text(yaml.safe_dump(cfg))
-            procs.append(subprocess.Popen([sys.executable, "-m", "ztfl.cli", "agent", "--config", str(path)],
-                                          stdout=open(tmp_path / f"pi-{i}.log", "wb"), stderr=subprocess.STDOUT,
-                                          env=env))
-        for i in (2, 3):
+            configs.append(tmp_path / f"pi-{i}.yaml")
+            configs[-1].write_text(yaml.safe_dump(cfg))
+        for i in FIRMWARE:
             records, classes = partition_records({**data, "index": i})
             seed, public = keys[f"esp-{i}"]
             cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
                                          seed, public, max_samples=MAX_SAMPLES, attest=True,
                                          trust=firmware_trust_of(tmp_path / "fleet", f"esp-{i}"))
             devices[f"esp-{i}"] = write_device_dir(tmp_path / f"esp-{i}", cfg, records)
-            procs.append(start_firmware_agent(devices[f"esp-{i}"], tmp_path / f"esp-{i}.log"))
         gateway.start()
+        for path in configs:
+            procs.append(subprocess.Popen([sys.executable, "-m", "ztfl.cli", "agent", "--config", str(path)],
+                                          stdout=open(path.with_suffix(".log"), "wb"), stderr=subprocess.STDOUT,
+                                          env=env))
+        for agent_id, device in devices.items():
+            procs.append(start_firmware_agent(device, tmp_path / f"{agent_id}.log"))
         run_gateway_to_completion(gateway, procs)
         status = gateway._status
         verdicts = gateway.attestation.verifier.metrics.snapshot()
@@ -142,20 +158,20 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
     assert gateway.done and not gateway.failed, logs
     assert set(gateway.closed) == {"micro-32", "cnn-lstm-64"}, logs
     # Every seat was attested: quotes from the swtpms, device-key signatures from the boards.
-    assert verdicts == {"accepted_tpm": 2, "accepted_software": 2, "rejected": {}}
+    assert verdicts == {"accepted_tpm": COHORT, "accepted_software": COHORT, "rejected": {}}
     reg = Registry(tmp_path / "gw")
     cohorts = reg.rounds()[-1]["cohorts"]
     reg.close()
-    assert cohorts["micro-32"]["roots"] == {"esp-2": "software", "esp-3": "software"}
-    assert cohorts["cnn-lstm-64"]["roots"] == {"pi-0": "tpm", "pi-1": "tpm"}
+    assert cohorts["micro-32"]["roots"] == {f"esp-{i}": "software" for i in FIRMWARE}
+    assert cohorts["cnn-lstm-64"]["roots"] == {f"pi-{i}": "tpm" for i in CPYTHON}
 
-    # CPython cohort: the decoded sum is exactly the sum of the two agents' weighted fixed-point
+    # CPython cohort: the decoded sum is exactly the sum of the five agents' weighted fixed-point
     # updates (each agent keeps its plaintext update locally for this check).
     cpy = gateway.closed["cnn-lstm-64"]
     assert cpy["result"].survivors == tuple(sorted(cpy["sids"].values())) and cpy["result"].dropped == ()
     cfg64 = cpy["config"]
     recorded = sorted((tmp_path / "updates").glob("pi-*-r1.0.npy"))
-    assert len(recorded) == 2
+    assert len(recorded) == COHORT
     sums64, weight64 = np.zeros(cfg64.dim, dtype=np.int64), 0
     for path in recorded:
         w = min(int(path.with_suffix(".weight").read_text()), cfg64.max_weight)
@@ -164,7 +180,7 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
     assert np.array_equal(cpy["result"].sums, sums64)
     assert cpy["result"].total_weight == weight64
 
-    # Firmware cohort: the decoded sum is exactly the sum of the two encoded updates.
+    # Firmware cohort: the decoded sum is exactly the sum of the five encoded updates.
     fw = gateway.closed["micro-32"]
     result, config = fw["result"], fw["config"]
     assert result.survivors == tuple(sorted(fw["sids"].values())) and result.dropped == ()
@@ -187,21 +203,22 @@ def test_mixed_round_two_firmware_and_two_cpython_agents(mosquitto, datasets_dir
 
 
 def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, datasets_dir, tmp_path):
-    """Three firmware agents, the micro-32 cohort in key-reuse rounds (epochs of two rounds):
+    """Five firmware agents, the micro-32 cohort in key-reuse rounds (epochs of two rounds):
     rounds 1 and 2 share one key setup, round 3 starts a new epoch; every round commits with all
-    three aggregated."""
+    five aggregated."""
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
-            "count": 3, "alpha": 0.5, "seed": 3}
-    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", [f"esp-{i}" for i in range(3)])
+            "count": COHORT, "alpha": 0.5, "seed": 3}
+    agents = [f"esp-{i}" for i in range(COHORT)]
+    keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", agents)
     gateway = RecordingGateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
         "trust": bundle_trust(tmp_path / "fleet"),
-        "state_dir": str(tmp_path / "gw"), "data": data, "rounds": 3, "min_agents": 3, "min_cohort": 3,
+        "state_dir": str(tmp_path / "gw"), "data": data, "rounds": 3, "min_agents": COHORT, "min_cohort": COHORT,
         "heartbeat_s": 1.0, "round_interval_s": 0.2, "cohorts": {"micro-32": {"key_epoch": {"max_rounds": 2}}},
         "deadlines_s": {"advertise": 30, "share": 30, "masked": 90, "consistency": 30, "unmask": 30}}))
     procs = []
     try:
-        for i in range(3):
+        for i in range(COHORT):
             records, classes = partition_records({**data, "index": i})
             seed, public = keys[f"esp-{i}"]
             cfg = firmware_device_config(f"esp-{i}", "plant", "fog1", "127.0.0.1", mosquitto.port, classes,
@@ -222,7 +239,6 @@ def test_firmware_agents_reuse_their_keys_across_a_gateway_epoch(mosquitto, data
     rounds = [r for r in reg.rounds() if r["status"] == "committed"]
     reg.close()
     assert [r["round"] for r in rounds] == [1, 2, 3], logs
-    agents = ["esp-0", "esp-1", "esp-2"]
     keys = {r["round"]: r["cohorts"]["micro-32"]["keys"] for r in rounds}
     assert all(k["key_reuse"] for k in keys.values())
     assert keys[1]["epoch"] == keys[2]["epoch"] < keys[3]["epoch"]

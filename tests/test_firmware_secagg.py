@@ -16,14 +16,14 @@ from ztfl.protocol.config import RoundConfig
 from ztfl.protocol.server import ServerSession
 from ztfl.protocol.simulate import Cohort, expected_sums
 from ztfl.protocol.stages import Stage
-from ztfl.firmware_tools.micropython_host import FirmwareClient, run_json
-from protocol_testkit import drive
+from ztfl.firmware_tools.micropython_host import FirmwareClient, drive_round, run_json
 
 EPOCH, ROUND = 5, 9
 
 
 def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
-    """One round through the CPython ServerSession; returns (server, inputs, weights, firmware stats)."""
+    """One round through the CPython ServerSession (micropython_host.drive_round); returns (server,
+    inputs, weights, per firmware client its stats and `answered`: the stages it replied in)."""
     drop_before = drop_before or {}
     cohort = Cohort.create(ids, epoch=EPOCH)
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
             keys = cohort.epoch_keys[c]
             if c in firmware_ids:
                 fw = FirmwareClient()
-                firmware.append(fw)
+                firmware.append((c, fw))
                 fw.open_session(c, cohort.identities[c].encode(),
                                 {k: bytes(v) for k, v in cohort.directory.items()}, EPOCH, keys.c_sk, keys.s_sk,
                                 ROUND)
@@ -47,11 +47,13 @@ def _run_round(config, ids, firmware_ids, drop_before=None, seed=0):
                 session = ClientSession(c, cohort.identities[c], cohort.directory, keys, ROUND)
                 session.set_input(inputs[c], weights[c])
                 clients[c] = session
-        drive(server, clients, drop_before)      # a firmware refusal of a valid frame fails the test
+        # A firmware refusal of a valid frame fails the test (MicroPythonError).
+        replies = drive_round(server, clients, drop_before)
         assert server.stage != Stage.ABORTED, server.abort_reason
-        stats = [fw.stats() for fw in firmware]
+        stats = {c: {**fw.stats(), "answered": [s for s, r in replies[c].items() if r.get("reply")]}
+                 for c, fw in firmware}
     finally:
-        for fw in firmware:
+        for _, fw in firmware:
             fw.close()
     return server, inputs, weights, stats
 
@@ -62,7 +64,10 @@ def test_mixed_round_with_two_firmware_clients_is_exact():
     expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4, 5])
     assert np.array_equal(server.result.sums, expected)
     assert server.result.total_weight == total_weight
-    assert all(s["stage"] == "Done" for s in stats)
+    assert all(s["stage"] == "Done" for s in stats.values())
+    # A complete graph: no graph reveal.
+    assert stats[2]["answered"] == ["AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "ConsistencyCheck",
+                                    "Unmasking"]
 
 
 def test_firmware_clients_unmask_a_dropped_cpython_client():
@@ -82,9 +87,12 @@ def test_sparse_neighbour_graph_round_with_a_dropped_firmware_client():
     # commit, reveal and derive it too); firmware client 5 drops after ShareKeys.
     config = RoundConfig(dim=64, threshold=4, max_clients=7, mask_bits=32, neighbors=4)
     assert config.reveals_graph
-    server, inputs, weights, _ = _run_round(config, [1, 2, 3, 4, 5, 6, 7], {2, 5},
-                                            drop_before={5: Stage.MASKED_INPUT_COLLECTION}, seed=2)
+    server, inputs, weights, stats = _run_round(config, [1, 2, 3, 4, 5, 6, 7], {2, 5},
+                                                drop_before={5: Stage.MASKED_INPUT_COLLECTION}, seed=2)
     assert server.result.dropped == (5,) and set(server.reveals) == set(range(1, 8))
+    assert stats[2]["answered"] == ["AdvertiseKeys", "GraphReveal", "ShareKeys", "MaskedInputCollection",
+                                    "ConsistencyCheck", "Unmasking"]
+    assert stats[5]["answered"] == ["AdvertiseKeys", "GraphReveal", "ShareKeys"]
     expected, total_weight = expected_sums(config, inputs, weights, [1, 2, 3, 4, 6, 7])
     assert np.array_equal(server.result.sums, expected)
     assert server.result.total_weight == total_weight

@@ -1,16 +1,16 @@
 """ESP32 boards (no TPM) get a seat only on their provisioned device key, seen from the boards'
 side: real mosquitto, the firmware agent in the real MicroPython unix port, the real gateway.
 
-Five boards are provisioned with `ztfl provision`, the digest of each one's flashed files
-recorded in the device list; three run with their provisioned key and files, the fourth with a
-key of its own (a clone, or a board whose key was swapped), the fifth with a boot.py planted
-after its build. First the gateway's policy admits no software root: nobody is seated and no
-round is ever announced, every refusal counted. Then the same gateway state with software roots
-allowed: the three honest boards are seated, marked software-rooted and aggregated; the fourth's
-key has no certificate (it cannot present the provisioned one: it certifies another key), so it
-is counted as uncertified and never seated; the fifth reports another bundle digest than the
-recorded one and gets no seat. What is simulated: the boards and their radio (the unix port runs on this
-host)."""
+Seven boards are provisioned with `ztfl provision`, the digest of each one's flashed files
+recorded in the device list; five (the agents' security floor: sharing groups of at least five)
+run with their provisioned key and files, the sixth with a key of its own (a clone, or a board
+whose key was swapped), the seventh with a boot.py planted after its build. First the gateway's
+policy admits no software root: nobody is seated and no round is ever announced, every refusal
+counted. Then the same gateway state with software roots allowed: the five honest boards are
+seated, marked software-rooted and aggregated; the sixth's key has no certificate (it cannot
+present the provisioned one: it certifies another key), so it is counted as uncertified and
+never seated; the seventh reports another bundle digest than the recorded one and gets no seat.
+What is simulated: the boards and their radio (the unix port runs on this host)."""
 from __future__ import annotations
 
 import json
@@ -32,9 +32,9 @@ from ztfl.firmware_tools.micropython_host import (firmware_device_config, firmwa
                                                   provision_firmware_devices, start_firmware_agent)
 from ztfl.attestation.provision import bundle_trust
 
-HONEST = ["esp-0", "esp-1", "esp-2"]
-ROGUE = "esp-3"
-TAMPERED = "esp-4"     # its files changed after the build: a planted boot.py
+HONEST = [f"esp-{i}" for i in range(5)]
+ROGUE = "esp-5"
+TAMPERED = "esp-6"     # its files changed after the build: a planted boot.py
 STRANGER = "esp-9"     # never provisioned: only its (retained) hello is published
 BOARDS = HONEST + [ROGUE, TAMPERED]
 
@@ -42,7 +42,7 @@ BOARDS = HONEST + [ROGUE, TAMPERED]
 def _gateway(tmp_path, url, data, allow: bool) -> Gateway:
     return Gateway(GatewayConfig.from_dict({
         "federation": "plant", "gateway": "fog1", "broker": {"url": url}, "state_dir": str(tmp_path / "gw"),
-        "data": data, "rounds": 1, "min_agents": 3, "min_cohort": 3, "heartbeat_s": 1.0,
+        "data": data, "rounds": 1, "min_agents": 5, "min_cohort": 5, "heartbeat_s": 1.0,
         "require_attestation": True, "allow_software_rooted": allow,
         "software_devices": str(tmp_path / "fleet" / "gateway" / "devices.yaml"),
         "trust": bundle_trust(tmp_path / "fleet"),
@@ -65,7 +65,7 @@ def _step_until(gateway: Gateway, done, procs, seconds: float) -> None:
 
 def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir, tmp_path):
     data = {"path": str(datasets_dir / "nsl_kdd" / "KDDTrain+_20Percent.txt"), "fmt": "nsl-kdd",
-            "count": 5, "alpha": 0.5, "seed": 7}
+            "count": len(BOARDS), "alpha": 0.5, "seed": 7}
     keys = provision_firmware_devices(tmp_path / "fleet", "plant", "fog1", BOARDS)
     wrong_key = new_device_key()
     rounds_seen: list[bytes] = []
@@ -99,10 +99,10 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
         forbidding = _gateway(tmp_path, mosquitto.url, data, allow=False)
         try:
             forbidding.start()
-            _step_until(forbidding, lambda: len(forbidding.agents.agents) == 6, procs, 60)
+            _step_until(forbidding, lambda: len(forbidding.agents.agents) == len(BOARDS) + 1, procs, 60)
             _step_until(forbidding, lambda: False, procs, 3)        # time enough to start a round
             assert set(forbidding.agents.agents) == set(BOARDS) | {STRANGER}
-            assert _counted(forbidding, "software", "refused", "software_root_not_allowed") >= 5
+            assert _counted(forbidding, "software", "refused", "software_root_not_allowed") >= len(BOARDS)
             assert _counted(forbidding, "unknown", "refused", "not_enrolled") >= 1
             assert _counted(forbidding, "software", "seated", "") == 0
             assert forbidding.cohorts == {} and forbidding.registry.rounds() == []
@@ -133,8 +133,8 @@ def test_esp32_seated_only_on_its_provisioned_device_key(mosquitto, datasets_dir
     logs = {a: (tmp_path / f"{a}.log").read_text(errors="replace")[-1500:] for a in BOARDS}
     assert gateway.done and not gateway.failed, logs
     assert rounds_seen, "no round was announced once software roots were allowed"
-    assert verifier_metrics == {"accepted_tpm": 0, "accepted_software": 3, "rejected": {}}
-    assert (seated, refused, tampered, stranger_refused) == (3.0, 0.0, 1.0, 1.0)
+    assert verifier_metrics == {"accepted_tpm": 0, "accepted_software": len(HONEST), "rejected": {}}
+    assert (seated, refused, tampered, stranger_refused) == (len(HONEST), 0.0, 1.0, 1.0)
     assert uncertified >= 2           # the rogue's and the stranger's hellos: no certificate, no seat
 
     reg = Registry(tmp_path / "gw")

@@ -27,8 +27,13 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_AGENTS = ["raspberry-pi-4", "raspberry-pi-4", "jetson-orin-nano", "jetson-orin-nano",
-                  "raspberry-pi-3", "raspberry-pi-3", "raspberry-pi-3"]
+# Every cohort meets the agents' security floor (protocol.config.SecurityFloor: groups of at least
+# five): six in the 64-bit cohort, whose first agent the demo kills mid-run (five stay), five in
+# the 32-bit one, and FIRMWARE_AGENTS ESP32 boards in theirs.
+DEFAULT_AGENTS = ["raspberry-pi-4", "raspberry-pi-4", "raspberry-pi-4",
+                  "jetson-orin-nano", "jetson-orin-nano", "jetson-orin-nano",
+                  "raspberry-pi-3", "raspberry-pi-3", "raspberry-pi-3", "raspberry-pi-3", "raspberry-pi-3"]
+FIRMWARE_AGENTS = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="NSL-KDD training file (default: $ZTFL_DATASETS/nsl_kdd/...)")
     parser.add_argument("--model-size", default="small", choices=["small", "default"])
     parser.add_argument("--max-batches", type=int, default=80, help="local training budget per round")
-    parser.add_argument("--firmware-agents", type=int, default=3,
+    parser.add_argument("--firmware-agents", type=int, default=FIRMWARE_AGENTS,
                         help="ESP32 agents run in the MicroPython unix port when `micropython` is installed "
                              "(their own micro-32 cohort; 0: none)")
     parser.add_argument("--no-attestation", action="store_true",
@@ -79,6 +84,7 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
            ) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
     """Write configs and start the gateway and agent processes. With `tpms` (a list to fill),
     every Linux agent gets its own swtpm and the gateway requires attestation."""
+    from ztfl.protocol.config import SecurityFloor
     from ztfl.services import start_swtpm
     exe = [sys.executable, "-m", "ztfl.cli"]
     profiles = [p for p in args.agents.split(",") if p]
@@ -88,8 +94,9 @@ def launch(args, work: Path, broker_url: str, tpms: list | None = None
     gw_state = work / "gateway"
     gw_cfg = {"federation": "demo", "gateway": "fog1", "broker": {"url": broker_url},
               "state_dir": str(gw_state), "data": data, "model_size": args.model_size, "rounds": args.rounds,
-              "min_agents": len(profiles) + n_fw, "min_cohort": 3, "heartbeat_s": 1.0,
+              "min_agents": len(profiles) + n_fw, "min_cohort": SecurityFloor().min_group, "heartbeat_s": 1.0,
               "round_interval_s": 3.0, "linger_s": 4.0,
+              # min_cohort: a cohort smaller than the agents' floor sits out instead of being refused.
               # Generous: a stage closes as soon as every live participant answered, so these
               # bind only for an agent that hangs without disconnecting.
               "deadlines_s": {"attest": 20, "advertise": 30, "share": 30, "masked": 180,

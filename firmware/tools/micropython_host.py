@@ -193,22 +193,22 @@ class FirmwareClient:
 
 def drive_round(server, clients: dict, drop_before: dict | None = None) -> dict[int, dict[str, dict]]:
     """One round through a CPython `protocol.server.ServerSession`, with CPython
-    `protocol.client.ClientSession`s and `FirmwareClient`s side by side (inputs already set).
-    `drop_before[c] = Stage`: client c gets nothing from that stage on (a dropout). Returns, per
-    firmware client and stage, its reply (`us`, `cpu_us`, `stage`). A firmware client refusing a
-    frame of the honest server raises MicroPythonError; the round stops early if the server aborts."""
+    `protocol.client.ClientSession`s and `FirmwareClient`s side by side (inputs already set),
+    stage after stage until the server ends it (the graph reveal included when the round has
+    one). `drop_before[c] = Stage`: client c gets nothing from that stage on (a dropout). Returns,
+    per firmware client and stage, its reply (`us`, `cpu_us`, `stage`). A firmware client refusing
+    a frame of the honest server raises MicroPythonError; the round stops early if the server aborts."""
     from ztfl.protocol.stages import Stage
     drop_before = drop_before or {}
-    order = Stage.order()
+    order = Stage.order(server.config.reveals_graph)
     replies: dict[int, dict[str, dict]] = {c: {} for c, cl in clients.items() if isinstance(cl, FirmwareClient)}
     out = server.round_config()
-    for stage in order[:-1]:
+    while not server.stage.terminal:
+        stage = server.stage
         for c, client in clients.items():
             stop = drop_before.get(c)
-            if stop is not None and order.index(stage) >= order.index(stop):
-                continue
             frame = out if isinstance(out, bytes) else out.frame_for(c)
-            if frame is None:
+            if frame is None or (stop is not None and order.index(stage) >= order.index(stop)):
                 continue
             if isinstance(client, FirmwareClient):
                 r = client.call(op="receive", frame=frame.hex())
@@ -222,8 +222,6 @@ def drive_round(server, clients: dict, drop_before: dict | None = None) -> dict[
             if reply is not None:
                 server.receive(reply)
         out = server.close_stage()
-        if server.stage == Stage.ABORTED:
-            break
     return replies
 
 

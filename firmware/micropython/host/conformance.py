@@ -1,6 +1,7 @@
 # Checks the firmware against the protocol's tests/vectors/*.json, inside MicroPython.
 # Reads {"<name>.json": <parsed content>, ...} on stdin; prints one JSON line:
-# {"checks": {"<file>": count}, "failures": ["<file>: <what>", ...]}. Not part of the bundle.
+# {"checks": {"<file>": count}, "failures": ["<file>: <what>", ...], "cpython_only": {"<file>: <what>":
+# why the firmware is not held to it}}. Not part of the bundle.
 import json
 import struct
 import sys
@@ -15,6 +16,7 @@ from ztfw.secagg_errors import BadSignature, MalformedMessage, ProtocolError
 
 checks = {}
 failures = []
+cpython_only = {}       # "<file>: <what>" -> why the firmware is not held to it
 current = [""]
 
 
@@ -496,9 +498,99 @@ def session_file(d):
                 check(session.stage == stage, "refusal %s: stage changed" % case["name"])
 
 
+def certs_file(d):
+    """Identity certificates and the revocation list (docs/wire.md): decoded field by field,
+    the signed list adopted, every malformed certificate and failed check refused with the reason
+    code of the CPython class of that name."""
+    from ztfw import certs
+    check(h(certs.key_id(u(d["root_public"]))) == d["root_key_id"], "root key id")
+    for c in d["certificates"]:
+        cert = certs.decode(u(c["encoded"]))
+        got = (cert.role, cert.device_id, cert.serial, cert.not_before, cert.not_after, h(cert.public_key))
+        want = (c["role"], c["device_id"], c["serial"], c["not_before"], c["not_after"], c["public_key"])
+        check(got == want and cert.federation == d["federation"] and h(cert.raw) == c["encoded"],
+              "certificate of %s decoded" % c["device_id"])
+    rv = d["revocations"]
+    rl = certs.RevocationList(u(rv["encoded"]))
+    check((rl.number, rl.issued_at, rl.next_update, sorted(rl.revoked)) ==
+          (rv["number"], rv["issued_at"], rv["next_update"], rv["revoked"]), "revocation list decoded")
+    store = certs.TrustStore(u(d["root_public"]), d["federation"])
+    check(store.accept_revocations(u(rv["signed"]), d["now"]) is True, "signed revocation list adopted")
+    for c in d["malformed"]:
+        check(_cert_reason(lambda: certs.decode(u(c["bytes"]))) == c["error"], "malformed %s" % c["name"])
+    for c in d["checks"]:
+        reason = _cert_reason(lambda: store.check(certs.decode(u(c["certificate"])), c["role"], c["device_id"],
+                                                  c["now"]))
+        check(reason == c["error"], "check %s: %r, expected %r" % (c["name"], reason, c["error"]))
+
+
+def _cert_reason(fn):
+    """The reason code a certificate operation is refused with; "" if it passes."""
+    from ztfw import certs
+    try:
+        fn()
+    except certs.CertError as e:
+        return e.reason
+    return ""
+
+
+# What dp.json holds that the firmware cannot be held to, and why: the board adds no DP noise, so
+# it refuses every round configuration that signs a DP record before reading the record.
+NO_DP_RECORD = "the firmware never reads a DP record: it refuses a DP round before decoding it"
+
+
+def dp_file(d):
+    """ROUND_CONFIG with a signed DP record (docs/protocol.md 1.6): the firmware takes the round
+    without DP, checks the signed frame, and refuses every DP body (the record's own checks and
+    their error classes are the CPython decoder's: listed in `cpython_only`)."""
+    from ztfw.agent_wire import config_signs_dp
+    from ztfw.secagg_client import ClientSession
+    from ztfw.secagg_keys import EpochKeys
+    plain = wire.RoundConfig(u(d["plain_body"]))
+    check(h(plain.digest) == d["plain_digest"], "digest of the configuration without DP")
+    raw = u(d["frame"])
+    fr = wire.decode_frame(raw, 1 << 16)
+    check(fr.mtype == wire.ROUND_CONFIG and fr.sender == wire.SERVER_ID and h(fr.body) == d["dp_body"],
+          "signed DP frame: header and body")
+    try:
+        fr.verify(u(d["server_public"]))
+        check(True, "")
+    except BadSignature:
+        check(False, "signed DP frame: signature")
+    check(config_signs_dp(raw) and not config_signs_dp(raw[:20] + u(d["plain_body"])), "DP flag spotted")
+    # A board's session handed the genuine DP frame refuses it, answers nothing and stays put.
+    seed = bytes(range(32))
+    directory = {wire.SERVER_ID: u(d["server_public"]), 1: ed25519.public_key(seed)}
+    session = ClientSession(1, seed, directory, EpochKeys(fr.epoch, bytes(32), bytes(32)), fr.round_id)
+    session.set_input(array("f", [0.0] * plain.dim))
+    try:
+        session.receive(raw)
+        check(False, "signed DP frame accepted by a session")
+    except ProtocolError:
+        check(session.stage == "AdvertiseKeys", "signed DP frame: session stage changed")
+    _refused(u(d["dp_body"]), "MalformedMessage", "the DP body")
+    cpython_only["dp.json: dp_record, dp_digest"] = NO_DP_RECORD
+    for c in d["refused"]:
+        _refused(u(c["body"]), c["error"], "refused %s" % c["case"])
+        if c["error"] != "MalformedMessage":
+            # Refused here too, as malformed: the record whose value is wrong is never read.
+            cpython_only["dp.json: refused %s as %s" % (c["case"], c["error"])] = NO_DP_RECORD
+
+
+def _refused(body, error, what):
+    """The firmware's decoder refuses `body`; with `error` MalformedMessage, as that class."""
+    try:
+        wire.RoundConfig(body)
+        check(False, "%s accepted" % what)
+    except ProtocolError as e:
+        check(error != "MalformedMessage" or isinstance(e, MalformedMessage),
+              "%s: %s, expected %s" % (what, type(e).__name__, error))
+
+
 FILES = {"kdf.json": kdf_file, "prg.json": prg_file, "shamir.json": shamir_file,
          "fixedpoint.json": fixedpoint_file, "masking.json": masking_file, "graph.json": graph_file,
-         "wire.json": wire_file, "epochs.json": epochs_file, "session.json": session_file}
+         "wire.json": wire_file, "epochs.json": epochs_file, "session.json": session_file,
+         "certs.json": certs_file, "dp.json": dp_file}
 
 vectors = json.loads(sys.stdin.read())
 for name in sorted(vectors):
@@ -512,4 +604,4 @@ for name in sorted(vectors):
         FILES[name](vectors[name])
     except Exception as e:
         failures.append("%s: %s: %s" % (name, type(e).__name__, e))
-print(json.dumps({"checks": checks, "failures": failures}))
+print(json.dumps({"checks": checks, "failures": failures, "cpython_only": cpython_only}))
