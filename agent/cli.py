@@ -7,13 +7,12 @@ import os
 import signal
 import sys
 from dataclasses import replace
-from ztfl.config.daemon import load_config, setup_logging
+from ztfl.config.daemon import add_daemon_arguments, load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="agent YAML configuration")
+    add_daemon_arguments(parser, "agent")
     parser.add_argument("--profile", help="hardware profile name or file (default: detected)")
-    parser.add_argument("--log-level", default="INFO")
 
 
 def run(args) -> int:

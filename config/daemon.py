@@ -24,3 +24,9 @@ def load_config(config_class, path: str, prog: str):
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+
+
+def add_daemon_arguments(parser, role: str) -> None:
+    """The options every daemon command takes: its configuration file and its log level."""
+    parser.add_argument("--config", required=True, help=f"{role} YAML configuration")
+    parser.add_argument("--log-level", default="INFO")

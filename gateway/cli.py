@@ -7,14 +7,13 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
-from ztfl.config.daemon import load_config, setup_logging
+from ztfl.config.daemon import add_daemon_arguments, load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="gateway YAML configuration")
+    add_daemon_arguments(parser, "gateway")
     parser.add_argument("--serve", action="store_true",
                         help="keep serving status and models after the last round")
-    parser.add_argument("--log-level", default="INFO")
 
 
 def _is_state_error(exc: BaseException, state_dir: Path) -> bool:

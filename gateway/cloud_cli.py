@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-from ztfl.config.daemon import load_config, setup_logging
+from ztfl.config.daemon import add_daemon_arguments, load_config, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="cloud YAML configuration")
-    parser.add_argument("--log-level", default="INFO")
+    add_daemon_arguments(parser, "cloud")
 
 
 def run(args) -> int:

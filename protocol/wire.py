@@ -130,6 +130,18 @@ def _ascending(ids, what: str) -> tuple[int, ...]:
     return ids
 
 
+def _share_entries(r: "_Reader", count: int, kind: str) -> list[tuple[int, bytes]]:
+    """`count` (owner u16, Shamir share value) records; a value outside the field is refused."""
+    entries = []
+    for _ in range(count):
+        (owner,) = r.unpack("<H")
+        y = r.take(SHARE_BYTES)
+        if int.from_bytes(y, "little") >= PRIME:
+            raise MalformedMessage(f"{kind}: share value outside the field")
+        entries.append((owner, y))
+    return entries
+
+
 def _counted(body: bytes, what: str, record: struct.Struct) -> tuple[tuple, ...]:
     """A body of `count u16, reserved u16 = 0, count records`, each led by an ascending id."""
     r = _Reader(body, what)
@@ -482,13 +494,7 @@ class UnmaskShares(Message):
         r.expect_entries(n_b + n_s, UNMASK_ENTRY)
         lists = []
         for count, what in ((n_b, "self-mask"), (n_s, "secret-key")):
-            entries = []
-            for _ in range(count):
-                (owner,) = r.unpack("<H")
-                y = r.take(SHARE_BYTES)
-                if int.from_bytes(y, "little") >= PRIME:
-                    raise MalformedMessage("UNMASK_SHARES: share value outside the field")
-                entries.append((owner, y))
+            entries = _share_entries(r, count, "UNMASK_SHARES")
             _ascending([o for o, _ in entries], f"UNMASK_SHARES {what}")
             lists.append(tuple(entries))
         r.done()
@@ -522,13 +528,7 @@ class UnmaskRoundKeys(Message):
         if n_b * UNMASK_ENTRY + n_k * ROUND_KEY_ENTRY != len(body) - 4:
             raise MalformedMessage(f"UNMASK_ROUND_KEYS: {n_b} shares and {n_k} keys do not match "
                                    f"the {len(body) - 4} bytes left")
-        shares = []
-        for _ in range(n_b):
-            (owner,) = r.unpack("<H")
-            y = r.take(SHARE_BYTES)
-            if int.from_bytes(y, "little") >= PRIME:
-                raise MalformedMessage("UNMASK_ROUND_KEYS: share value outside the field")
-            shares.append((owner, y))
+        shares = _share_entries(r, n_b, "UNMASK_ROUND_KEYS")
         keys = []
         for _ in range(n_k):
             (peer,) = r.unpack("<H")
