@@ -110,9 +110,9 @@ def generalisation(args, recipe: validation.NetworkRecipe, kinds: tuple[str, ...
         return None
     typed = validation.subsample_typed(validation.load_typed(args.data, args.format, args.window),
                                        args.max_rows, args.seed)
-    splits = validation.make_splits(typed, kinds, args.folds, args.val_fraction, args.seed)
     progress = None if args.json else (lambda name: print(f"validation split {name} ...", flush=True))
-    return validation.run(typed, splits, validation.network_fitter(recipe), args.far, args.seed, progress)
+    return validation.run_kinds(typed, kinds, validation.network_fitter(recipe), args.folds, args.val_fraction,
+                                args.far, args.seed, progress)
 
 
 def run(args) -> int:

@@ -145,6 +145,15 @@ class NoveltyDetector:
         scores = self.score(normal_x)
         return NoveltyDetector(self.prototypes, calibrate_threshold(scores, far), far, len(scores))
 
+    @classmethod
+    def from_validation(cls, normal_x: np.ndarray, far: float = DEFAULT_FAR,
+                        n_prototypes: int = DEFAULT_PROTOTYPES, seed: int = 0) -> "NoveltyDetector":
+        """What a gateway does after the last round, from its own normal validation rows alone:
+        prototypes from one half, the threshold from the other."""
+        fit_rows, calibration_rows = split_normal(len(normal_x), seed)
+        x = np.asarray(normal_x)
+        return cls.fit(x[fit_rows], n_prototypes, seed).calibrated(x[calibration_rows], far)
+
     def unknown(self, logits_or_proba: np.ndarray, x: np.ndarray, classes: list[str]) -> np.ndarray:
         if self.threshold is None:
             raise OpenSetError("the open-set detector has no calibrated threshold")

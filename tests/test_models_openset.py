@@ -57,6 +57,13 @@ def test_false_alarms_on_held_back_normal_rows_are_near_the_chosen_rate(kdd_rows
     assert np.mean(detector.score(attacks) > detector.threshold) > 3 * far
 
 
+def test_a_gateway_fits_and_calibrates_from_its_normal_validation_rows_alone(kdd_rows):
+    fit_rows, calibration, measured, _ = kdd_rows
+    detector = NoveltyDetector.from_validation(np.concatenate([fit_rows, calibration]), far=0.05, n_prototypes=32)
+    assert detector.calibration_rows == (len(fit_rows) + len(calibration)) - (len(fit_rows) + len(calibration)) // 2
+    assert abs(float(np.mean(detector.score(measured) > detector.threshold)) - 0.05) <= 0.025
+
+
 def test_prototypes_sit_on_the_8bit_grid_and_score_is_the_nearest_squared_distance(kdd_rows):
     fit_rows, calibration, _, _ = kdd_rows
     detector = NoveltyDetector.fit(fit_rows, 32, seed=1)
