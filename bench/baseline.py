@@ -86,8 +86,11 @@ def tree_fitter(target: str, seed: int = 0):
 
         def predict(rows: LabeledTable) -> Predictions:
             with threadpool_limits(limits=1, user_api="openmp"):
-                proba = clf.predict_proba(columns.transform(rows))
-            return Predictions([str(c) for c in clf.classes_], proba)
+                x = columns.transform(rows)
+                proba, raw = clf.predict_proba(x), clf.decision_function(x)
+            # a binary model's raw score is the log-odds of its second class
+            logits = np.stack([np.zeros_like(raw), raw], 1) if raw.ndim == 1 else raw
+            return Predictions([str(c) for c in clf.classes_], proba, logits=logits)
         return predict
     return fit
 

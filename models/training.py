@@ -144,10 +144,6 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
     return logits_of(model, x, batch_size).argmax(1).numpy() if len(x) else np.zeros(0, dtype=np.int64)
 
 
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities (softmax of the logits), float64."""
-    return torch.softmax(logits_of(model, x, batch_size).double(), dim=1).numpy()
-
 
 def loss_of(model: nn.Module, data: Encoded) -> float:
     model.eval()

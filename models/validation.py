@@ -35,7 +35,7 @@ from ztfl.models.datasets import NORMAL, LabeledTable, load, stratified_split
 from ztfl.models.openset import DEFAULT_FAR, DEFAULT_PROTOTYPES, NoveltyDetector, calibrate_threshold, \
     open_set_decision, split_normal
 from ztfl.models.preprocess import Encoded, Pipeline
-from ztfl.models.training import TrainConfig, TrainResult, metrics_from_predictions, predict_proba, train_local
+from ztfl.models.training import TrainConfig, TrainResult, logits_of, metrics_from_predictions, train_local
 
 SPLIT_KINDS = ("random", "types", "families", "difficulty")
 DIFFICULTY_CUTOFF = 19
@@ -216,15 +216,25 @@ def supported_kinds(typed: TypedTable) -> tuple[str, ...]:
 
 @dataclass
 class Predictions:
-    """What a model says about some rows: class probabilities over `classes` and, for an open-set
-    detector, a novelty score per row (higher = less like normal)."""
+    """What a model says about some rows: class probabilities over `classes`, the logits they
+    come from (when the model has them) and, for an open-set detector, a novelty score per row
+    (higher = less like normal)."""
     classes: list[str]
     proba: np.ndarray
     novelty: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
     @property
     def attack_score(self) -> np.ndarray:
-        return 1.0 - self.proba[:, self.classes.index(NORMAL)]
+        """Log-odds of "some attack" against normal. From the logits when there are any: a
+        probability saturates at exactly 1 for confident rows, and ties at the top would keep
+        a threshold from reaching the chosen false-alarm rate."""
+        normal = self.classes.index(NORMAL)
+        if self.logits is None:
+            return 1.0 - self.proba[:, normal]
+        attack = np.delete(np.asarray(self.logits, dtype=np.float64), normal, axis=1)
+        top = attack.max(1)
+        return top + np.log(np.exp(attack - top[:, None]).sum(1)) - self.logits[:, normal]
 
 
 # fit(training rows) -> predict(rows) -> Predictions
@@ -254,8 +264,9 @@ class TrainedNetwork:
 
     def predict(self, table: LabeledTable) -> Predictions:
         x = self.pipeline.transform(table)
-        return Predictions(list(self.pipeline.classes), predict_proba(self.model, x),
-                           None if self.detector is None else self.detector.score(x))
+        logits = logits_of(self.model, x).double()
+        return Predictions(list(self.pipeline.classes), logits.softmax(1).numpy(),
+                           None if self.detector is None else self.detector.score(x), logits.numpy())
 
 
 def train_network(recipe: NetworkRecipe, pipeline: Pipeline, train: Encoded) -> TrainedNetwork:
@@ -266,10 +277,10 @@ def train_network(recipe: NetworkRecipe, pipeline: Pipeline, train: Encoded) -> 
     config = replace(recipe.train, categorical_slots=pipeline.categorical_slots) if recipe.train.unseen_rate \
         else recipe.train
     result = train_local(model, train, config)
-    detector = None
-    if recipe.prototypes:
-        normal = train.x[train.category == NORMAL] if train.category is not None else train.x[train.y == 0]
-        detector = NoveltyDetector.fit(normal, recipe.prototypes, recipe.seed)
+    normal = train.x[train.category == NORMAL] if train.category is not None else train.x[train.y == 0]
+    # prototypes need normal rows to describe (a tiny or attack-only training part has none)
+    detector = NoveltyDetector.fit(normal, recipe.prototypes, recipe.seed) if recipe.prototypes and len(normal) >= 2 \
+        else None
     return TrainedNetwork(pipeline, model, result, detector)
 
 

@@ -151,9 +151,22 @@ def test_reference_trees_encode_unseen_categories_as_missing(kdd):
     assert "http" not in seen and "http" in set(service)
     assert np.array_equal(np.isnan(x[:, j]), ~np.isin(service, list(seen)))
     assert sorted(set(x[~np.isnan(x[:, j]), j])) == list(range(len(seen)))   # ordinal codes 0..n-1
-    predict = tree_fitter("binary")(train)
-    pred = predict(kdd.table.take(np.arange(200)))
-    assert pred.proba.shape == (200, 2) and set(pred.classes) == {NORMAL, "attack"}
+    rows = kdd.table.take(np.arange(200))
+    for target, n_classes in (("binary", 2), ("multiclass", len(set(train.category)))):
+        pred = tree_fitter(target)(train)(rows)
+        assert pred.proba.shape == (200, n_classes) and NORMAL in pred.classes
+        # the logits are the trees' raw scores: their softmax is the probabilities
+        soft = np.exp(pred.logits - pred.logits.max(1, keepdims=True))
+        assert np.allclose(soft / soft.sum(1, keepdims=True), pred.proba, atol=1e-9)
+
+
+def test_attack_score_ranks_rows_whose_probability_saturates():
+    logits = np.array([[0.0, 40.0, 0.0], [0.0, 45.0, 0.0], [0.0, 50.0, 1.0]])
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = Predictions([NORMAL, "dos", "probe"], proba, logits=logits)
+    assert len(set(1 - proba[:, 0])) == 1                 # all exactly 1.0 as probabilities
+    assert np.all(np.diff(pred.attack_score) > 0)        # still ordered by their logits
+    assert np.allclose(Predictions([NORMAL, "a"], proba[:, :2]).attack_score, 1 - proba[:, 0])
 
 
 def test_bench_baseline_reports_trees_and_network_side_by_side(tmp_path, capsys):
